@@ -1,0 +1,3 @@
+from acculturate.cli import main
+
+raise SystemExit(main())

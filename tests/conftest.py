@@ -1,0 +1,52 @@
+"""Shared fixtures. Real-model fixtures load the embedded default model (SmolLM2-135M-Instruct);
+the first load converts its GGUF once into the cache (~30 s), later loads take well under a second."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from acculturate.resources import resource_path
+
+# Two cores here and in CI: more threads than cores only adds contention between test processes.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shipped data sets (copied from ../shared/data with their licenses)."""
+    return resource_path("data")
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default model, loaded once per session. Do not modify it in a test: use
+    ``fresh_model`` for anything that changes weights or wraps layers."""
+    from acculturate.models import load
+
+    return load("smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def fresh_model():
+    """A new copy of the default model (from the converted cache) that a test may modify."""
+    from acculturate.models import load
+
+    return load("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model):
+    return default_model.tokenizer
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from acculturate.models import ModelLoadError, load, pick_device, pick_dtype
+from acculturate.models.loading import resolve
+
+
+def test_missing_model_names_what_was_tried(tmp_path):
+    with pytest.raises(ModelLoadError) as e:
+        load(tmp_path / "nope")
+    assert "nope" in str(e.value) and "smollm2-135m" in str(e.value)
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve(tmp_path)
+
+
+def test_unreadable_gguf_names_the_file(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelLoadError, match="broken.gguf"):
+        load(bad)
+
+
+def test_cpu_defaults_to_fp32():
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        pick_dtype(torch.device("cpu"), "int3")
+    assert pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.slow
+def test_default_model_loads_and_answers(default_model):
+    model, tok = default_model
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_hf_directory_loads_the_same_weights(default_model):
+    again = load(default_model.path, device="cpu")
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(again.model(x).logits, default_model.model(x).logits)
