@@ -1,0 +1,260 @@
+"""LoRA (Hu et al. 2021, arXiv:2106.09685) as a layer that wraps an ``nn.Linear``.
+
+``LoRALinear`` computes ``W x + s * B A x`` with ``W`` frozen, ``A`` (r, in) and ``B`` (out, r)
+trainable and ``s = alpha / r`` (or ``alpha / sqrt(r)`` with rank-stabilized LoRA, Kalajdzievski
+2023, arXiv:2312.03732). Its attribute names (``base_layer``, ``lora_A``, ``lora_B``,
+``lora_dropout``) are PEFT's, so a module path plus ``.lora_A.weight`` is exactly the key PEFT
+stores (after its ``base_model.model.`` prefix); see ``peft_format.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PEFT_PREFIX = "base_model.model."   # what PEFT puts before every module path in a saved adapter
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoRAConfig:
+    """How LoRA adapts a model.
+
+    Attributes:
+        r: rank of the update ``B A``; a few to a few dozen is typical.
+        alpha: scale numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with
+            ``use_rslora``), so changing ``r`` does not change the effective learning rate much.
+        dropout: dropout probability on the LoRA branch's input during training (0 disables it).
+        targets: names of the ``nn.Linear`` modules to adapt, matched against the last parts of a
+            module's dotted path (``"q_proj"`` matches ``model.layers.3.self_attn.q_proj``). The
+            default adapts every attention and MLP projection of Llama-style models.
+        use_rslora: scale by ``alpha / sqrt(r)`` (rank-stabilized LoRA) instead of ``alpha / r``.
+    """
+
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    use_rslora: bool = False
+
+    def __post_init__(self):
+        check_lora_numbers(self.r, self.alpha, self.dropout, owner="LoRAConfig")
+        if isinstance(self.targets, str):  # a bare string would silently become its characters
+            self.targets = (self.targets,)
+        self.targets = tuple(self.targets)
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(
+                f"LoRAConfig.targets must be a non-empty list of module names, got {self.targets!r}")
+
+    @property
+    def scale(self) -> float:
+        """The factor on ``B A``: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
+        return lora_scale(self.r, self.alpha, self.use_rslora)
+
+
+def check_lora_numbers(r, alpha, dropout, owner: str) -> None:
+    """Raise ``ValueError`` naming ``owner.field`` if rank, alpha or dropout is out of range."""
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"{owner}.r must be a positive integer, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"{owner}.alpha must be a positive number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{owner}.dropout must be a number in [0, 1), got {dropout!r}")
+
+
+def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
+    """``alpha / r`` (LoRA), or ``alpha / sqrt(r)`` (rsLoRA: keeps the update's size stable as r grows)."""
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + scale * lora_B(lora_A(dropout(x)))`` around a frozen ``nn.Linear``.
+
+    ``lora_A`` starts Kaiming-uniform (``a=sqrt(5)``, as PEFT and ``nn.Linear`` do) and ``lora_B``
+    at zero, so the wrapped layer equals the base layer exactly until ``B`` is trained. Adapter
+    weights live in fp32 when the base is fp16/bf16 (as PEFT's default ``autocast_adapter_dtype``
+    does): their updates are small relative to their values and would round away in half precision.
+
+    Args:
+        base: the layer to adapt; its parameters are frozen.
+        r: rank; alpha: scale numerator; dropout: dropout probability on the LoRA branch.
+        use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 use_rslora: bool = False):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        check_lora_numbers(r, alpha, dropout, owner="LoRALinear")
+        self.base_layer = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.r = r
+        self.alpha = alpha
+        self.use_rslora = use_rslora
+        self.scale = lora_scale(r, alpha, use_rslora)
+        weight = base.weight
+        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=weight.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=weight.device, dtype=dtype)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.merged = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight (some model code reads ``proj.weight.dtype``)."""
+        return self.base_layer.weight
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scale * B @ A``, shape (out, in), in the adapter's dtype."""
+        return self.scale * (self.lora_B.weight @ self.lora_A.weight)  # (out, r) @ (r, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
+        out = self.base_layer(x)  # (..., out)
+        if self.merged:  # the update is already inside base_layer.weight
+            return out
+        a = self.lora_A.weight
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
+        return out + (self.scale * update).to(out.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add ``scale * B A`` into the base weight, so the forward pass is one matmul.
+
+        A no-op if already merged. Train only while unmerged: merged, the forward pass no longer
+        goes through ``A`` and ``B``, so they would get no gradient.
+        """
+        if not self.merged:
+            w = self.base_layer.weight
+            w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``scale * B A`` from the base weight again (exact in fp32; in bf16/fp16 the
+        round trip loses the low bits of ``W``, as in PEFT). A no-op if not merged."""
+        if self.merged:
+            w = self.base_layer.weight
+            w.copy_((w.float() - self.delta_weight().float()).to(w.dtype))
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """The model's ``LoRALinear`` layers by module path, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Paths of the model's plain ``nn.Linear`` modules (the ones LoRA could wrap)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear) and name
+            and not _inside_lora(name)]
+
+
+def _inside_lora(name: str) -> bool:
+    return bool(re.search(r"(^|\.)(base_layer|lora_A|lora_B)$", name))
+
+
+def matches_target(name: str, target: str) -> bool:
+    """PEFT's rule for a list of target names: the module path equals ``target`` or ends with
+    ``"." + target``."""
+    return name == target or name.endswith("." + target)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def wrap_modules(model: nn.Module, names: list[str], config: LoRAConfig) -> list[str]:
+    """Wrap exactly the ``nn.Linear`` modules at ``names`` and freeze every other parameter.
+
+    Used by :func:`apply_lora` and by the adapter loader (which wraps the modules an adapter file
+    names). Returns ``names``.
+    """
+    if lora_modules(model):
+        raise ValueError("the model already has LoRA layers; merge_lora() it or start from the base model")
+    for name in names:
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"LoRA can only wrap nn.Linear; {name} is a {type(module).__name__}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        layer = LoRALinear(model.get_submodule(name), config.r, config.alpha, config.dropout, config.use_rslora)
+        # A new module starts in training mode; follow the model's, or an eval-mode model would
+        # apply LoRA dropout at inference.
+        layer.train(model.training)
+        _set_module(model, name, layer)
+    return list(names)
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Wrap every ``nn.Linear`` whose path matches one of ``config.targets`` in a ``LoRALinear``.
+
+    Every other parameter is frozen, so only the ``lora_A``/``lora_B`` weights train.
+
+    Args:
+        model: the model to adapt, modified in place.
+        config: rank, scale, dropout and target names.
+    Returns:
+        The paths of the wrapped modules, in model order.
+    Raises:
+        ValueError: a target matched no ``nn.Linear`` (the message lists the Linear names that
+            exist), or the model already has LoRA layers.
+    """
+    linears = linear_names(model)
+    unmatched = [t for t in config.targets if not any(matches_target(n, t) for n in linears)]
+    if unmatched:
+        short = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise ValueError(
+            f"LoRAConfig.targets {list(unmatched)} matched no nn.Linear module of "
+            f"{type(model).__name__}; its Linear modules are named {short}"
+            + (f" (e.g. {linears[0]})" if linears else " (it has none)"))
+    names = [n for n in linears if any(matches_target(n, t) for t in config.targets)]
+    return wrap_modules(model, names, config)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace each ``LoRALinear`` by a plain ``nn.Linear`` holding ``W + scale * B A``.
+
+    The result has the base model's architecture and state-dict keys, so it saves and loads as an
+    ordinary model and runs at the base model's cost. Modifies ``model`` in place.
+
+    Returns:
+        ``model``.
+    """
+    for name, module in lora_modules(model).items():
+        module.merge()
+        _set_module(model, name, module.base_layer)  # still frozen, as the base was under LoRA
+    return model
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights under PEFT's key names:
+    ``base_model.model.<module path>.lora_A.weight`` and ``....lora_B.weight``."""
+    state = {}
+    for name, module in lora_modules(model).items():
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = module.lora_A.weight.detach().contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = module.lora_B.weight.detach().contiguous()
+    return state

@@ -1,0 +1,191 @@
+"""LoRALinear, apply_lora, merge_lora, lora_state_dict on tiny shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from acculturate.adapters.lora import (
+    LoRAConfig, LoRALinear, apply_lora, lora_modules, lora_state_dict, merge_lora,
+)
+
+
+def _randomize_b(model_or_layer, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layers = [model_or_layer] if isinstance(model_or_layer, LoRALinear) else lora_modules(model_or_layer).values()
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.1)
+
+
+def test_step_zero_equals_base():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 10)
+    x = torch.randn(3, 5, 12)
+    expected = base(x)
+    layer = LoRALinear(base, r=4, alpha=8, dropout=0.0)
+    assert torch.equal(layer(x), expected)
+    assert torch.count_nonzero(layer.lora_B.weight) == 0
+
+
+def test_forward_is_base_plus_scaled_ba():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 10)
+    layer = LoRALinear(base, r=4, alpha=8, dropout=0.0)
+    _randomize_b(layer)
+    x = torch.randn(3, 12)
+    a, b = layer.lora_A.weight, layer.lora_B.weight  # (r, in), (out, r)
+    expected = base(x) + (8 / 4) * (x @ a.T @ b.T)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_rslora_scale():
+    layer = LoRALinear(nn.Linear(8, 8), r=16, alpha=8, use_rslora=True)
+    assert layer.scale == pytest.approx(8 / math.sqrt(16))
+    assert LoRAConfig(r=16, alpha=8, use_rslora=True).scale == pytest.approx(2.0)
+    assert LoRAConfig(r=16, alpha=8).scale == pytest.approx(0.5)
+
+
+def test_a_is_kaiming_uniform_and_base_frozen():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(256, 64), r=32, alpha=32)
+    a = layer.lora_A.weight
+    bound = 1 / math.sqrt(256)  # kaiming_uniform(a=sqrt(5)): sqrt(6 / ((1 + 5) * fan_in))
+    assert a.abs().max() <= bound
+    assert a.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # std of U(-b, b)
+    assert not any(p.requires_grad for p in layer.base_layer.parameters())
+    assert layer.lora_A.bias is None and layer.lora_B.bias is None
+
+
+def test_merge_unmerge_in_place():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 10)
+    w0 = base.weight.detach().clone()
+    layer = LoRALinear(base, r=4, alpha=8)
+    _randomize_b(layer)
+    x = torch.randn(4, 12)
+    unmerged = layer(x)
+    layer.merge()
+    assert layer.merged
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(base(x), unmerged, atol=1e-5, rtol=0)  # the update lives in W now
+    layer.merge()  # idempotent
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+    layer.unmerge()
+    torch.testing.assert_close(base.weight, w0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=0)
+
+
+def test_half_precision_base_keeps_fp32_adapter():
+    base = nn.Linear(8, 8).to(torch.bfloat16)
+    layer = LoRALinear(base, r=2, alpha=4)
+    assert layer.lora_A.weight.dtype == torch.float32
+    out = layer(torch.randn(3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 16), r=4, alpha=8, dropout=0.5)
+    _randomize_b(layer)
+    x = torch.randn(8, 16)
+    layer.eval()
+    torch.testing.assert_close(layer(x), layer(x))
+    layer.train()
+    assert not torch.allclose(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"r": 0}, "r"), ({"r": -2}, "r"), ({"r": 2.5}, "r"), ({"r": True}, "r"),
+    ({"alpha": 0}, "alpha"),
+    ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout"),
+    ({"targets": ()}, "targets"), ({"targets": ("q_proj", "")}, "targets"),
+])
+def test_config_validation_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"LoRAConfig\.{field} "):
+        LoRAConfig(**kwargs)
+
+
+def test_config_accepts_single_target_string():
+    assert LoRAConfig(targets="q_proj").targets == ("q_proj",)
+
+
+def test_linear_validation_names_field():
+    with pytest.raises(ValueError, match=r"LoRALinear\.r "):
+        LoRALinear(nn.Linear(4, 4), r=0, alpha=1)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(4, 4, 1), r=2, alpha=1)
+
+
+def test_apply_lora_wraps_targets_and_freezes_rest(tiny_llama):
+    names = apply_lora(tiny_llama, LoRAConfig(r=2, alpha=4))
+    assert len(names) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
+    assert "model.layers.0.self_attn.q_proj" in names and "lm_head" not in names
+    assert list(lora_modules(tiny_llama)) == names
+    trainable = {n for n, p in tiny_llama.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A.weight", "lora_B.weight")) for n in trainable)
+    assert len(trainable) == 2 * len(names)
+
+
+def test_apply_lora_step_zero_equals_base(tiny_llama, tiny_ids):
+    expected = tiny_llama(tiny_ids).logits
+    apply_lora(tiny_llama, LoRAConfig(r=4, alpha=8))
+    assert torch.equal(tiny_llama(tiny_ids).logits, expected)
+
+
+def test_gradients_reach_only_a_and_b(tiny_llama, tiny_ids):
+    apply_lora(tiny_llama, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    _randomize_b(tiny_llama)  # with B = 0 the gradient of A is exactly zero
+    tiny_llama(tiny_ids, labels=tiny_ids).loss.backward()
+    for name, p in tiny_llama.named_parameters():
+        if "lora_" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+def test_apply_lora_unknown_target_lists_linear_names(tiny_llama):
+    with pytest.raises(ValueError, match=r"\['c_attn'\].*'down_proj'.*'q_proj'"):
+        apply_lora(tiny_llama, LoRAConfig(targets=("c_attn",)))
+    with pytest.raises(ValueError, match=r"\['q_prj'\]"):  # a typo next to valid names still fails
+        apply_lora(tiny_llama, LoRAConfig(targets=("q_proj", "q_prj")))
+    assert not lora_modules(tiny_llama)
+
+
+def test_apply_lora_twice_is_refused(tiny_llama):
+    apply_lora(tiny_llama, LoRAConfig(targets=("q_proj",)))
+    with pytest.raises(ValueError, match="already has LoRA"):
+        apply_lora(tiny_llama, LoRAConfig(targets=("v_proj",)))
+
+
+def test_merge_lora_gives_plain_model_with_same_logits(tiny_llama, tiny_ids, make_llama):
+    base_keys = set(make_llama().state_dict())
+    apply_lora(tiny_llama, LoRAConfig(r=4, alpha=8))
+    _randomize_b(tiny_llama)
+    unmerged = tiny_llama(tiny_ids).logits
+    assert not torch.allclose(unmerged, make_llama()(tiny_ids).logits)  # B != 0 changed the model
+    assert merge_lora(tiny_llama) is tiny_llama
+    assert not lora_modules(tiny_llama)
+    assert type(tiny_llama.model.layers[0].self_attn.q_proj) is nn.Linear
+    assert set(tiny_llama.state_dict()) == base_keys
+    torch.testing.assert_close(tiny_llama(tiny_ids).logits, unmerged, atol=1e-5, rtol=0)
+
+
+def test_lora_state_dict_uses_peft_keys(tiny_llama):
+    apply_lora(tiny_llama, LoRAConfig(r=3, targets=("q_proj",)))
+    state = lora_state_dict(tiny_llama)
+    assert sorted(state) == [
+        f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_{ab}.weight" for i in (0, 1) for ab in "AB"]
+    assert state["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (3, 16)
+    assert state["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape == (16, 3)
+
+
+def test_new_layers_follow_the_models_train_mode(tiny_llama, make_llama):
+    apply_lora(tiny_llama, LoRAConfig())  # tiny_llama is in eval mode: no dropout at inference
+    assert not any(m.training for m in lora_modules(tiny_llama).values())
+    training = make_llama().train()
+    apply_lora(training, LoRAConfig())
+    assert all(m.training for m in lora_modules(training).values())
