@@ -1,0 +1,242 @@
+"""Save and load LoRA adapters in PEFT's on-disk format.
+
+A PEFT LoRA adapter is a directory with ``adapter_config.json`` and ``adapter_model.safetensors``
+whose keys are ``base_model.model.<module path>.lora_A.weight`` (shape (r, in)) and ``...lora_B.weight``
+(shape (out, r)). What we save loads with ``peft.PeftModel.from_pretrained(base, dir)``, and what
+PEFT saves for plain (rs)LoRA on Linear layers loads here; PEFT variants that change the maths
+(DoRA, biases, per-layer ranks...) are refused by name rather than loaded wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acculturate.adapters.lora import (
+    PEFT_PREFIX, LoRAConfig, linear_names, lora_modules, lora_state_dict, matches_target, wrap_modules,
+)
+from acculturate.io import atomic_dir, write_json
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+LEGACY_WEIGHTS_FILE = "adapter_model.bin"  # what PEFT wrote before safetensors became its default
+
+# Keys of PEFT's LoraConfig that only steer initialization or record metadata: a saved adapter's
+# weights are final, so they do not change what loading must do.
+_IGNORED_KEYS = {
+    "peft_type", "task_type", "base_model_name_or_path", "revision", "auto_mapping", "inference_mode",
+    "peft_version", "init_lora_weights", "eva_config", "corda_config", "loftq_config", "lora_ga_config",
+    "megatron_core", "qalora_group_size", "layers_pattern", "ensure_weight_tying",
+}
+_SUPPORTED_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora"}
+
+
+class AdapterError(ValueError):
+    """An adapter directory cannot be loaded; the message names the file and the field or key."""
+
+
+def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None) -> dict:
+    """The ``adapter_config.json`` content for ``config``: the keys peft 0.21 writes for a plain
+    LoRA adapter, sorted as PEFT sorts them. ``peft_version`` is left out because PEFT did not
+    write this file; PEFT fills in its own version when it reads it."""
+    d = {
+        "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None,
+        "auto_mapping": None, "base_model_name_or_path": base_model_name_or_path, "bias": "none",
+        "corda_config": None, "ensure_weight_tying": False, "eva_config": None,
+        "exclude_modules": None, "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "kasa_config": None, "layer_replication": None,
+        "layers_pattern": None, "layers_to_transform": None, "loftq_config": {},
+        "lora_alpha": config.alpha, "lora_bias": False, "lora_dropout": config.dropout,
+        "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
+        "modules_to_save": None, "monteclora_config": None, "peft_type": "LORA",
+        "qalora_group_size": 16, "r": config.r, "rank_pattern": {}, "revision": None,
+        "target_modules": list(config.targets), "target_parameters": None, "task_type": "CAUSAL_LM",
+        "trainable_token_indices": None, "use_bdlora": None, "use_dora": False, "use_qalora": False,
+        "use_rslora": config.use_rslora, "velora_config": None,
+    }
+    return dict(sorted(d.items()))
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model_name_or_path: str | None,
+                 config: LoRAConfig) -> Path:
+    """Write the model's LoRA weights and ``config`` as a PEFT adapter directory, atomically.
+
+    Args:
+        model: a model with LoRA layers (from :func:`apply_lora`); unmerged or merged alike,
+            since merging leaves ``A`` and ``B`` in place.
+        out_dir: the adapter directory; replaced whole if it exists.
+        base_model_name_or_path: recorded in the config (PEFT's ``AutoPeftModel`` loads the base from it).
+        config: the LoRA config the layers were built with.
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    from safetensors.torch import save_file
+
+    state = lora_state_dict(model)
+    if not state:
+        raise AdapterError("the model has no LoRA layers to save; apply_lora() or load_adapter() it first")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / CONFIG_FILE, peft_config_dict(config, base_model_name_or_path))
+        save_file({k: v.cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    return out_dir
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict]:
+    """Read and check ``adapter_config.json``.
+
+    Returns:
+        ``(LoRAConfig, raw dict)``; the raw dict keeps PEFT's ``target_modules`` form (list or regex).
+    Raises:
+        FileNotFoundError: the directory or the file is missing.
+        AdapterError: invalid JSON, not LoRA, or a LoRA variant we do not implement.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"adapter directory {adapter_dir} does not exist")
+    path = adapter_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("peft_type") != "LORA":
+        raise AdapterError(f"{path}: peft_type is {raw.get('peft_type')!r}; only 'LORA' adapters are supported")
+    for key, value in raw.items():
+        if key in _IGNORED_KEYS or key in _SUPPORTED_KEYS:
+            continue
+        if value in (None, False, {}, []) or (key == "bias" and value == "none"):
+            continue
+        raise AdapterError(
+            f"{path}: {key}={value!r} is a LoRA variant acculturate does not implement "
+            f"(it supports plain LoRA and use_rslora on Linear layers)")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in raw:
+            raise AdapterError(f"{path}: field {key!r} is missing")
+    targets = raw["target_modules"]
+    if isinstance(targets, str):
+        targets = (targets,)  # a regex; the weights file says which modules it matched
+    try:
+        config = LoRAConfig(r=raw["r"], alpha=raw["lora_alpha"], dropout=raw.get("lora_dropout", 0.0),
+                            targets=tuple(targets), use_rslora=bool(raw.get("use_rslora", False)))
+    except ValueError as e:
+        raise AdapterError(f"{path}: {e}") from None
+    return config, raw
+
+
+def _read_weights(adapter_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    path = adapter_dir / WEIGHTS_FILE
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        return path, load_file(str(path))
+    legacy = adapter_dir / LEGACY_WEIGHTS_FILE
+    if legacy.is_file():
+        return legacy, torch.load(legacy, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path} not found (nor {LEGACY_WEIGHTS_FILE}): the adapter has no weights")
+
+
+def _expected_modules(model: nn.Module, raw: dict) -> list[str] | None:
+    """The Linear modules PEFT would wrap for this config, or None where the config does not say
+    (``all-linear``)."""
+    targets, exclude = raw["target_modules"], raw.get("exclude_modules")
+    if targets == "all-linear":
+        return None
+    names = linear_names(model)
+    if isinstance(targets, str):
+        names = [n for n in names if re.fullmatch(targets, n)]
+    else:
+        names = [n for n in names if any(matches_target(n, t) for t in targets)]
+    if isinstance(exclude, str):
+        names = [n for n in names if not re.fullmatch(exclude, n)]
+    elif exclude:
+        names = [n for n in names if not any(matches_target(n, t) for t in exclude)]
+    return names
+
+
+def _sample(names, k: int = 5) -> str:
+    names = sorted(names)
+    return ", ".join(names[:k]) + (f" ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig:
+    """Apply LoRA to ``model`` as an adapter directory says and load its weights.
+
+    Reads adapters saved by :func:`save_adapter` or by PEFT (``save_pretrained``). The modules
+    wrapped are exactly those the weights file names, checked against the config's
+    ``target_modules``; every other parameter is frozen and ``A``/``B`` stay trainable.
+
+    Args:
+        model: the base model the adapter was trained on, without LoRA layers; modified in place.
+        adapter_dir: the adapter directory.
+    Returns:
+        The adapter's :class:`LoRAConfig`.
+    Raises:
+        FileNotFoundError: missing directory or file. AdapterError: unsupported config, or weight
+            keys or shapes that do not match the model (the message names them).
+    """
+    adapter_dir = Path(adapter_dir)
+    if lora_modules(model):
+        raise ValueError("the model already has LoRA layers; load an adapter onto the base model")
+    config, raw = read_adapter_config(adapter_dir)
+    weights_path, state = _read_weights(adapter_dir)
+
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    bad = []
+    for key, tensor in state.items():
+        m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.(lora_A|lora_B)(?:\.default)?\.weight", key)
+        if m is None:
+            bad.append(key)
+        else:
+            modules.setdefault(m.group(1), {})[m.group(2)] = tensor
+    if not modules:
+        raise AdapterError(f"{weights_path}: holds no LoRA weights")
+    if bad:
+        raise AdapterError(f"{weights_path}: keys that are not LoRA A/B weights of a Linear layer: {_sample(bad)}")
+    linears = set(linear_names(model))
+    unknown = [n for n in modules if n not in linears]
+    if unknown:
+        raise AdapterError(
+            f"{weights_path}: the adapter has weights for modules that are not nn.Linear modules of "
+            f"{type(model).__name__}: {_sample(unknown)}; is it for another base model?")
+    incomplete = [f"{n} (has only {list(p)})" for n, p in modules.items() if set(p) != {"lora_A", "lora_B"}]
+    if incomplete:
+        raise AdapterError(f"{weights_path}: modules without both lora_A and lora_B: {_sample(incomplete)}")
+    expected = _expected_modules(model, raw)
+    if expected is not None:
+        missing = sorted(set(expected) - set(modules))
+        extra = sorted(set(modules) - set(expected))
+        if missing:
+            raise AdapterError(f"{weights_path}: no weights for modules that target_modules matches: {_sample(missing)}")
+        if extra:
+            raise AdapterError(f"{weights_path}: weights for modules target_modules does not match: {_sample(extra)}")
+
+    names = [n for n in linear_names(model) if n in modules]  # model order
+    for name in names:
+        base = model.get_submodule(name)
+        want = {"lora_A": (config.r, base.in_features), "lora_B": (base.out_features, config.r)}
+        for part, shape in want.items():
+            got = tuple(modules[name][part].shape)
+            if got != shape:
+                raise AdapterError(f"{weights_path}: {PEFT_PREFIX}{name}.{part}.weight has shape {got}, "
+                                   f"expected {shape} (r={config.r}, layer {base.in_features}->{base.out_features})")
+    if [n for n in linear_names(model) if any(matches_target(n, t) for t in config.targets)] != names:
+        # A regex, exclude_modules or a layer subset: name the modules exactly, so that
+        # apply_lora(model, config) wraps the same ones.
+        config = replace(config, targets=tuple(names))
+    wrap_modules(model, names, config)
+    with torch.no_grad():
+        for name in names:
+            layer = model.get_submodule(name)
+            layer.lora_A.weight.copy_(modules[name]["lora_A"])
+            layer.lora_B.weight.copy_(modules[name]["lora_B"])
+    return config
