@@ -1,0 +1,148 @@
+"""Decoding maths: pure functions on next-token logits of shape (B, V).
+
+Each function returns a new tensor and never changes its input. The order ``sample`` applies them
+in (temperature, then top-k, then top-p) is the one HF transformers uses, so a setting means the
+same thing here as in ``model.generate``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+# At or below this temperature, sampling is greedy: softmax(logits / 1e-5) puts all but ~e^-1e5 of
+# the mass on the argmax for any logit gap above 1, and dividing by smaller numbers overflows fp16.
+GREEDY_TEMPERATURE = 1e-5
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor of shape (batch, vocab), got {shape}")
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide logits by ``temperature`` (> 0): below 1 sharpens the distribution, above 1 flattens it.
+
+    Args:
+        logits: (B, V).
+        temperature: a positive number (greedy decoding is ``sample(..., temperature=0)``).
+    Returns:
+        (B, V) logits / temperature.
+    """
+    _check_logits(logits)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 to scale logits, got {temperature!r}")
+    return logits / temperature
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row and set the rest to -inf.
+
+    Tokens tied with the k-th largest logit are all kept (as in HF's ``TopKLogitsWarper``).
+
+    Args:
+        logits: (B, V).
+        k: number of tokens to keep; 0 (or k >= V) keeps all.
+    Returns:
+        (B, V) filtered logits.
+    """
+    _check_logits(logits)
+    if k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {k!r}")
+    if k == 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2019): keep the smallest set of most likely tokens whose
+    cumulative probability is >= ``p``; the most likely token is always kept.
+
+    Args:
+        logits: (B, V).
+        p: in (0, 1]; 1 keeps all.
+    Returns:
+        (B, V) filtered logits (-inf outside the nucleus).
+    """
+    _check_logits(logits)
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    if p >= 1:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
+    probs = sorted_logits.float().softmax(dim=-1)
+    # Mass strictly above each token; a token is needed while the tokens above it hold < p.
+    # An exclusive cumsum (shift right by one) rather than cumsum - probs, which rounds.
+    mass_above = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))  # (B, V)
+    drop_sorted = mass_above >= p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, generated_ids: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019, eq. 2, as HF implements it): for every token
+    already present, divide a positive logit by ``penalty`` and multiply a negative one by it, so the
+    token becomes less likely whatever its sign.
+
+    Args:
+        logits: (B, V).
+        generated_ids: (B, L) token ids seen so far in each row; negative ids are padding, ignored.
+            Each id counts once however often it occurs.
+        penalty: > 0; 1 changes nothing, > 1 discourages repeats, < 1 encourages them.
+    Returns:
+        (B, V) penalized logits.
+    """
+    _check_logits(logits)
+    if not penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {penalty!r}")
+    if generated_ids.ndim != 2 or generated_ids.shape[0] != logits.shape[0]:
+        raise ValueError(f"generated_ids must have shape (batch={logits.shape[0]}, length), "
+                         f"got {tuple(generated_ids.shape)}")
+    if penalty == 1 or generated_ids.shape[1] == 0:
+        return logits
+    ids = generated_ids.to(logits.device).long()
+    valid = ids >= 0
+    # scatter_add of counts (not scatter of booleans): duplicate indices then add up deterministically.
+    counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+    counts.scatter_add_(1, ids.clamp(min=0), valid.long())  # (B, V)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(counts > 0, penalized, logits)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: Generators = None) -> torch.Tensor:
+    """Pick one next token per row.
+
+    Args:
+        logits: (B, V) next-token logits.
+        temperature: <= 1e-5 (0 included) means greedy argmax; otherwise logits are divided by it.
+        top_k: keep only the k most likely tokens (0: all).
+        top_p: keep only the nucleus of mass p (1: all).
+        generator: None (torch's global RNG), one ``torch.Generator`` for the whole batch, or one per
+            row; per-row generators make a row's draws independent of what else is in the batch.
+    Returns:
+        (B,) LongTensor of token ids.
+    """
+    _check_logits(logits)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}")
+    if temperature <= GREEDY_TEMPERATURE:
+        return logits.argmax(dim=-1)
+    scores = apply_temperature(logits.float(), temperature)
+    scores = filter_top_k(scores, top_k)
+    scores = filter_top_p(scores, top_p)
+    probs = scores.softmax(dim=-1)  # (B, V)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    generators = list(generator)
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]} rows")
+    draws = [torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(draws).squeeze(-1)

@@ -1,0 +1,157 @@
+"""Sampling maths on fixed logits, against the definitions and against HF's logits processors."""
+
+
+import pytest
+import torch
+
+from acculturate.decode.sampling import (
+    apply_repetition_penalty,
+    apply_temperature,
+    filter_top_k,
+    filter_top_p,
+    sample,
+)
+
+# A known distribution: token 3 lies outside the 0.9-nucleus {0, 1, 2} (0.5 + 0.3 + 0.15 = 0.95).
+PROBS = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+LOGITS = PROBS.log()
+
+
+def draws(logits, n, seed=0, **kwargs):
+    """n independent draws from one row of logits, as a (n,) tensor."""
+    g = torch.Generator().manual_seed(seed)
+    return sample(logits.expand(n, -1), generator=g, **kwargs)
+
+
+def test_top_p_keeps_smallest_nucleus():
+    kept = torch.isfinite(filter_top_p(LOGITS, 0.9))
+    assert kept.tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_top_p(LOGITS, 0.75)).tolist() == [[True, True, False, False]]
+    # Values inside the nucleus are untouched.
+    assert torch.equal(filter_top_p(LOGITS, 0.9)[0, :3], LOGITS[0, :3])
+
+
+def test_top_p_always_keeps_the_top_token():
+    assert torch.isfinite(filter_top_p(LOGITS, 0.01)).tolist() == [[True, False, False, False]]
+    shuffled = LOGITS[:, [2, 0, 3, 1]]  # the top token is not in column 0
+    assert torch.isfinite(filter_top_p(shuffled, 1e-6)).tolist() == [[False, True, False, False]]
+
+
+def test_top_p_never_draws_outside_the_nucleus():
+    tokens = draws(LOGITS, 5000, top_p=0.9)
+    assert (tokens != 3).all()
+    assert set(tokens.tolist()) == {0, 1, 2}
+
+
+def test_top_p_matches_hf_warper():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.randn(6, 100, generator=torch.Generator().manual_seed(1)) * 3
+    for p in (0.3, 0.8, 0.95):
+        ours = torch.isfinite(filter_top_p(logits, p))
+        ref = torch.isfinite(TopPLogitsWarper(p)(None, logits.clone()))
+        assert torch.equal(ours, ref), p
+
+
+def test_top_k_filter_and_hf_reference():
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    assert torch.isfinite(filter_top_k(LOGITS, 2)).tolist() == [[True, True, False, False]]
+    assert torch.equal(filter_top_k(LOGITS, 0), LOGITS)
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(2))
+    for k in (1, 7, 50):
+        assert torch.equal(torch.isfinite(filter_top_k(logits, k)),
+                           torch.isfinite(TopKLogitsWarper(k)(None, logits.clone())))
+
+
+def test_top_k_1_is_greedy():
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
+    for seed in range(5):
+        got = sample(logits, temperature=1.5, top_k=1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(got, logits.argmax(-1))
+
+
+def test_low_temperature_is_greedy():
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(4))
+    greedy = logits.argmax(-1)
+    assert torch.equal(sample(logits, temperature=0.0), greedy)
+    assert torch.equal(sample(logits, temperature=1e-6), greedy)
+    # Through the sampling path: at T = 1e-3 any gap of 0.05 leaves the runner-up e^-50 of the mass.
+    top2 = logits.topk(2, dim=-1).values
+    assert ((top2[:, 0] - top2[:, 1]) > 0.05).all()
+    got = sample(logits, temperature=1e-3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, greedy)
+
+
+def test_frequencies_match_softmax_over_temperature():
+    logits = torch.tensor([[1.0, 0.5, 0.0, -0.5, -1.0, 2.0]])
+    n = 40_000
+    for temperature in (0.7, 1.0, 2.0):
+        expected = (logits / temperature).softmax(-1)[0]
+        freq = torch.bincount(draws(logits, n, seed=5, temperature=temperature), minlength=6) / n
+        # Standard error per frequency is at most sqrt(0.25 / n) = 0.0025; allow 4 of them.
+        assert (freq - expected).abs().max() < 0.01, (temperature, freq, expected)
+
+
+def test_frequencies_after_truncation_are_renormalized():
+    n = 40_000
+    freq = torch.bincount(draws(LOGITS, n, seed=6, top_p=0.9), minlength=4) / n
+    expected = torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95
+    assert (freq - expected).abs().max() < 0.01
+    freq = torch.bincount(draws(LOGITS, n, seed=7, top_k=2), minlength=4) / n
+    assert (freq - torch.tensor([0.625, 0.375, 0.0, 0.0])).abs().max() < 0.01
+
+
+def test_per_row_generators_are_reproducible_and_independent_of_the_batch():
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(8))
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    first = sample(logits, generator=gens([100, 101, 102]))
+    runs = torch.stack([sample(logits, generator=gens([100, 101, 102])) for _ in range(3)])
+    assert (runs == first).all()
+    # A row's draw depends only on its own generator and logits, not on the other rows.
+    assert sample(logits[1:2], generator=gens([101])).item() == first[1].item()
+    # Different seeds give different draws somewhere over 20 tries (flat logits: p = 1/40 each).
+    flat = torch.zeros(1, 40)
+    picks = {sample(flat, generator=gens([s])).item() for s in range(20)}
+    assert len(picks) > 1
+
+
+def test_repetition_penalty_on_hand_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -2.0, 0.0]])
+    ids = torch.tensor([[0, 1, 1], [2, -1, -1]])  # -1 is padding; repeats count once
+    out = apply_repetition_penalty(logits, ids, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0], [1.0, 1.0, -4.0, 0.0]]
+    assert logits.tolist() == [[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -2.0, 0.0]]  # input untouched
+    assert torch.equal(apply_repetition_penalty(logits, ids, 1.0), logits)
+
+
+def test_repetition_penalty_matches_hf_processor():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(4, 30, generator=g)
+    ids = torch.randint(0, 30, (4, 12), generator=g)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    assert torch.allclose(apply_repetition_penalty(logits, ids, 1.3), ref)
+
+
+def test_temperature_scales():
+    assert torch.allclose(apply_temperature(LOGITS, 0.5), LOGITS * 2)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sample(LOGITS, temperature=-1), "temperature"),
+    (lambda: apply_temperature(LOGITS, 0), "temperature"),
+    (lambda: filter_top_p(LOGITS, 0.0), "top_p"),
+    (lambda: filter_top_p(LOGITS, 1.5), "top_p"),
+    (lambda: filter_top_k(LOGITS, -1), "top_k"),
+    (lambda: apply_repetition_penalty(LOGITS, torch.tensor([[0]]), 0.0), "repetition_penalty"),
+    (lambda: sample(LOGITS[0]), "shape"),
+    (lambda: sample(LOGITS.expand(2, -1), generator=[torch.Generator()]), "generators"),
+])
+def test_bad_arguments_name_what_is_wrong(call, message):
+    with pytest.raises(ValueError, match=message if message != "shape" else r"\(batch, vocab\)"):
+        call()
