@@ -1,0 +1,366 @@
+"""Supervised fine-tuning: one explicit loop (set up, loop, save) over tokenized features.
+
+The loop trains whatever parameters have ``requires_grad`` (full, head-only or LoRA: the caller
+prepares the model). Its data order is a pure function of ``seed`` and the epoch, so a run resumed
+from ``out_dir/checkpoint`` replays the same batches from where it stopped and ends with the same
+weights as a run that was never interrupted (tests/train/test_resume.py checks this bit for bit
+after a SIGKILL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from acculturate.data.batching import (check_feature, length_grouped_batches, pack_features,
+                                       packed_collate, pad_collate, shuffled_batches)
+from acculturate.io import append_jsonl, write_jsonl
+from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from acculturate.train.loss import count_targets, loss_sum
+from acculturate.train.memory import PeakMemory
+from acculturate.train.schedule import warmup_cosine_lambda, warmup_steps_for
+
+log = logging.getLogger(__name__)
+
+# Fields that only change how often the loop reports or saves, not the weights it ends with: a
+# resumed run may change them. Any other field must match the checkpoint's.
+_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every"}
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Every field is validated at construction; errors name the field."""
+
+    epochs: int = 1
+    """Passes over the training data (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to take; overrides ``epochs`` (the data repeats as needed)."""
+    batch_size: int = 8
+    """Examples (or packed rows) per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the loss is normalised by all their target tokens."""
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not to biases and norm weights)."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent in linear warm-up before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine decay, as a fraction of ``lr``."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None or 0: no clipping)."""
+    eval_every: int = 0
+    """Compute the eval loss every this many steps (0: only at the end)."""
+    save_every: int = 50
+    """Write ``out_dir/checkpoint`` every this many steps (0: only at the end)."""
+    log_every: int = 10
+    """Write a ``metrics.jsonl`` row every this many steps (and at the last step)."""
+    seed: int = 0
+    """Seed of the data order (with the epoch) and of torch's generator."""
+    packing: bool = False
+    """Pack several examples into each row of ``max_length`` tokens (attention stays per example)."""
+    group_by_length: bool = False
+    """Batch examples of similar length together to cut padding (without packing)."""
+    max_length: int = 512
+    """Tokens per example (longer ones are truncated) or per packed row."""
+
+    def __post_init__(self):
+        def fail(name, expected):
+            raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an integer >= 1")
+        for name in ("eval_every", "save_every", "log_every", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                fail(name, "an integer >= 0")
+        if self.log_every == 0:
+            fail("log_every", "an integer >= 1")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            fail("max_steps", "None or an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            fail("lr", "a number > 0")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            fail("weight_decay", "a number >= 0")
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio <= 1):
+            fail("warmup_ratio", "a number in [0, 1]")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
+            fail("min_lr_ratio", "a number in [0, 1]")
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and self.max_grad_norm >= 0):
+            fail("max_grad_norm", "None or a number >= 0")
+        for name in ("packing", "group_by_length"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+
+
+@dataclass
+class TrainResult:
+    """What a training run did. Losses are token-weighted means of next-token cross-entropy."""
+    steps: int                      # optimizer steps completed in total (resumed ones included)
+    train_loss: float | None        # over the last log window (the last ``log_every`` steps)
+    eval_loss: float | None         # at the end; None without eval features
+    wall_time_s: float              # of this call (a resumed call counts only its own time)
+    peak_memory_bytes: int          # see ``peak_memory_kind``
+    peak_memory_kind: str           # "cuda_max_allocated" (weights included) or "cpu_rss_growth"
+    trainable_params: int
+    total_params: int
+    tokens_per_s: float             # non-padding tokens through the model per second, this call
+    label_tokens_per_s: float       # target (loss-bearing) tokens per second, this call
+    log_path: Path
+    checkpoint_path: Path
+    resumed_from_step: int = 0      # 0 for a fresh run
+    dropped_features: int = 0       # features with no target token left after truncation
+    history: list[dict] = field(default_factory=list)   # the rows of metrics.jsonl
+
+
+def fingerprint(rows: Sequence[dict]) -> str:
+    """A hash of the token ids and labels of ``rows``: a resumed run must see the same data."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(np.asarray(r["input_ids"], dtype=np.int64).tobytes())
+        h.update(np.asarray(r["labels"], dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def prepare_rows(features: Sequence[dict], config: TrainConfig) -> tuple[list[dict], int]:
+    """Truncate to ``max_length``, drop features left with no target, pack if asked.
+
+    Returns:
+        ``(rows, dropped)``: the rows to batch and how many features had no target token.
+    """
+    kept, dropped = [], 0
+    for i, f in enumerate(features):
+        check_feature(f, i)
+        ids, labels = list(f["input_ids"][:config.max_length]), list(f["labels"][:config.max_length])
+        if all(label == -100 for label in labels[1:]):   # label 0 is never a target (no context)
+            dropped += 1
+            continue
+        kept.append({"input_ids": ids, "labels": labels})
+    rows = pack_features(kept, config.max_length) if config.packing else kept
+    return rows, dropped
+
+
+def epoch_batches(rows: Sequence[dict], config: TrainConfig, epoch: int) -> list[list[int]]:
+    """The micro-batches (lists of row indices) of ``epoch``: a pure function of seed and epoch."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    if config.group_by_length and not config.packing:
+        return length_grouped_batches([len(r["input_ids"]) for r in rows], config.batch_size, generator)
+    return shuffled_batches(len(rows), config.batch_size, generator)
+
+
+def collate(rows: Sequence[dict], config: TrainConfig, pad_id: int) -> dict[str, torch.Tensor]:
+    return packed_collate(rows, pad_id) if config.packing else pad_collate(rows, pad_id)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, rows: Sequence[dict], config: TrainConfig, pad_id: int,
+                  device: torch.device, amp_dtype: torch.dtype | None = None) -> float | None:
+    """Token-weighted mean loss over ``rows`` (in order), in eval mode; None if there are none."""
+    if not rows:
+        return None
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for start in range(0, len(rows), config.batch_size):
+        s, k = loss_sum(model, collate(rows[start:start + config.batch_size], config, pad_id), device, amp_dtype)
+        total, n = total + s.item(), n + k
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (tied weights once)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _check_resume_config(saved: dict, config: TrainConfig, path: Path) -> None:
+    for name, value in asdict(config).items():
+        if name not in _RESUME_FREE_FIELDS and saved.get(name) != value:
+            raise ValueError(f"cannot resume from {path}: TrainConfig.{name} was {saved.get(name)!r} "
+                             f"there and is {value!r} now (it changes the run; keep it or start afresh)")
+
+
+def _mixed_precision(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> torch.dtype | None:
+    """For a bf16 model: keep fp32 master copies of the trainable parameters (AdamW updates of
+    ~lr * 1 are below bf16's 8-bit mantissa for weights near 1 and would round away) and run the
+    forward under bf16 autocast. Returns the autocast dtype, or None for an fp32 model."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float16:
+        raise ValueError("training an fp16 model is not supported (it needs loss scaling): load it "
+                         "with dtype='bf16' or 'fp32'")
+    if dtype != torch.bfloat16:
+        return None
+    for p in params:
+        p.data = p.data.float()
+    return torch.bfloat16
+
+
+def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features: Sequence[dict] | None,
+          config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pad_id: int,
+          device: str | torch.device | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune the parameters of ``model`` that require grad on ``train_features``.
+
+    AdamW, linear warm-up then cosine decay, gradient accumulation (the loss of a step is the sum
+    over all its micro-batches' target tokens divided by their count, so 2 x 4 equals 1 x 8),
+    global-norm clipping, periodic eval and checkpoints, a ``metrics.jsonl`` log.
+
+    Args:
+        model: a Hugging Face causal LM, prepared (its trainable parameters have requires_grad).
+        train_features: ``{"input_ids", "labels"}`` dicts, labels -100 where no loss is taken.
+        eval_features: the same, for the eval loss (None or empty: no eval).
+        config: :class:`TrainConfig`.
+        out_dir: gets ``metrics.jsonl`` and ``checkpoint/`` (see :mod:`acculturate.train.checkpoint`).
+        resume: continue from ``out_dir/checkpoint`` if there is one (same config and data).
+        pad_id: token id used for padding.
+        device: move the model there first (default: where its parameters are).
+        progress: show a tqdm bar with loss and LR.
+    Returns:
+        :class:`TrainResult`. The model is left in eval mode on ``device``, its trainable
+        parameters in the model's original dtype.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train: no parameter of the model requires grad (prepare it first: full, head or lora)")
+    model_dtype = next(model.parameters()).dtype
+    amp_dtype = _mixed_precision(model, params)
+
+    rows, dropped = prepare_rows(train_features, config)
+    if not rows:
+        raise ValueError(f"train: none of the {len(train_features)} training features has a target "
+                         f"token within max_length={config.max_length}")
+    if dropped:
+        log.warning("dropped %d of %d training features with no target token within max_length=%d",
+                    dropped, len(train_features), config.max_length)
+    eval_rows, _ = prepare_rows(eval_features or [], config)
+    micro_per_epoch = math.ceil(len(rows) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(
+        warmup_steps_for(config.warmup_ratio, total_steps), total_steps, config.min_lr_ratio))
+
+    log_path, ckpt_dir = out_dir / "metrics.jsonl", out_dir / "checkpoint"
+    data_hash = fingerprint(rows)
+    history: list[dict] = []
+    # The current log window and run totals, saved in checkpoints so a resumed log reads the same.
+    window = {"loss": 0.0, "targets": 0, "steps": 0}
+    start_step = 0
+    found = find_checkpoint(ckpt_dir) if resume else None
+    if found is not None:
+        _check_resume_config(read_state(found)["config"], config, found)
+        ckpt = load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
+        if ckpt.progress["data"] != data_hash:
+            raise ValueError(f"cannot resume from {found}: the training features differ from the run "
+                             f"that wrote it (data hash {ckpt.progress['data']} vs {data_hash})")
+        start_step, window, history = ckpt.progress["step"], ckpt.progress["window"], ckpt.metrics
+        log.info("resuming from %s at step %d of %d", found, start_step, total_steps)
+    else:
+        torch.manual_seed(config.seed)
+    write_jsonl(log_path, history)   # drops rows a killed run logged after its last checkpoint
+
+    def checkpoint(step: int) -> None:
+        epoch, done = divmod(step, steps_per_epoch)
+        progress_state = {"step": step, "epoch": epoch, "micro_batch": done * config.grad_accum,
+                          "total_steps": total_steps, "window": window, "data": data_hash}
+        save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                        progress=progress_state, config=asdict(config), metrics=history)
+
+    tokens_seen = labels_seen = 0
+    last_train_loss = None
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train", unit="step")
+    model.train()
+    batches, batches_epoch = None, -1
+    t0 = t_window = time.perf_counter()
+    window_tokens = window_labels = 0
+    with PeakMemory(device) as memory:
+        for step in range(start_step, total_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch != batches_epoch:
+                batches, batches_epoch = epoch_batches(rows, config, epoch), epoch
+            group_idx = batches[k * config.grad_accum:(k + 1) * config.grad_accum]
+            group = [collate([rows[i] for i in idx], config, pad_id) for idx in group_idx]
+            window_tokens += sum(len(rows[i]["input_ids"]) for idx in group_idx for i in idx)
+            n_targets = sum(count_targets(b) for b in group)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for batch in group:
+                s, _ = loss_sum(model, batch, device, amp_dtype)
+                (s / n_targets).backward()
+                step_loss += s.item()
+            grad_norm = None
+            if config.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            window["loss"] += step_loss
+            window["targets"] += n_targets
+            window["steps"] += 1
+            window_labels += n_targets
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss / n_targets:.4f}", lr=f"{lr:.2e}")
+
+            done = step + 1
+            eval_loss = None
+            if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+                eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype)
+            if done % config.log_every == 0 or done == total_steps or eval_loss is not None:
+                now = time.perf_counter()
+                last_train_loss = window["loss"] / max(window["targets"], 1)
+                row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
+                       "loss": round(last_train_loss, 6), "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": round(window_tokens / (now - t_window), 2),
+                       "label_tokens_per_s": round(window_labels / (now - t_window), 2)}
+                if eval_loss is not None:
+                    row["eval_loss"] = round(eval_loss, 6)
+                history.append(row)
+                append_jsonl(log_path, row)
+                tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
+                window = {"loss": 0.0, "targets": 0, "steps": 0}
+                window_tokens = window_labels = 0
+                t_window = now
+            if config.save_every and done % config.save_every == 0 and done < total_steps:
+                checkpoint(done)
+        bar.close()
+        if start_step < total_steps:
+            checkpoint(total_steps)
+        final_eval = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype)
+    if final_eval is not None:   # logged after the final checkpoint: a resume at the end re-evaluates
+        row = {"step": total_steps, "eval_loss": round(final_eval, 6)}
+        history.append(row)
+        append_jsonl(log_path, row)
+    wall = time.perf_counter() - t0
+    if amp_dtype is not None:
+        for p in params:
+            p.data = p.data.to(model_dtype)
+    model.eval()
+    trainable, total = count_params(model)
+    if last_train_loss is None and history:   # resumed at the very end: report the logged value
+        last_train_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
+    return TrainResult(
+        steps=total_steps, train_loss=last_train_loss, eval_loss=final_eval, wall_time_s=wall,
+        peak_memory_bytes=memory.peak_bytes, peak_memory_kind=memory.kind,
+        trainable_params=trainable, total_params=total,
+        tokens_per_s=tokens_seen / wall if wall > 0 else 0.0,
+        label_tokens_per_s=labels_seen / wall if wall > 0 else 0.0,
+        log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
+        dropped_features=dropped, history=history)
