@@ -1,0 +1,86 @@
+"""Turn a growing list of generated token ids into text, safely for streaming and stop strings.
+
+Byte-level BPE (SmolLM2, Llama 3, GPT-2...) splits a multi-byte character such as an emoji into
+several tokens; decoding a prefix that ends inside one yields U+FFFD. Streaming would then print
+a broken character that the next token silently repairs. ``TextStream`` decodes the whole
+completion each step (a few hundred tokens decode in well under a millisecond) and only hands out
+text that can no longer change: it holds back trailing U+FFFD and any tail that could still grow
+into a stop string, so the streamed deltas always concatenate to the final, stop-cut text.
+"""
+
+from __future__ import annotations
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class TextStream:
+    """Incremental detokenizer with stop strings for one completion.
+
+    Args:
+        tokenizer: an HF tokenizer (``decode`` is used).
+        stop: strings that end the completion; the text is cut before the first one found.
+
+    Attributes:
+        token_ids: ids added so far.
+        stopped: True once a stop string appeared; ``text`` then ends right before it.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] | list[str] = ()):
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {list(stop)!r}")
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self._max_stop = max((len(s) for s in self.stop), default=0)
+        self.token_ids: list[int] = []
+        self.stopped = False
+        self._text = ""
+        self._emitted = 0       # characters of _text already handed out
+        self._search_from = 0   # stop strings cannot start before this character any more
+
+    @property
+    def text(self) -> str:
+        """The text so far (cut before the stop string once ``stopped``)."""
+        return self._text
+
+    def add(self, token_id: int) -> str:
+        """Append one generated token; return the new text that is safe to show (maybe "")."""
+        if self.stopped:
+            raise RuntimeError("TextStream.add after a stop string ended the completion")
+        self.token_ids.append(int(token_id))
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)
+        stable = len(text.rstrip(REPLACEMENT_CHAR))  # characters later tokens cannot change
+        if self.stop:
+            cut = self._find_stop(text)
+            if cut is not None:
+                self._text = text[:cut]
+                self.stopped = True
+                return self.flush()
+            # A stop string completed later must start within its length of the stable end.
+            self._search_from = max(0, stable - self._max_stop + 1)
+        self._text = text
+        safe = stable - self._stop_prefix_len(text[:stable])
+        return self._emit(safe)
+
+    def flush(self) -> str:
+        """Hand out everything not yet shown (call when the completion ends for any reason)."""
+        return self._emit(len(self._text))
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        delta = self._text[self._emitted:upto]
+        self._emitted = upto
+        return delta
+
+    def _find_stop(self, text: str) -> int | None:
+        hits = [i for i in (text.find(s, self._search_from) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that is the start of a stop string."""
+        for n in range(min(len(text), self._max_stop - 1), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in self.stop):
+                return n
+        return 0
