@@ -1,0 +1,14 @@
+"""Adapters: which parameters train (full, head, LoRA), LoRA layers, PEFT-format IO, merging."""
+
+from acculturate.adapters.lora import (
+    LoRAConfig, LoRALinear, apply_lora, lora_modules, lora_state_dict, merge_lora,
+)
+from acculturate.adapters.merge import export_merged, merge_adapter_dir
+from acculturate.adapters.methods import METHODS, count_parameters, prepare_model, untie_output_head
+from acculturate.adapters.peft_format import AdapterError, load_adapter, read_adapter_config, save_adapter
+
+__all__ = [
+    "METHODS", "AdapterError", "LoRAConfig", "LoRALinear", "apply_lora", "count_parameters",
+    "export_merged", "load_adapter", "lora_modules", "lora_state_dict", "merge_adapter_dir", "merge_lora",
+    "prepare_model", "read_adapter_config", "save_adapter", "untie_output_head",
+]

@@ -1,0 +1,121 @@
+"""Fine-tuning methods: which parameters train. ``METHODS`` is the one registry of them.
+
+- ``full``: every parameter trains.
+- ``head``: only the output head (``lm_head``) trains, plus, with ``head_blocks=N``, the last N
+  transformer blocks and the final norm before the head.
+- ``lora``: LoRA layers on the configured Linear modules; only their ``A``/``B`` train.
+
+Tied weights: SmolLM2 (like most small LMs) ties ``lm_head.weight`` to ``embed_tokens.weight``:
+one tensor is both the input embedding and the output head. Training "only the head" would then
+also move every input embedding. ``head`` therefore unties them: ``lm_head`` gets its own copy of
+the weight (outputs at step 0 are unchanged) and ``config.tie_word_embeddings`` becomes False, so
+the saved model keeps the two apart. The untied model has one more vocab x hidden matrix (28M
+parameters for SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from acculturate.adapters.lora import LoRAConfig, apply_lora
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; a tied tensor counts once."""
+    params = list(model.parameters())  # parameters() yields a shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def untie_output_head(model: nn.Module) -> bool:
+    """Give the output head its own copy of the weight it shares with the input embedding.
+
+    Returns:
+        True if the weights were tied (and are now separate), False if they already were.
+    """
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embed is None or head.weight is not embed.weight:
+        return False
+    head.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    if hasattr(model, "all_tied_weights_keys"):
+        # transformers >= 5 keeps the tie map it computed at init; recompute it from the new config
+        # so save_pretrained/from_pretrained do not re-tie the head to the embedding.
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return True
+
+
+def _decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
+    """The transformer blocks and the final norm of a decoder-only HF model."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    norm = getattr(decoder, "norm", None)
+    if not isinstance(layers, nn.ModuleList) or norm is None:
+        raise ValueError(
+            f"head_blocks needs a decoder with `.layers` (blocks) and `.norm` (final norm); "
+            f"{type(model).__name__} does not have them")
+    return layers, norm
+
+
+def prepare_full(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+    """Every parameter trains."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def prepare_head(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+    """The output head (untied from the embedding) trains; with ``head_blocks=N`` also the last N
+    blocks and the final norm."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output head (get_output_embeddings() is None)")
+    untie_output_head(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [head]
+    if head_blocks:
+        layers, norm = _decoder_parts(model)
+        if head_blocks > len(layers):
+            raise ValueError(f"head_blocks={head_blocks} but the model has only {len(layers)} blocks")
+        trainable += [norm, *layers[len(layers) - head_blocks:]]
+    for module in trainable:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
+def prepare_lora(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+    """LoRA layers on ``lora.targets``; only their A/B matrices train."""
+    apply_lora(model, lora)
+
+
+METHODS: dict[str, Callable[[nn.Module, LoRAConfig, int], None]] = {
+    "full": prepare_full,
+    "head": prepare_head,
+    "lora": prepare_lora,
+}
+
+
+def prepare_model(model: nn.Module, method: str, lora: LoRAConfig | None = None,
+                  head_blocks: int = 0) -> dict:
+    """Set which parameters of ``model`` train, in place.
+
+    Args:
+        model: an HF causal LM.
+        method: a key of :data:`METHODS` (``"full"``, ``"head"``, ``"lora"``).
+        lora: the LoRA config for ``"lora"`` (default: ``LoRAConfig()``).
+        head_blocks: for ``"head"``: also train the last this many blocks and the final norm.
+    Returns:
+        ``{"method", "trainable", "total", "percent"}``: parameter counts after preparation.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {sorted(METHODS)}")
+    if isinstance(head_blocks, bool) or not isinstance(head_blocks, int) or head_blocks < 0:
+        raise ValueError(f"head_blocks must be a non-negative integer, got {head_blocks!r}")
+    if head_blocks and method != "head":
+        raise ValueError(f"head_blocks={head_blocks} only applies to method 'head', not {method!r}")
+    METHODS[method](model, lora if lora is not None else LoRAConfig(), head_blocks)
+    trainable, total = count_parameters(model)
+    return {"method": method, "trainable": trainable, "total": total,
+            "percent": round(100.0 * trainable / total, 4) if total else 0.0}
