@@ -29,9 +29,10 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     """Summed next-token cross-entropy over the targets of ``batch``.
 
     The model is called with ``use_cache=False`` (required for packed rows, see
-    :mod:`acculturate.data.batching`) and ``logits_to_keep`` set to the target positions, so the
-    vocabulary projection runs only where a loss is taken: with 49k vocabulary entries, full fp32
-    logits for 8 x 512 tokens are 800 MB, and prompts are often most of the tokens.
+    :mod:`acculturate.data.batching`) and ``logits_to_keep`` set to the positions where some row
+    has a target, so the vocabulary projection skips positions that are prompt in every row: with
+    49k vocabulary entries, full fp32 logits for 8 x 512 tokens are 800 MB. (A 1-D index works in
+    every transformers since 4.50; the per-row 2-D boolean form is newer than 5.17.)
 
     Args:
         model: a Hugging Face causal LM.
@@ -43,12 +44,16 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     """
     labels = batch["labels"].to(device)                   # (B, T)
     keep = target_mask(labels)                            # (B, T)
-    targets = labels[:, 1:][keep[:, :-1]]                 # (N,) in row-major order, like hidden[keep]
+    targets = labels[:, 1:][keep[:, :-1]]                 # (N,) row-major, like logits[keep] below
+    if targets.numel() == 0:
+        return torch.zeros((), device=device), 0
+    positions = keep.any(dim=0).nonzero().squeeze(1)      # (K,) positions with a target in some row
     inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
     amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
     with amp:
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    if logits.dim() == 3:   # a model that returned every position: (B, T, V) -> (N, V)
-        logits = logits[keep]
+        logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits   # (B, K, V)
+    if logits.shape[1] != positions.numel():   # a model that ignored logits_to_keep: (B, T, V)
+        logits = logits[:, positions]
+    logits = logits[keep[:, positions]]                   # (N, V)
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())

@@ -1,7 +1,7 @@
 """Train a tiny random-init Llama (or the real default model's last block) in its own process, for
 the resume-after-SIGKILL test. Usage:
 
-    python resume_script.py OUT_DIR [--resume] [--step-delay S] [--real]
+    python resume_script.py OUT_DIR [--resume] [--step-delay S] [--real] [--device cuda]
 
 Writes OUT_DIR/final.safetensors (the trainable weights at the end) when training completes.
 ``--step-delay`` sleeps in every forward pass so the test has time to kill the process mid-run.
@@ -10,6 +10,7 @@ Writes OUT_DIR/final.safetensors (the trainable weights at the end) when trainin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,8 +66,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--real", action="store_true")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)   # the same kernels (and summation order) in every process
+    if args.device.startswith("cuda"):   # no atomics-based kernels: bitwise-repeatable runs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     if args.real:
         model, features = real_model_and_features()
         config = TrainConfig(max_steps=4, batch_size=2, lr=1e-3, save_every=2, log_every=1, seed=3)
@@ -77,8 +82,9 @@ def main(argv: list[str]) -> None:
                              log_every=1, eval_every=3, seed=5)
     if args.step_delay:
         model.register_forward_pre_hook(lambda *_: time.sleep(args.step_delay))
-    train(model, features, features[:6], config, args.out_dir, resume=args.resume, pad_id=0, progress=False)
-    save_file({k: v.detach().contiguous() for k, v in trainable_state(model).items()},
+    train(model, features, features[:6], config, args.out_dir, resume=args.resume, pad_id=0,
+          device=args.device, progress=False)
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()},
               str(args.out_dir / "final.safetensors"))
 
 

@@ -66,16 +66,19 @@ def test_resume_after_sigkill_tiny_model(tmp_path):
     assert read_log(killed / "metrics.jsonl") == read_log(straight / "metrics.jsonl")
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path):
-    run_script(tmp_path / "a", "--resume")
-    run_script(tmp_path / "b")
-    assert_same_weights(tmp_path / "a" / "final.safetensors", tmp_path / "b" / "final.safetensors")
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_real_model(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_script(straight, "--real")
     kill_after_first_checkpoint(killed, "--real", "--step-delay", "0.3")
     run_script(killed, "--real", "--resume")
+    assert_same_weights(straight / "final.safetensors", killed / "final.safetensors")
+
+
+@pytest.mark.gpu
+def test_resume_after_sigkill_on_cuda(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_script(straight, "--device", "cuda")
+    kill_after_first_checkpoint(killed, "--device", "cuda", "--step-delay", "0.05")
+    run_script(killed, "--device", "cuda", "--resume")
     assert_same_weights(straight / "final.safetensors", killed / "final.safetensors")

@@ -103,6 +103,16 @@ def test_resume_refuses_a_changed_config_or_data(tmp_path):
     assert r.resumed_from_step == 2 and r.steps == 2
 
 
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    feats, config = tiny_features(8), TrainConfig(max_steps=3, batch_size=4, lr=1e-2)
+    a, b = tiny_model(), tiny_model()
+    ra = train(a, feats, None, config, tmp_path / "a", resume=True, pad_id=0, progress=False)
+    train(b, feats, None, config, tmp_path / "b", pad_id=0, progress=False)
+    assert ra.resumed_from_step == 0
+    for (name, pa), pb in zip(trainable_state(a).items(), trainable_state(b).values()):
+        assert torch.equal(pa, pb), name
+
+
 def test_errors_for_untrainable_model_and_targetless_data(tmp_path):
     model = tiny_model()
     with pytest.raises(ValueError, match="none of the 1 training features has a target token"):
@@ -146,3 +156,15 @@ def test_training_the_last_block_lowers_the_loss_on_real_model(fresh_model, tmp_
     assert r.eval_loss < before * 0.7, (before, r.eval_loss)
     assert r.trainable_params == sum(p.numel() for p in model.model.layers[-1].parameters())
     assert r.total_params > 100_000_000
+
+
+@pytest.mark.gpu
+def test_bf16_model_on_cuda_trains_under_autocast(tmp_path):
+    model = tiny_model().to("cuda", torch.bfloat16)
+    feats = tiny_features(16)
+    config = TrainConfig(epochs=4, batch_size=4, lr=1e-2, warmup_ratio=0.0, save_every=0)
+    before = evaluate_loss(model, feats, config, 0, torch.device("cuda"))
+    r = train(model, feats, feats, config, tmp_path, pad_id=0, progress=False)
+    assert r.eval_loss < before - 0.05
+    assert r.peak_memory_kind == "cuda_max_allocated" and r.peak_memory_bytes > 0
+    assert all(p.dtype == torch.bfloat16 and p.is_cuda for p in model.parameters())
