@@ -5,8 +5,8 @@ no loss is taken (prompt tokens). Labels are *not* shifted: the loss compares ``
 ``labels[:, t + 1]``, as Hugging Face causal LMs do.
 
 Packing puts several short examples into one row. The row carries ``position_ids`` that restart at 0
-for every example and no ``attention_mask``: transformers (>= 4.56; checked in 5.24,
-``masking_utils.find_packed_sequence_indices``) then detects the restarts and builds a causal mask
+for every example and no ``attention_mask``: transformers (read in 5.24's
+``masking_utils.find_packed_sequence_indices``; also exercised on 5.17) then detects the restarts and builds a causal mask
 that is block-diagonal over the examples, for both SDPA and eager attention (flash-attention uses the
 same position_ids for its variable-length kernels). That detection only runs when the model is called
 with ``attention_mask=None`` *and* without a KV cache, so a packed batch must be run with
