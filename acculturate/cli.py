@@ -1,0 +1,236 @@
+"""`acculturate <verb>`: a thin layer over the Python API; each verb calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from acculturate.resources import ROOT as RESOURCES
+
+DEFAULT_ADAPT_CONFIG = RESOURCES.parent / "configs" / "adapt" / "smollm2-135m_lora.yaml"
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1.0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=8)
+
+
+def _generation_config(args):
+    from acculturate.decode import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(args.stop),
+                            seed=args.seed, batch_size=args.batch_size)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="'smollm2-135m' (embedded), an HF model directory or a .gguf file")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter directory (ours or PEFT's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+
+
+def _load_with_adapter(args):
+    from acculturate.adapters import load_adapter
+    from acculturate.models import load
+
+    loaded = load(args.model, device=args.device, dtype=args.dtype)
+    if args.adapter:
+        load_adapter(loaded.model, args.adapter)
+        loaded.model.eval()
+    return loaded
+
+
+def cmd_adapt(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.adapt import AdaptConfig, run_adapt
+
+    path = Path(args.config) if args.config else DEFAULT_ADAPT_CONFIG
+    config = load_yaml(AdaptConfig, path, args.set)
+    if args.name:
+        config.name = args.name
+    metrics = run_adapt(config, resume=not args.restart, overwrite=args.overwrite or args.restart,
+                        base_dir=path.parent)
+    out = Path(config.output_dir) / config.name
+    b, a = metrics["base"]["accuracy"], metrics["adapted"]["accuracy"]
+    print(f"\n{config.region}: accuracy {100 * b:.1f}% (base) -> {100 * a:.1f}% (adapted) "
+          f"on {metrics['test_questions']} held-apart questions")
+    print(f"Results: {out}/report.md, {out}/metrics.json; adapter: {metrics['saved']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.finetune import FinetuneConfig, run_finetune
+
+    path = Path(args.config)
+    config = load_yaml(FinetuneConfig, path, args.set)
+    metrics = run_finetune(config, resume=args.resume, overwrite=args.overwrite, base_dir=path.parent)
+    t = metrics["train"]
+    print(f"\ntrained {config.method.name}: {t['steps']} steps, train loss {t['train_loss']:.4f}"
+          + (f", eval loss {t['eval_loss']:.4f}" if t.get("eval_loss") is not None else ""))
+    print(f"Saved: {metrics['saved']}")
+    return 0
+
+
+def _render(tokenizer, text: str, template: str, system: str | None) -> str:
+    if template == "raw":
+        return text
+    from acculturate.data import render_prompt
+
+    return render_prompt([{"role": "user", "content": text}], tokenizer, template, system=system)
+
+
+def cmd_generate(args) -> int:
+    from acculturate.decode import generate
+    from acculturate.io import write_jsonl
+
+    if bool(args.prompt) == bool(args.file):
+        raise SystemExit("acculturate generate: give either a prompt or --file PROMPTS.jsonl")
+    loaded = _load_with_adapter(args)
+    if args.file:
+        rows = []
+        for i, line in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append(row["prompt"] if isinstance(row, dict) else str(row))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SystemExit(f"{args.file}:{i}: expected a JSON object with a 'prompt' string") from None
+        prompts = rows
+    else:
+        prompts = [args.prompt]
+    rendered = [_render(loaded.tokenizer, p, args.template, args.system) for p in prompts]
+    config = _generation_config(args)
+    if len(prompts) == 1 and not args.output:
+        outs = generate(loaded.model, loaded.tokenizer, rendered, config,
+                        on_text=lambda i, delta: print(delta, end="", flush=True))
+        print()
+        return 0
+    outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
+    results = [{"prompt": p, "completion": o.text, "finish_reason": o.finish_reason,
+                "completion_tokens": o.completion_tokens} for p, o in zip(prompts, outs)]
+    if args.output:
+        write_jsonl(args.output, results)
+        print(f"wrote {len(results)} completions to {args.output}")
+    else:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from acculturate.decode import generate
+
+    loaded = _load_with_adapter(args)
+    config = _generation_config(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chat with the model. Empty line or Ctrl-D to quit; /reset starts over.")
+    from acculturate.data import render_prompt
+
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not text:
+            return 0
+        if text == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": text})
+        prompt = render_prompt(messages, loaded.tokenizer, "chat")
+        print("model> ", end="", flush=True)
+        out = generate(loaded.model, loaded.tokenizer, [prompt], config,
+                       on_text=lambda i, delta: print(delta, end="", flush=True))[0]
+        print()
+        messages.append({"role": "assistant", "content": out.text})
+
+
+def cmd_merge(args) -> int:
+    from acculturate.adapters import merge_adapter_dir
+
+    merge_adapter_dir(args.model, args.adapter, args.output)
+    print(f"merged model written to {args.output} (a plain HF model directory)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("adapt", help="adapt a model to a region, evaluate before/after, write a report")
+    p.add_argument("config", nargs="?", help=f"YAML config (default: the shipped {DEFAULT_ADAPT_CONFIG.name})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set region=Mexico --set train.epochs=1")
+    p.add_argument("--name", help="run name (the folder under output_dir)")
+    p.add_argument("--restart", action="store_true", help="start the run over instead of continuing it")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of the same name with another config")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("train", help="fine-tune (full, head, lora) from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate from one prompt or a JSONL file of prompts")
+    p.add_argument("prompt", nargs="?")
+    p.add_argument("--file", help="JSONL with one {\"prompt\": ...} per line")
+    p.add_argument("--output", help="write completions as JSONL here")
+    p.add_argument("--template", default="chat", choices=["chat", "alpaca", "raw"])
+    p.add_argument("--system", default=None, help="system persona")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat in the terminal")
+    p.add_argument("--system", default=None)
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    # transformers' own progress bars and warnings are noise next to ours.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from acculturate.config_loading import ConfigError
+    from acculturate.data import DataError
+    from acculturate.models import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as e:
+        print(f"acculturate {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nacculturate {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Evaluation: task scores of a model (+ adapter) on held-apart data."""

