@@ -305,8 +305,10 @@ def quantize_model(model: nn.Module, targets=DEFAULT_TARGETS, blocksize: int = 6
     unmatched = [t for t in targets if not any(matches_target(n, t) for n in linears)]
     if unmatched:
         short = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        hint = (" (its LoRA layers' bases are named base_layer: use qlora.quantize_lora_bases)"
+                if any(n.endswith(".base_layer") for n in linears) else "")
         raise ValueError(f"quantize_model targets {unmatched} matched no nn.Linear module of "
-                         f"{type(model).__name__}; its Linear modules are named {short}")
+                         f"{type(model).__name__}; its Linear modules are named {short}{hint}")
     names = [n for n in linears if any(matches_target(n, t) for t in targets)]
     for name in names:
         _set_module(model, name, NF4Linear.from_linear(model.get_submodule(name), blocksize, scale_blocksize))
