@@ -60,8 +60,7 @@ def cmd_adapt(args) -> int:
     config = load_yaml(AdaptConfig, path, args.set)
     if args.name:
         config.name = args.name
-    metrics = run_adapt(config, resume=not args.restart, overwrite=args.overwrite or args.restart,
-                        base_dir=path.parent)
+    metrics = run_adapt(config, overwrite=args.restart, base_dir=path.parent)
     out = Path(config.output_dir) / config.name
     b, a = metrics["base"]["accuracy"], metrics["adapted"]["accuracy"]
     print(f"\n{config.region}: accuracy {100 * b:.1f}% (base) -> {100 * a:.1f}% (adapted) "
@@ -76,7 +75,7 @@ def cmd_train(args) -> int:
 
     path = Path(args.config)
     config = load_yaml(FinetuneConfig, path, args.set)
-    metrics = run_finetune(config, resume=args.resume, overwrite=args.overwrite, base_dir=path.parent)
+    metrics = run_finetune(config, resume=args.resume, overwrite=args.restart, base_dir=path.parent)
     t = metrics["train"]
     print(f"\ntrained {config.method.name}: {t['steps']} steps, train loss {t['train_loss']:.4f}"
           + (f", eval loss {t['eval_loss']:.4f}" if t.get("eval_loss") is not None else ""))
@@ -178,15 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set region=Mexico --set train.epochs=1")
     p.add_argument("--name", help="run name (the folder under output_dir)")
-    p.add_argument("--restart", action="store_true", help="start the run over instead of continuing it")
-    p.add_argument("--overwrite", action="store_true", help="replace a run of the same name with another config")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the run of this name and start over (default: continue it)")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("train", help="fine-tune (full, head, lora) from a YAML config")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate from one prompt or a JSONL file of prompts")

@@ -70,12 +70,12 @@ def _qa_summary(result: QAResult) -> dict:
             "ci95": list(result.ci95), "seconds": round(result.seconds, 1), "by_topic": result.by_group}
 
 
-def run_adapt(config: AdaptConfig, *, resume: bool = True, overwrite: bool = False,
+def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
               base_dir: Path | None = None, progress: bool = True) -> dict:
     """Run the whole adapt job; returns the metrics also written to ``<run>/metrics.json``."""
     start = time.perf_counter()
     out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, resume, overwrite)
+    check_run_dir(out, config, overwrite)
     write_json(out / "config.json", to_dict(config))
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     tok = loaded.tokenizer
@@ -104,7 +104,7 @@ def run_adapt(config: AdaptConfig, *, resume: bool = True, overwrite: bool = Fal
 
     base = evaluate("base")
     log.info("base accuracy on %s: %.3f", config.region, base.accuracy)
-    summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume)
+    summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume=True)
     saved = save_trained(loaded, config.method, out, config.model.name)
     adapted = evaluate("adapted")
     metrics = {

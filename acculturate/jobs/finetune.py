@@ -5,7 +5,9 @@ The pieces (``build_datasets``, ``prepare_and_train``, ``save_trained``) are reu
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,20 +104,22 @@ def run_dir(output_dir: str, name: str) -> Path:
     return Path(output_dir) / name
 
 
-def check_run_dir(out: Path, config, resume: bool, overwrite: bool) -> None:
+def check_run_dir(out: Path, config, overwrite: bool) -> None:
     """A run directory holds one configuration. Re-running the same config continues it; a different
-    config in the same directory is refused unless ``overwrite``, so no finished run is clobbered."""
+    config in the same directory is refused unless ``overwrite`` (which deletes the old run), so no
+    finished run is mixed with another's outputs."""
     saved = out / "config.json"
-    if not saved.exists() or overwrite:
+    if not saved.exists():
         return
-    import json
-
+    if overwrite:
+        shutil.rmtree(out)
+        return
     old = json.loads(saved.read_text())
-    new = to_dict(config)
-    if old != new and not resume:
+    new = json.loads(json.dumps(to_dict(config)))
+    if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(f"{out} already holds a run with a different configuration (differs in: "
-                          f"{', '.join(changed)}). Use another name, or --overwrite to replace it.")
+                          f"{', '.join(changed)}). Use another name, or --restart to replace it.")
 
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
@@ -141,7 +145,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
                  base_dir: Path | None = None) -> dict:
     """Run ``acculturate train``; returns the metrics written to ``<run>/metrics.json``."""
     out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, resume, overwrite)
+    check_run_dir(out, config, overwrite)
     write_json(out / "config.json", to_dict(config))
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     examples = [ex for src in config.data.sources
