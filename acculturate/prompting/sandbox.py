@@ -24,12 +24,18 @@ Python layer (inside the child, before the user code runs):
     and stops the program at the first forbidden one: ``open`` outside the temporary directory,
     ``socket.*``, ``subprocess.Popen``, ``os.system``/``exec``/``fork``/``posix_spawn``/``kill``,
     ``ctypes.*``, ``code.__new__``/``marshal.loads`` (crafted bytecode), ``gc.*``, ``sys.settrace``,
-    importing any module outside the allow-list, and every event it does not know;
+    ``sys.addaudithook``, importing any module outside the allow-list, and every event it does not
+    know. Frames and code objects (``sys._getframe``, ``tb_frame``, ``__code__``, ``__defaults__``)
+    are refused with ValueError without stopping the program: typing, enum and namedtuple ask for
+    their caller's frame and cope with the refusal;
   * ``__import__`` replaced so that the program's own ``import os`` is refused even though ``os`` is
     already loaded (the audit ``import`` event only fires for modules not yet loaded).
 The allowed modules are imported before the hook goes in, so the hook never needs to let the child
-read the standard library. Pure-Python sandboxes are known to be escapable in principle (CPython
-crashers, for one), which is why the OS layer does not trust this one.
+read the standard library. Known gap of this layer: ``importlib.import_module`` (reachable through
+an allowed module's globals) loads a built-in module (pwd, gc...) without any audit event; gc's
+functions raise their own events, and pwd finds /etc empty in the mount namespace. Pure-Python
+sandboxes are escapable in principle (CPython crashers, for one), which is why the OS layer does
+not trust this one.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import inspect
 import json
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -235,6 +242,8 @@ def _run(code: str, limits: SandboxLimits, stdin: str, guard: bool) -> SandboxRe
     """run_program with the Python layer switchable: tests turn it off to prove the OS layer alone."""
     if not isinstance(code, str):
         raise TypeError(f"run_program: expected code as str, got {type(code).__name__}")
+    if not isinstance(stdin, str):
+        raise TypeError(f"run_program: expected stdin as str, got {type(stdin).__name__}")
     _check_modules(sys.executable, limits.allowed_modules)
     root = os.geteuid() == 0
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="acculturate-sandbox-"))
@@ -369,9 +378,10 @@ def _child_reason(exit_code: int, cpu_used: float, limits: SandboxLimits) -> str
 
 
 def _set_limits(limits: SandboxLimits) -> None:
-    """preexec_fn: runs in the forked child before exec. Lowering limits needs no privilege."""
-    import resource
+    """preexec_fn: runs in the forked child before exec. Lowering limits needs no privilege.
 
+    Only setrlimit calls: nothing here takes a lock that another parent thread might hold.
+    """
     cpu = max(1, int(-(-limits.cpu_seconds // 1)))  # RLIMIT_CPU counts whole seconds
     memory = int(limits.memory_mb * 1024 * 1024)
     for name, soft, hard in (

@@ -220,7 +220,6 @@ def test_fork_bomb_is_blocked_and_leaves_no_processes():
     assert sandbox_processes() == []
 
 
-@pytest.mark.skipif(not ROOT and os.name != "posix", reason="RLIMIT_NPROC needs POSIX")
 def test_fork_bomb_without_the_python_guard_cannot_fork():
     # RLIMIT_NPROC=1 is what stops it here; it binds because the child is not root (it dropped
     # to nobody when the parent is root).
@@ -334,7 +333,7 @@ def test_without_the_python_guard_the_child_is_not_root(tmp_path):
             print("denied")
     """
     result = run(code, guard=False)
-    assert result.stdout.split() in (["65534", "denied", "denied"], ["0", "denied", "denied"]), result.stderr
+    assert result.stdout.split() == ["65534", "denied", "denied"], result.stderr
     assert not (tmp_path / "new").exists()
 
 
