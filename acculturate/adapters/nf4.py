@@ -37,6 +37,10 @@ runs, min / median of 25):
 - torchao's NF4 table is rounded to 4 decimals (-0.6962 instead of -0.6961928...), so its levels are
   not exactly bitsandbytes' (the mean round-trip error is the same to 4 digits).
 - A plain module with buffers keeps ``state_dict()``/``.to(device)`` ordinary and adds no dependency.
+
+On CUDA (H100, torch 2.11, bf16, the same shapes) forward+backward is launch-bound: 0.72 ms against
+nn.Linear's 0.11 ms for 576 -> 1536, and 0.73 ms against 0.14 ms for 4096 -> 4096 (dequantize alone:
+0.13 and 0.21 ms). A fused dequantize kernel would remove most of that; it is not written yet.
 """
 
 from __future__ import annotations
