@@ -188,11 +188,8 @@ def generate(model, tokenizer, prompts: Sequence[str], config: GenerationConfig 
         if limit and len(ids) + config.max_new_tokens > limit:
             raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens="
                              f"{config.max_new_tokens} that exceeds the model's {limit} positions")
-    rows = [
-        _Row(i, ids, TextStream(tokenizer, config.stop),
-             _row_generator(model, config, i))
-        for i, ids in enumerate(encoded)
-    ]
+    rows = [_Row(i, ids, TextStream(tokenizer, config.stop), _row_generator(config, i))
+            for i, ids in enumerate(encoded)]
     # Longest first: similar lengths share a batch (little padding) and a batch that does not fit
     # in memory fails at once rather than at the end.
     order = sorted(rows, key=lambda r: -len(r.prompt_ids))
@@ -215,14 +212,15 @@ def generate(model, tokenizer, prompts: Sequence[str], config: GenerationConfig 
                        completion_tokens=len(r.stream.token_ids)) for r in rows]
 
 
-def _row_generator(model, config: GenerationConfig, index: int) -> torch.Generator | None:
+def _row_generator(config: GenerationConfig, index: int) -> torch.Generator | None:
     if config.seed is None or config.greedy:
         return None
-    device = next(model.parameters()).device
+    # A CPU generator even for a GPU model: sample() draws one uniform per row from it, and CPU draws
+    # cost no kernel launch.
     # Hash (seed, index) rather than seed + index: with the sum, seed 1 prompt 1 and seed 2 prompt 0
     # would share a stream, and calls with seeds 1, 2, 3 over repeated prompts would repeat samples.
     digest = hashlib.sha256(f"{config.seed}:{index}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _generate_batch(model, tokenizer, rows: list[_Row], config: GenerationConfig,

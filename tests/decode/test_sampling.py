@@ -102,6 +102,18 @@ def test_frequencies_after_truncation_are_renormalized():
     assert (freq - torch.tensor([0.625, 0.375, 0.0, 0.0])).abs().max() < 0.01
 
 
+def test_per_row_generators_sample_the_filtered_distribution():
+    n = 20_000
+    gens = [torch.Generator().manual_seed(i) for i in range(n)]
+    tokens = sample(LOGITS.expand(n, -1), temperature=1.0, top_p=0.9, generator=gens)
+    freq = torch.bincount(tokens, minlength=4) / n
+    assert freq[3] == 0  # outside the nucleus
+    assert (freq - torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95).abs().max() < 0.01
+    # Filtered tokens at the end of the vocabulary are never drawn, even with u close to 1.
+    logits = torch.tensor([[0.0, 0.0, float("-inf"), float("-inf")]]).expand(2000, -1)
+    assert sample(logits, generator=[torch.Generator().manual_seed(i) for i in range(2000)]).max() <= 1
+
+
 def test_per_row_generators_are_reproducible_and_independent_of_the_batch():
     logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(8))
 
