@@ -54,10 +54,11 @@ class AdaptConfig:
     # General data mixed into training so the model keeps following instructions; the region's
     # BLEnD questions are added by the job itself.
     data: DataConfig = field(default_factory=lambda: DataConfig(
-        sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=200)],
+        sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=150)],
         test_fraction=0.25, stratify="topic"))
     method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3,
+                                                                  group_by_length=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
