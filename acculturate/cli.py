@@ -60,6 +60,8 @@ def cmd_adapt(args) -> int:
     config = load_yaml(AdaptConfig, path, args.set)
     if args.name:
         config.name = args.name
+    if args.skip_invalid:
+        config.data.skip_invalid = True
     metrics = run_adapt(config, overwrite=args.restart, base_dir=path.parent)
     out = Path(config.output_dir) / config.name
     b, a = metrics["base"]["accuracy"], metrics["adapted"]["accuracy"]
@@ -75,6 +77,8 @@ def cmd_train(args) -> int:
 
     path = Path(args.config)
     config = load_yaml(FinetuneConfig, path, args.set)
+    if args.skip_invalid:
+        config.data.skip_invalid = True
     metrics = run_finetune(config, resume=args.resume, overwrite=args.restart, base_dir=path.parent)
     t = metrics["train"]
     print(f"\ntrained {config.method.name}: {t['steps']} steps, train loss {t['train_loss']:.4f}"
@@ -177,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set region=Mexico --set train.epochs=1")
     p.add_argument("--name", help="run name (the folder under output_dir)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed data rows (each reported, then counted) instead of stopping")
     p.add_argument("--restart", action="store_true",
                    help="delete the run of this name and start over (default: continue it)")
     p.set_defaults(func=cmd_adapt)
@@ -185,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed data rows (each reported, then counted) instead of stopping")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_train)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from acculturate.data import Example, blend_countries, load_blend, read_examples
 from acculturate.resources import resource_path
+
+log = logging.getLogger(__name__)
 
 SHIPPED_PREFIX = "shipped:"
 
@@ -58,6 +61,10 @@ def read_source(source: DataSource, *, seed: int = 0, skip_invalid: bool = False
         errors: list = []
         examples = read_examples(path, format=source.format, columns=source.columns,
                                  skip_invalid=skip_invalid, errors=errors)
+        for error in errors:
+            log.warning("skipped: %s", error)
+        if errors:
+            print(f"{path}: skipped {len(errors)} invalid rows, kept {len(examples)}")
         for ex in examples:
             ex.meta.setdefault("source", str(source.path))
     if source.limit is not None and source.limit < len(examples):

@@ -85,3 +85,30 @@ train: {{max_steps: 2, batch_size: 4}}
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "bad.csv" in err and ":2" in err
+
+
+def test_cli_train_skip_invalid_reports_the_count(tmp_path, capsys):
+    data = tmp_path / "mixed.jsonl"
+    good = '{"instruction": "Say hi", "output": "hi"}\n'
+    data.write_text(good * 6 + '{"instruction": 3, "output": "x"}\n' + "not json\n" + good * 2)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"""
+name: mixed
+output_dir: {tmp_path}
+data: {{sources: [{{path: mixed.jsonl}}], test_fraction: 0.0}}
+method: {{name: lora, lora: {{r: 2, alpha: 4}}}}
+train: {{max_steps: 1, batch_size: 4}}
+""")
+    assert main(["train", str(cfg)]) == 2
+    assert "mixed.jsonl:7" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--skip-invalid", "--restart"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 invalid rows, kept 8" in out
+
+
+def test_cli_chat_streams_answers_and_resets(monkeypatch, capsys):
+    lines = iter(["What is the capital of France?", "/reset", "Say hello.", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "Paris" in out
