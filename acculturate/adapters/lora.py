@@ -138,7 +138,22 @@ class LoRALinear(nn.Module):
 
         A no-op if already merged. Train only while unmerged: merged, the forward pass no longer
         goes through ``A`` and ``B``, so they would get no gradient.
+
+        A quantized base (QLoRA's ``NF4Linear``) has no writable weight: it is first replaced by a
+        frozen ``nn.Linear`` holding ``dequant(W)`` (in the bias's dtype, else fp32), the weights the
+        adapter was trained against, so the merged layer gives the QLoRA layer's outputs. That
+        replacement stays after :meth:`unmerge`. (``qlora.merge_qlora(model, dtype)`` picks the dtype.)
         """
+        if not self.merged and not isinstance(self.base_layer, nn.Linear):
+            quantized = self.base_layer   # duck-typed: lora.py cannot import nf4 (nf4 imports lora)
+            dtype = quantized.bias.dtype if quantized.bias is not None else torch.float32
+            weight = quantized.dequantize(dtype)                                  # (out, in)
+            linear = nn.Linear(quantized.in_features, quantized.out_features, bias=quantized.bias is not None,
+                               device=weight.device, dtype=dtype)
+            linear.weight.copy_(weight)
+            if quantized.bias is not None:
+                linear.bias.copy_(quantized.bias)
+            self.base_layer = linear.requires_grad_(False).train(quantized.training)
         if not self.merged:
             w = self.base_layer.weight
             w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
