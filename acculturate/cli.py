@@ -166,7 +166,7 @@ def cmd_chat(args) -> int:
 def cmd_merge(args) -> int:
     from acculturate.adapters import merge_adapter_dir
 
-    merge_adapter_dir(args.model, args.adapter, args.output)
+    merge_adapter_dir(args.model, args.adapter, args.output, quantized_base=args.qlora)
     print(f"merged model written to {args.output} (a plain HF model directory)")
     return 0
 
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--qlora", action="store_true",
+                   help="the adapter was trained with QLoRA: merge into the NF4-rounded weights it was trained against")
     p.set_defaults(func=cmd_merge)
     return parser
 

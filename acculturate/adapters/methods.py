@@ -4,6 +4,8 @@
 - ``head``: only the output head (``lm_head``) trains, plus, with ``head_blocks=N``, the last N
   transformer blocks and the final norm before the head.
 - ``lora``: LoRA layers on the configured Linear modules; only their ``A``/``B`` train.
+- ``qlora``: the same, with the adapted modules' frozen weights stored in NF4 (4.127 bits/weight).
+- ``prompt_tuning``: n learned virtual-token vectors in front of every input; the model is frozen.
 
 Tied weights: SmolLM2 (like most small LMs) ties ``lm_head.weight`` to ``embed_tokens.weight``:
 one tensor is both the input embedding and the output head. Training "only the head" would then
@@ -15,17 +17,41 @@ parameters for SmolLM2-135M).
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torch import nn
 
 from acculturate.adapters.lora import LoRAConfig, apply_lora
+from acculturate.adapters.nf4 import bits_per_weight, nf4_modules
+from acculturate.adapters.prompt_tuning import PromptTuningConfig, apply_prompt_tuning
+from acculturate.adapters.qlora import apply_qlora
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts; a tied tensor counts once."""
+    """``(trainable, total)`` parameter counts; a tied tensor counts once.
+
+    The total includes the weights of NF4-quantized layers (QLoRA), which are buffers rather than
+    parameters: each counts once, as the ``in x out`` weight it stands for.
+    """
     params = list(model.parameters())  # parameters() yields a shared tensor once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    quantized = sum(m.in_features * m.out_features for m in nf4_modules(model).values())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params) + quantized
+
+
+@dataclass
+class MethodSettings:
+    """Everything a method's prepare function may need (each uses its own fields).
+
+    Attributes:
+        lora: for ``lora``/``qlora``. head_blocks: for ``head``.
+        prompt_tuning: for ``prompt_tuning``. tokenizer: for ``prompt_tuning`` with ``init_text``.
+    """
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    head_blocks: int = 0
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    tokenizer: Any = None
 
 
 def untie_output_head(model: nn.Module) -> bool:
@@ -59,13 +85,13 @@ def _decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
     return layers, norm
 
 
-def prepare_full(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+def prepare_full(model: nn.Module, settings: MethodSettings) -> None:
     """Every parameter trains."""
     for p in model.parameters():
         p.requires_grad_(True)
 
 
-def prepare_head(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+def prepare_head(model: nn.Module, settings: MethodSettings) -> None:
     """The output head (untied from the embedding) trains; with ``head_blocks=N`` also the last N
     blocks and the final norm."""
     head = model.get_output_embeddings()
@@ -75,6 +101,7 @@ def prepare_head(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = [head]
+    head_blocks = settings.head_blocks
     if head_blocks:
         layers, norm = _decoder_parts(model)
         if head_blocks > len(layers):
@@ -85,29 +112,47 @@ def prepare_head(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
             p.requires_grad_(True)
 
 
-def prepare_lora(model: nn.Module, lora: LoRAConfig, head_blocks: int) -> None:
+def prepare_lora(model: nn.Module, settings: MethodSettings) -> None:
     """LoRA layers on ``lora.targets``; only their A/B matrices train."""
-    apply_lora(model, lora)
+    apply_lora(model, settings.lora)
 
 
-METHODS: dict[str, Callable[[nn.Module, LoRAConfig, int], None]] = {
+def prepare_qlora(model: nn.Module, settings: MethodSettings) -> None:
+    """LoRA layers on ``lora.targets`` over NF4-quantized frozen weights; only A/B train."""
+    apply_qlora(model, settings.lora)
+
+
+def prepare_prompt_tuning(model: nn.Module, settings: MethodSettings) -> None:
+    """``num_virtual_tokens`` learned vectors before every input; only they train."""
+    apply_prompt_tuning(model, settings.prompt_tuning, settings.tokenizer)
+
+
+METHODS: dict[str, Callable[[nn.Module, MethodSettings], None]] = {
     "full": prepare_full,
     "head": prepare_head,
     "lora": prepare_lora,
+    "qlora": prepare_qlora,
+    "prompt_tuning": prepare_prompt_tuning,
 }
 
 
 def prepare_model(model: nn.Module, method: str, lora: LoRAConfig | None = None,
-                  head_blocks: int = 0) -> dict:
+                  head_blocks: int = 0, prompt_tuning: PromptTuningConfig | None = None,
+                  tokenizer=None) -> dict:
     """Set which parameters of ``model`` train, in place.
 
     Args:
         model: an HF causal LM.
-        method: a key of :data:`METHODS` (``"full"``, ``"head"``, ``"lora"``).
-        lora: the LoRA config for ``"lora"`` (default: ``LoRAConfig()``).
+        method: a key of :data:`METHODS`.
+        lora: the LoRA config for ``"lora"``/``"qlora"`` (default: ``LoRAConfig()``).
         head_blocks: for ``"head"``: also train the last this many blocks and the final norm.
+        prompt_tuning: the config for ``"prompt_tuning"`` (default: ``PromptTuningConfig()``:
+            20 randomly initialised virtual tokens).
+        tokenizer: the model's tokenizer; ``"prompt_tuning"`` with ``init_text`` needs it.
     Returns:
-        ``{"method", "trainable", "total", "percent"}``: parameter counts after preparation.
+        ``{"method", "trainable", "total", "percent"}``: parameter counts after preparation (see
+        :func:`count_parameters`), plus ``"bits_per_weight"`` of the quantized weights when the
+        model has NF4 layers (``"qlora"``).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {sorted(METHODS)}")
@@ -115,7 +160,13 @@ def prepare_model(model: nn.Module, method: str, lora: LoRAConfig | None = None,
         raise ValueError(f"head_blocks must be a non-negative integer, got {head_blocks!r}")
     if head_blocks and method != "head":
         raise ValueError(f"head_blocks={head_blocks} only applies to method 'head', not {method!r}")
-    METHODS[method](model, lora if lora is not None else LoRAConfig(), head_blocks)
+    settings = MethodSettings(lora=lora if lora is not None else LoRAConfig(), head_blocks=head_blocks,
+                              prompt_tuning=prompt_tuning if prompt_tuning is not None else PromptTuningConfig(),
+                              tokenizer=tokenizer)
+    METHODS[method](model, settings)
     trainable, total = count_parameters(model)
-    return {"method": method, "trainable": trainable, "total": total,
-            "percent": round(100.0 * trainable / total, 4) if total else 0.0}
+    summary = {"method": method, "trainable": trainable, "total": total,
+               "percent": round(100.0 * trainable / total, 4) if total else 0.0}
+    if nf4_modules(model):
+        summary["bits_per_weight"] = round(bits_per_weight(model), 4)
+    return summary

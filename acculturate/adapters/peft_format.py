@@ -1,10 +1,16 @@
-"""Save and load LoRA adapters in PEFT's on-disk format.
+"""Save and load adapters (LoRA, prompt tuning) in PEFT's on-disk format.
 
 A PEFT LoRA adapter is a directory with ``adapter_config.json`` and ``adapter_model.safetensors``
 whose keys are ``base_model.model.<module path>.lora_A.weight`` (shape (r, in)) and ``...lora_B.weight``
 (shape (out, r)). What we save loads with ``peft.PeftModel.from_pretrained(base, dir)``, and what
 PEFT saves for plain (rs)LoRA on Linear layers loads here; PEFT variants that change the maths
 (DoRA, biases, per-layer ranks...) are refused by name rather than loaded wrongly.
+
+A PEFT prompt-tuning adapter (``peft_type`` ``PROMPT_TUNING``) holds one tensor,
+``prompt_embeddings`` of shape (num_virtual_tokens, token_dim), and a config naming the model's
+sizes; see :mod:`acculturate.adapters.prompt_tuning`. :func:`load_adapter` reads either kind,
+dispatching on ``peft_type`` through :data:`LOADERS`; :func:`save_adapter` writes the kind its config
+names (:data:`SAVERS`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 from acculturate.adapters.lora import (
     PEFT_PREFIX, LoRAConfig, linear_names, lora_modules, lora_state_dict, matches_target, wrap_modules,
 )
+from acculturate.adapters.prompt_tuning import PromptTuningConfig, attach_prompt, prompt_embedding
 from acculturate.io import atomic_dir, write_json
 
 CONFIG_FILE = "adapter_config.json"
@@ -63,39 +70,93 @@ def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None) ->
     return dict(sorted(d.items()))
 
 
-def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model_name_or_path: str | None,
-                 config: LoRAConfig) -> Path:
-    """Write the model's LoRA weights and ``config`` as a PEFT adapter directory, atomically.
+def prompt_tuning_config_dict(model: nn.Module, config: PromptTuningConfig,
+                              base_model_name_or_path: str | None) -> dict:
+    """The ``adapter_config.json`` content of a prompt-tuning adapter: the keys peft 0.21 writes,
+    sorted. ``tokenizer_name_or_path`` is the base model's (PEFT requires one for TEXT init)."""
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    module = prompt_embedding(model)
+    d = {
+        "auto_mapping": None, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+        "modules_to_save": None, "num_attention_heads": text.num_attention_heads,
+        "num_layers": text.num_hidden_layers, "num_transformer_submodules": 1,
+        "num_virtual_tokens": config.num_virtual_tokens, "peft_type": "PROMPT_TUNING",
+        "prompt_tuning_init": "TEXT" if config.init_text is not None else "RANDOM",
+        "prompt_tuning_init_text": config.init_text, "revision": None, "task_type": "CAUSAL_LM",
+        "token_dim": module.prompt_embeddings.embedding_dim if module is not None else text.hidden_size,
+        "tokenizer_kwargs": None,
+        "tokenizer_name_or_path": base_model_name_or_path if config.init_text is not None else None,
+    }
+    return dict(sorted(d.items()))
 
-    Args:
-        model: a model with LoRA layers (from :func:`apply_lora`); unmerged or merged alike,
-            since merging leaves ``A`` and ``B`` in place.
-        out_dir: the adapter directory; replaced whole if it exists.
-        base_model_name_or_path: recorded in the config (PEFT's ``AutoPeftModel`` loads the base from it).
-        config: the LoRA config the layers were built with.
-    Returns:
-        ``out_dir`` as a Path.
-    """
+
+def _write(out_dir: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save_file
 
-    state = lora_state_dict(model)
-    if not state:
-        raise AdapterError("the model has no LoRA layers to save; apply_lora() or load_adapter() it first")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        write_json(tmp / CONFIG_FILE, peft_config_dict(config, base_model_name_or_path))
-        save_file({k: v.cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(tmp / CONFIG_FILE, config)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
     return out_dir
 
 
-def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict]:
-    """Read and check ``adapter_config.json``.
+def save_lora_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | None, config: LoRAConfig) -> Path:
+    """:func:`save_adapter` for LoRA (and QLoRA, whose adapter is a plain LoRA adapter)."""
+    state = lora_state_dict(model)
+    if not state:
+        raise AdapterError("the model has no LoRA layers to save; apply_lora() or load_adapter() it first")
+    return _write(out_dir, peft_config_dict(config, base_model_name_or_path), state)
+
+
+def save_prompt_tuning_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | None,
+                               config: PromptTuningConfig) -> Path:
+    """:func:`save_adapter` for prompt tuning: ``prompt_embeddings`` (n, d) and PEFT's config."""
+    module = prompt_embedding(model)
+    if module is None:
+        raise AdapterError("the model is not prompt-tuned; apply_prompt_tuning() or load_adapter() it first")
+    if module.num_virtual_tokens != config.num_virtual_tokens:
+        raise AdapterError(f"PromptTuningConfig.num_virtual_tokens is {config.num_virtual_tokens} but the "
+                           f"model has {module.num_virtual_tokens} virtual tokens")
+    if config.init_text is not None and not base_model_name_or_path:
+        raise AdapterError("a text-initialised prompt needs base_model_name_or_path: PEFT requires a "
+                           "tokenizer_name_or_path with prompt_tuning_init TEXT, and records the base's")
+    return _write(out_dir, prompt_tuning_config_dict(model, config, base_model_name_or_path),
+                  {"prompt_embeddings": module.prompt_embeddings.weight})
+
+
+# The writer for each kind of adapter config.
+SAVERS = {LoRAConfig: save_lora_adapter, PromptTuningConfig: save_prompt_tuning_adapter}
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model_name_or_path: str | None,
+                 config: LoRAConfig | PromptTuningConfig) -> Path:
+    """Write the model's adapter weights and ``config`` as a PEFT adapter directory, atomically.
+
+    Args:
+        model: for a :class:`LoRAConfig`, a model with LoRA layers (from :func:`apply_lora` or
+            ``apply_qlora``; unmerged or merged alike, since merging leaves ``A`` and ``B`` in place);
+            for a :class:`PromptTuningConfig`, a prompt-tuned model.
+        out_dir: the adapter directory; replaced whole if it exists.
+        base_model_name_or_path: recorded in the config (PEFT's ``AutoPeftModel`` loads the base from it).
+        config: the config the adapter was built with; its type picks the format (:data:`SAVERS`).
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    saver = SAVERS.get(type(config))
+    if saver is None:
+        raise TypeError(f"save_adapter: config must be one of {[t.__name__ for t in SAVERS]}, "
+                        f"got {type(config).__name__}")
+    return saver(model, out_dir, base_model_name_or_path, config)
+
+
+def read_config_json(adapter_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """Read ``adapter_dir/adapter_config.json`` as a dict, of any ``peft_type``.
 
     Returns:
-        ``(LoRAConfig, raw dict)``; the raw dict keeps PEFT's ``target_modules`` form (list or regex).
+        ``(path of the file, dict)``.
     Raises:
-        FileNotFoundError: the directory or the file is missing.
-        AdapterError: invalid JSON, not LoRA, or a LoRA variant we do not implement.
+        FileNotFoundError: the directory or the file is missing. AdapterError: invalid JSON, or not an object.
     """
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
@@ -109,8 +170,21 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dic
         raise AdapterError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return path, raw
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dict]:
+    """Read and check a LoRA adapter's ``adapter_config.json``.
+
+    Returns:
+        ``(LoRAConfig, raw dict)``; the raw dict keeps PEFT's ``target_modules`` form (list or regex).
+    Raises:
+        FileNotFoundError: the directory or the file is missing.
+        AdapterError: invalid JSON, not LoRA, or a LoRA variant we do not implement.
+    """
+    path, raw = read_config_json(adapter_dir)
     if raw.get("peft_type") != "LORA":
-        raise AdapterError(f"{path}: peft_type is {raw.get('peft_type')!r}; only 'LORA' adapters are supported")
+        raise AdapterError(f"{path}: peft_type is {raw.get('peft_type')!r}; expected a 'LORA' adapter here")
     for key, value in raw.items():
         if key in _IGNORED_KEYS or key in _SUPPORTED_KEYS:
             continue
@@ -168,7 +242,7 @@ def _sample(names, k: int = 5) -> str:
     return ", ".join(names[:k]) + (f" ... ({len(names)} in all)" if len(names) > k else "")
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig:
+def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig:
     """Apply LoRA to ``model`` as an adapter directory says and load its weights.
 
     Reads adapters saved by :func:`save_adapter` or by PEFT (``save_pretrained``). The modules
@@ -240,3 +314,74 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig
             layer.lora_A.weight.copy_(modules[name]["lora_A"])
             layer.lora_B.weight.copy_(modules[name]["lora_B"])
     return config
+
+
+def load_prompt_tuning_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> PromptTuningConfig:
+    """Prompt-tune ``model`` with the vectors of a PEFT prompt-tuning adapter directory.
+
+    Every parameter of the model is frozen; the loaded vectors stay trainable.
+
+    Returns:
+        The adapter's :class:`PromptTuningConfig`.
+    Raises:
+        AdapterError: a config or weights file that does not fit (another task type, several
+            transformer submodules, a token_dim or shape that is not the model's); the message
+            names the file and field.
+    """
+    adapter_dir = Path(adapter_dir)
+    path, raw = read_config_json(adapter_dir)
+    if raw.get("task_type") != "CAUSAL_LM":
+        raise AdapterError(f"{path}: task_type is {raw.get('task_type')!r}; only 'CAUSAL_LM' prompt tuning is supported")
+    if raw.get("num_transformer_submodules", 1) != 1:
+        raise AdapterError(f"{path}: num_transformer_submodules is {raw['num_transformer_submodules']!r}; "
+                           f"a decoder-only model has 1")
+    for key in ("num_virtual_tokens", "token_dim"):
+        if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] <= 0:
+            raise AdapterError(f"{path}: field {key!r} must be a positive integer, got {raw.get(key)!r}")
+    n, d = raw["num_virtual_tokens"], raw["token_dim"]
+    hidden = model.get_input_embeddings().weight.shape[1]
+    if d != hidden:
+        raise AdapterError(f"{path}: token_dim is {d} but {type(model).__name__}'s embeddings have "
+                           f"{hidden} dimensions; is it for another base model?")
+    weights_path, state = _read_weights(adapter_dir)
+    if set(state) != {"prompt_embeddings"}:
+        raise AdapterError(f"{weights_path}: expected exactly the key 'prompt_embeddings', got {_sample(state)}")
+    weight = state["prompt_embeddings"]
+    if tuple(weight.shape) != (n, d):
+        raise AdapterError(f"{weights_path}: prompt_embeddings has shape {tuple(weight.shape)}, "
+                           f"expected ({n}, {d}) (num_virtual_tokens, token_dim)")
+    text = raw.get("prompt_tuning_init_text") if raw.get("prompt_tuning_init") == "TEXT" else None
+    try:
+        config = PromptTuningConfig(num_virtual_tokens=n, init_text=text or None)
+    except ValueError as e:
+        raise AdapterError(f"{path}: {e}") from None
+    attach_prompt(model, weight)
+    return config
+
+
+# The loader for each PEFT peft_type we implement.
+LOADERS = {"LORA": load_lora_adapter, "PROMPT_TUNING": load_prompt_tuning_adapter}
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAConfig | PromptTuningConfig:
+    """Apply a saved adapter (ours or PEFT's) to ``model`` and load its weights.
+
+    Dispatches on the config's ``peft_type`` (:data:`LOADERS`): ``LORA`` wraps exactly the modules
+    the weights file names (:func:`load_lora_adapter`), ``PROMPT_TUNING`` prepends the saved
+    virtual tokens (:func:`load_prompt_tuning_adapter`). The adapter's weights stay trainable,
+    every other parameter is frozen.
+
+    Args:
+        model: the base model the adapter was trained on; modified in place.
+        adapter_dir: the adapter directory.
+    Returns:
+        The adapter's config (:class:`LoRAConfig` or :class:`PromptTuningConfig`).
+    Raises:
+        FileNotFoundError: missing directory or file. AdapterError: an unsupported ``peft_type``
+            or config, or weights that do not fit the model (the message names them).
+    """
+    path, raw = read_config_json(adapter_dir)
+    loader = LOADERS.get(raw.get("peft_type"))
+    if loader is None:
+        raise AdapterError(f"{path}: peft_type is {raw.get('peft_type')!r}; supported: {sorted(LOADERS)}")
+    return loader(model, adapter_dir)

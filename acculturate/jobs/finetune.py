@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.adapters import LoRAConfig, export_merged, prepare_model, save_adapter
+from acculturate.adapters import LoRAConfig, PromptTuningConfig, export_merged, prepare_model, save_adapter
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, tokenize_examples, train_test_split
 from acculturate.io import write_json, write_text
@@ -55,11 +55,13 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """The fine-tuning method: 'full', 'head' (output head or last blocks) or 'lora'."""
+    """The fine-tuning method: 'full', 'head' (output head or last blocks), 'lora', 'qlora' (LoRA
+    over NF4-quantized weights) or 'prompt_tuning' (learned virtual tokens, the model frozen)."""
 
     name: str = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)   # 'lora' and 'qlora'
     head_blocks: int = 0   # 'head': also train the last N transformer blocks (0: only the output head)
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)   # 'prompt_tuning'
 
     def __post_init__(self):
         from acculturate.adapters import METHODS
@@ -133,9 +135,13 @@ def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: Trai
 
 
 def save_trained(loaded: LoadedModel, method: MethodConfig, out: Path, base_name: str) -> Path:
-    """LoRA -> a PEFT-format adapter in ``out/adapter``; full/head -> a plain HF model in ``out/model``."""
-    if method.name == "lora":
+    """LoRA, QLoRA (a plain LoRA adapter; merge it with ``acculturate merge --qlora``) and prompt
+    tuning -> a PEFT-format adapter in ``out/adapter``; full/head -> a plain HF model in ``out/model``."""
+    if method.name in ("lora", "qlora"):
         save_adapter(loaded.model, out / "adapter", base_name, method.lora)
+        return out / "adapter"
+    if method.name == "prompt_tuning":
+        save_adapter(loaded.model, out / "adapter", base_name, method.prompt_tuning)
         return out / "adapter"
     export_merged(loaded.model, loaded.tokenizer, out / "model")
     return out / "model"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from acculturate.adapters.lora import LoRAConfig, lora_modules
+from acculturate.adapters.nf4 import bits_per_weight
 from acculturate.adapters.methods import METHODS, count_parameters, prepare_model, untie_output_head
 
 
@@ -22,8 +23,8 @@ def _changed(model, before):
     return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
 
 
-def test_registry_is_the_three_methods():
-    assert sorted(METHODS) == ["full", "head", "lora"]
+def test_registry_is_the_five_methods():
+    assert sorted(METHODS) == ["full", "head", "lora", "prompt_tuning", "qlora"]
 
 
 def test_count_parameters_counts_tied_weights_once(tiny_llama):
@@ -69,6 +70,19 @@ def test_lora_method(tiny_llama):
     # per layer: q (16->16) and v (16->8, 2 kv heads of 4): A is (2, 16), B is (out, 2)
     assert summary["trainable"] == 2 * ((16 * 2 + 2 * 16) + (16 * 2 + 2 * 8))
     assert 0 < summary["percent"] < 100
+    assert "bits_per_weight" not in summary
+
+
+def test_qlora_method_counts_quantized_weights(tiny_llama, make_llama):
+    """QLoRA's total counts every weight once: NF4 weights (buffers) at their logical in x out size,
+    so it equals LoRA's total on the same model; bits_per_weight is reported."""
+    lora_cfg = LoRAConfig(r=2, targets=("q_proj", "v_proj"))
+    lora = prepare_model(make_llama(), "lora", lora=lora_cfg)
+    summary = prepare_model(tiny_llama, "qlora", lora=lora_cfg)
+    assert (summary["trainable"], summary["total"]) == (lora["trainable"], lora["total"])
+    assert sum(p.numel() for p in tiny_llama.parameters()) == lora["total"] - 2 * (16 * 16 + 8 * 16)
+    # 15 bits here: a 16x16 layer pays a whole 256-scale block and the mean; SmolLM2 gets 4.127
+    assert summary["bits_per_weight"] == round(bits_per_weight(tiny_llama), 4) > 4
 
 
 def test_untie_is_a_no_op_when_untied(make_llama):
@@ -76,7 +90,7 @@ def test_untie_is_a_no_op_when_untied(make_llama):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "qlora"}, r"method 'qlora' is not one of \['full', 'head', 'lora'\]"),
+    ({"method": "dora"}, r"method 'dora' is not one of \['full', 'head', 'lora', 'prompt_tuning', 'qlora'\]"),
     ({"method": "head", "head_blocks": -1}, "head_blocks must be a non-negative integer"),
     ({"method": "head", "head_blocks": 3}, "head_blocks=3 but the model has only 2 blocks"),
     ({"method": "lora", "head_blocks": 1}, "only applies to method 'head'"),

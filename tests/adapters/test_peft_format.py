@@ -123,7 +123,7 @@ def test_invalid_json_names_the_line(make_llama, saved):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"peft_type": "IA3"}, "peft_type is 'IA3'; only 'LORA'"),
+    ({"peft_type": "IA3"}, r"peft_type is 'IA3'; supported: \['LORA', 'PROMPT_TUNING'\]"),
     ({"use_dora": True}, "use_dora=True is a LoRA variant"),
     ({"bias": "all"}, "bias='all'"),
     ({"rank_pattern": {"q_proj": 8}}, "rank_pattern="),

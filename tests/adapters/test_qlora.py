@@ -95,16 +95,30 @@ def test_training_step_keeps_no_dequantized_weight(make_llama, tiny_ids):
     assert torch.isfinite(loss)
 
 
-def test_merge_qlora_equals_unmerged_and_merge_lora_refuses(make_llama, tiny_ids):
+def test_merge_lora_on_nf4_bases_equals_unmerged(make_llama, tiny_ids):
+    """merge_lora on a QLoRA model merges into dequant(NF4(W)): same logits, plain Linears."""
     model = make_llama()
     apply_qlora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
     _randomize_b(model)
     with torch.no_grad():
         before = model(tiny_ids).logits
-    # LoRALinear.merge writes into base_layer.weight: an NF4 base must refuse, not lose the update.
-    with pytest.raises(RuntimeError):
-        merge_lora(model)
-    assert not any(layer.merged for layer in lora_modules(model).values())
+        base = model.model.layers[0].self_attn.q_proj.base_layer.dequantize()
+        delta = model.model.layers[0].self_attn.q_proj.delta_weight()
+    merge_lora(model)
+    assert not lora_modules(model) and not nf4_modules(model)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj) is nn.Linear and not q_proj.weight.requires_grad
+    torch.testing.assert_close(q_proj.weight, base + delta, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tiny_ids).logits, before, atol=1e-5, rtol=0)
+
+
+def test_merge_qlora_equals_unmerged(make_llama, tiny_ids):
+    model = make_llama()
+    apply_qlora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    _randomize_b(model)
+    with torch.no_grad():
+        before = model(tiny_ids).logits
     merge_qlora(model)
     assert not lora_modules(model) and not nf4_modules(model)
     assert isinstance(model.model.layers[0].self_attn.q_proj, nn.Linear)
