@@ -171,6 +171,31 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from acculturate.adapters.registry import parse_adapter_spec
+    from acculturate.config_loading import from_dict, load_yaml
+    from acculturate.serve import ServeConfig, run_server
+
+    config = load_yaml(ServeConfig, args.config, args.set) if args.config else from_dict(ServeConfig, {})
+    for flag in ("model", "host", "port", "db", "device", "dtype"):
+        if getattr(args, flag) is not None:
+            setattr(config, flag, getattr(args, flag))
+    for spec in args.adapter:
+        name, directory = parse_adapter_spec(spec)
+        config.adapters[name] = str(directory)
+    run_server(config)
+    return 0
+
+
+def cmd_feedback_export(args) -> int:
+    from acculturate.feedback import export_feedback
+
+    counts = export_feedback(args.db, args.out)
+    print(f"wrote {counts['rewards']} reward rows to {counts['rewards_path']} and "
+          f"{counts['preferences']} preference pairs to {counts['preferences_path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -219,6 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qlora", action="store_true",
                    help="the adapter was trained with QLoRA: merge into the NF4-rounded weights it was trained against")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible API with a web chat and feedback")
+    p.add_argument("config", nargs="?", help="YAML of ServeConfig fields (acculturate/serve/config.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--model", default=None, help="base model (default smollm2-135m)")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a LoRA adapter to serve as model NAME (repeatable)")
+    p.add_argument("--host", default=None, help="default 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default 8000")
+    p.add_argument("--db", default=None, help="feedback store: SQLite path or SQLAlchemy URL")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("feedback", help="work with the feedback store")
+    fsub = p.add_subparsers(dest="feedback_verb", required=True, metavar="ACTION")
+    q = fsub.add_parser("export", help="write rewards.jsonl and preferences.jsonl from the store")
+    q.add_argument("--db", required=True, help="SQLite path or SQLAlchemy URL of the store")
+    q.add_argument("--out", required=True, help="output directory")
+    q.set_defaults(func=cmd_feedback_export)
     return parser
 
 

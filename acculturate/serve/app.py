@@ -1,0 +1,337 @@
+"""The HTTP application: OpenAI-compatible endpoints, feedback, admin and the web chat page.
+
+Routes:
+- ``GET /`` the web chat; ``GET /health`` liveness and batching counters.
+- ``GET /v1/models``, ``GET /v1/models/{id}``: the base model and the loaded adapters.
+- ``POST /v1/chat/completions``, ``POST /v1/completions``: as OpenAI's, streaming over SSE.
+- ``POST /v1/feedback``: a judgement on a served completion (see :mod:`acculturate.feedback.store`).
+- ``GET/POST /admin/adapters``, ``DELETE /admin/adapters/{name}``: list, load, unload adapters.
+
+Every completion is stored before its answer is sent (for a stream: before its final chunk), so a
+client that sees the answer can give feedback on its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from acculturate.data import render_prompt
+from acculturate.decode.generate import encode_prompts
+from acculturate.feedback.store import CompletionRecord, FeedbackError, FeedbackStore
+from acculturate.serve import protocol
+from acculturate.serve.batching import Batcher, Cancelled, Job, Overloaded
+from acculturate.serve.config import ServeConfig
+from acculturate.serve.errors import (
+    STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, server_error, too_large,
+    unauthorized,
+)
+from acculturate.serve.models import ModelPool, ServedModel
+
+log = logging.getLogger(__name__)
+
+# While a non-streaming request waits, how often to check that its client is still there.
+DISCONNECT_POLL_S = 0.25
+
+
+def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
+               store: FeedbackStore | None = None) -> FastAPI:
+    """Build the application.
+
+    Args:
+        config: server settings (default ``ServeConfig()``).
+        pool: the models to serve; default: load ``config.model`` and ``config.adapters``.
+        store: the completion/feedback store; default: open ``config.db``.
+    Returns:
+        A FastAPI app; its batching worker starts and stops with the app's lifespan.
+    """
+    config = config or ServeConfig()
+    if pool is None:
+        pool = ModelPool(config.model, device=config.device, dtype=config.dtype)
+        for name, path in config.adapters.items():
+            pool.add_adapter(name, path)
+    store = store or FeedbackStore(config.db)
+    batcher = Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending)
+    limits = protocol.Limits(config.max_tokens_cap, config.default_max_tokens, config.max_n, config.max_prompts)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="acculturate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config, app.state.pool, app.state.store, app.state.batcher = config, pool, store, batcher
+
+    # --- errors -----------------------------------------------------------------------------------
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request, exc: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request, exc: StarletteHTTPException):
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(APIError(exc.status_code, message, STATUS_TYPES.get(exc.status_code, "server_error"),
+                                     None, None).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_error(request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(server_error(f"internal error: {type(exc).__name__}").body(), status_code=500)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def check_token(request: Request, expected: str | None, what: str) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise unauthorized(f"{what} needs a valid 'Authorization: Bearer <token>' header")
+
+    def check_api(request: Request) -> None:
+        check_token(request, config.resolved_api_token(), "this API")
+
+    def check_admin(request: Request) -> None:
+        token = config.resolved_admin_token()
+        if token is None:
+            raise unauthorized("admin endpoints are closed: set admin_token in the config or "
+                               "$ACCULTURATE_ADMIN_TOKEN when starting the server")
+        check_token(request, token, "admin endpoints")
+
+    async def read_json(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
+            raise too_large(config.max_body_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise too_large(config.max_body_bytes)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise invalid(f"We could not parse the JSON body of your request: {e}", code="invalid_json") from None
+
+    def prepare(parsed: protocol.ParsedRequest) -> tuple[ServedModel, list[str], int]:
+        """The model, the rendered prompts and their total token count; checks the context length."""
+        served = pool.get(parsed.model)
+        if parsed.messages is not None:
+            try:
+                prompts = [render_prompt(parsed.messages, served.tokenizer, "chat")]
+            except Exception as e:  # a template that refuses the roles' order, e.g.
+                raise invalid(f"messages could not be rendered with the chat template: {e}", param="messages")
+        else:
+            prompts = parsed.prompts
+        lengths = [len(ids) for ids in encode_prompts(served.tokenizer, prompts)]
+        limit = served.max_positions
+        if limit and max(lengths) + parsed.sampling.max_tokens > limit:
+            raise invalid(f"This model's maximum context length is {limit} tokens; the prompt has "
+                          f"{max(lengths)} and max_tokens is {parsed.sampling.max_tokens}",
+                          param="messages" if parsed.messages is not None else "prompt",
+                          code="context_length_exceeded")
+        return served, prompts, sum(lengths)
+
+    def submit(served: ServedModel, prompts: list[str], parsed: protocol.ParsedRequest, on_text=None) -> Job:
+        n = parsed.sampling.n
+        # OpenAI's order for several prompts and n: prompt 0's n choices, then prompt 1's...
+        job = Job(served, [p for p in prompts for _ in range(n)], parsed.sampling.generation_config(), on_text)
+        try:
+            batcher.submit(job)
+        except Overloaded as e:
+            raise overloaded(str(e)) from None
+        return job
+
+    def records(cid: str, endpoint: str, served: ServedModel, prompts: list[str],
+                parsed: protocol.ParsedRequest, completions) -> list[CompletionRecord]:
+        n = parsed.sampling.n
+        return [CompletionRecord(
+            id=cid, choice_index=i, endpoint=endpoint, model=parsed.model, adapter=served.adapter,
+            adapter_version=served.version, messages=parsed.messages, prompt=prompts[i // n],
+            completion=c.text, finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens, sampling=parsed.sampling.as_dict(), region=parsed.region,
+        ) for i, c in enumerate(completions)]
+
+    async def wait(job: Job, request: Request):
+        """The job's completions; cancels the job if the client disconnects meanwhile."""
+        future = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancelled.set()
+        try:
+            return future.result()
+        except Cancelled:
+            raise APIError(499, "the client closed the request", "invalid_request_error") from None
+        except ValueError as e:  # a config generate() refuses
+            raise invalid(str(e)) from None
+
+    async def complete(request: Request, endpoint: str, parsed: protocol.ParsedRequest):
+        served, prompts, prompt_tokens = prepare(parsed)
+        chat = endpoint == "chat.completions"
+        cid = protocol.new_id("chatcmpl" if chat else "cmpl")
+        if parsed.stream:
+            return stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed)
+        job = submit(served, prompts, parsed)
+        completions = await wait(job, request)
+        await anyio.to_thread.run_sync(store.record_completions,
+                                       records(cid, endpoint, served, prompts, parsed, completions))
+        build = protocol.chat_response if chat else protocol.text_response
+        return JSONResponse(build(cid, parsed.model, served.version, completions, prompt_tokens))
+
+    def stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed) -> StreamingResponse:
+        chat = endpoint == "chat.completions"
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue = asyncio.Queue()
+
+        def on_text(i: int, delta: str) -> None:  # in the worker thread
+            loop.call_soon_threadsafe(deltas.put_nowait, (i, delta))
+
+        job = submit(served, prompts, parsed, on_text)
+        # Queued after every delta (call_soon_threadsafe keeps order), so it marks the end.
+        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(deltas.put_nowait, None))
+        total = len(job.prompts)
+
+        def event(obj) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        def chunk(i, text="", finish=None, role=False):
+            if chat:
+                delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
+                return protocol.chat_chunk(cid, parsed.model, served.version, i, delta, finish)
+            return protocol.text_chunk(cid, parsed.model, served.version, i, text, finish)
+
+        async def events():
+            try:
+                if chat:
+                    for i in range(total):
+                        yield event(chunk(i, role=True))
+                while (item := await deltas.get()) is not None:
+                    yield event(chunk(item[0], item[1]))
+                try:
+                    completions = job.future.result()
+                except Exception as e:
+                    error = e if isinstance(e, APIError) else server_error(f"generation failed: {e}")
+                    yield event(error.body())
+                    return
+                await anyio.to_thread.run_sync(store.record_completions,
+                                               records(cid, endpoint, served, prompts, parsed, completions))
+                for i, c in enumerate(completions):
+                    yield event(chunk(i, finish=protocol.finish_reason(c)))
+                if parsed.include_usage:
+                    use = protocol.usage(completions, prompt_tokens)
+                    final = (protocol.chat_chunk(cid, parsed.model, served.version, None, usage_=use) if chat
+                             else protocol.text_chunk(cid, parsed.model, served.version, None, usage_=use))
+                    yield event(final)
+                yield "data: [DONE]\n\n"
+            finally:
+                if not job.future.done():  # the client went away (or the server is stopping)
+                    job.cancelled.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- routes -----------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    async def web_chat():
+        return HTMLResponse(resources.files("acculturate.serve").joinpath("static/chat.html").read_text("utf-8"))
+
+    @app.get("/health")
+    async def health():
+        s = batcher.stats
+        return {"status": "ok", "models": pool.names(), "batches": s.batches, "prompts": s.prompts,
+                "largest_batch": s.largest, "cancelled": s.cancelled}
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "acculturate",
+                "version": pool.get(name).version}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        check_api(request)
+        return {"object": "list", "data": [model_card(n) for n in pool.names()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request):
+        check_api(request)
+        if name not in pool.names():
+            raise model_not_found(name, pool.names())
+        return model_card(name)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_api(request)
+        return await complete(request, "chat.completions", protocol.parse_chat(await read_json(request), limits))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        check_api(request)
+        return await complete(request, "completions", protocol.parse_completion(await read_json(request), limits))
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        check_api(request)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise invalid("the request body must be a JSON object")
+        fields = {"completion_id": str, "kind": str, "choice_index": int, "corrected_text": str,
+                  "region": str, "comment": str}
+        for name, tp in fields.items():
+            value = body.get(name)
+            if value is not None and (not isinstance(value, tp) or isinstance(value, bool)):
+                raise invalid(f"{name} must be a {tp.__name__}, got {value!r:.80}", param=name)
+        if not body.get("completion_id"):
+            raise invalid("completion_id is required: the id of the answer the feedback is about",
+                          param="completion_id")
+        if body.get("kind") is None:
+            raise invalid("kind is required", param="kind")
+        try:
+            row = await anyio.to_thread.run_sync(lambda: store.add_feedback(
+                body["completion_id"], body["kind"], body.get("choice_index") or 0, body.get("corrected_text"),
+                body.get("region"), body.get("comment")))
+        except FeedbackError as e:
+            raise (not_found if e.not_found else invalid)(str(e), param=e.field) from None
+        return {"object": "feedback", "id": row["id"], "completion_id": row["completion_id"],
+                "choice_index": row["choice_index"], "kind": row["kind"], "reward": row["reward"],
+                "corrected_reward": row["corrected_reward"], "created": int(row["created_at"])}
+
+    @app.get("/admin/adapters")
+    async def admin_list(request: Request):
+        check_admin(request)
+        return {"object": "list", "base": pool.base_name, "data": pool.adapters()}
+
+    @app.post("/admin/adapters")
+    async def admin_load(request: Request):
+        check_admin(request)
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+            raise invalid("expected {\"name\": ..., \"path\": \"adapter directory\"}", param="path")
+        started = time.perf_counter()
+        served = await anyio.to_thread.run_sync(pool.add_adapter, body.get("name"), body["path"])
+        return {"name": served.name, "version": served.version, "path": served.path,
+                "load_seconds": round(time.perf_counter() - started, 3)}
+
+    @app.delete("/admin/adapters/{name}")
+    async def admin_unload(name: str, request: Request):
+        check_admin(request)
+        await anyio.to_thread.run_sync(pool.remove_adapter, name)
+        return {"name": name, "deleted": True}
+
+    return app

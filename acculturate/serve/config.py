@@ -1,0 +1,65 @@
+"""The server's configuration: one dataclass behind ``acculturate serve``, YAML and the Python API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from acculturate.feedback.store import DEFAULT_DB
+
+ADMIN_TOKEN_ENV = "ACCULTURATE_ADMIN_TOKEN"
+API_TOKEN_ENV = "ACCULTURATE_API_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    """How to serve. Defaults: the embedded model on 127.0.0.1:8000, open chat API, admin closed."""
+
+    model: str = "smollm2-135m"
+    """The base model: an embedded name, an HF model directory or a GGUF file."""
+    adapters: dict[str, str] = field(default_factory=dict)
+    """Adapters to load at start, name -> adapter directory; a request's ``model`` picks one."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str = DEFAULT_DB
+    """Where completions and feedback are stored: a SQLite path or a SQLAlchemy URL (postgresql://...)."""
+    device: str | None = None
+    dtype: str | None = None
+    admin_token: str | None = None
+    """Bearer token for /admin/*; falls back to $ACCULTURATE_ADMIN_TOKEN. With neither, admin is closed (401)."""
+    api_token: str | None = None
+    """Bearer token for /v1/*; falls back to $ACCULTURATE_API_TOKEN. With neither, the API is open."""
+    max_tokens_cap: int = 1024
+    """Largest max_tokens a request may ask for (400 above it)."""
+    default_max_tokens: int = 256
+    """max_tokens of a chat request that gives none (/v1/completions defaults to 16, as OpenAI's)."""
+    max_n: int = 8
+    """Largest n (choices per request)."""
+    max_prompts: int = 16
+    """Most prompts in one /v1/completions request."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body (413 above it)."""
+    max_batch_size: int = 16
+    """Most prompts generated together in one batch."""
+    batch_window_ms: float = 10.0
+    """How long an idle worker waits for more requests to batch with the first."""
+    max_pending: int = 256
+    """Most prompts waiting for the worker (429 above it)."""
+
+    def __post_init__(self):
+        for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",
+                     "max_batch_size", "max_pending"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "port" else 1):
+                raise ValueError(f"ServeConfig.{name} must be a positive integer, got {value!r}")
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(f"ServeConfig.default_max_tokens ({self.default_max_tokens}) must not exceed "
+                             f"max_tokens_cap ({self.max_tokens_cap})")
+        if not self.batch_window_ms >= 0:
+            raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
+
+    def resolved_admin_token(self) -> str | None:
+        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+
+    def resolved_api_token(self) -> str | None:
+        return self.api_token or os.environ.get(API_TOKEN_ENV) or None

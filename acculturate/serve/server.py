@@ -1,0 +1,21 @@
+"""Run the server with uvicorn: what ``acculturate serve`` calls."""
+
+from __future__ import annotations
+
+from acculturate.serve.config import ServeConfig
+
+
+def run_server(config: ServeConfig, log_level: str = "info") -> None:
+    """Load the models, open the store and serve on ``config.host:config.port`` until interrupted.
+
+    One process, one worker: the model and the batching worker live in this process, so more
+    uvicorn workers would load the model again each and batch separately.
+    """
+    import uvicorn
+
+    from acculturate.serve.app import create_app
+
+    app = create_app(config)
+    print(f"serving {', '.join(app.state.pool.names())} on http://{config.host}:{config.port} "
+          f"(web chat at /, OpenAI API at /v1); store: {app.state.store.url}", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, workers=1)
