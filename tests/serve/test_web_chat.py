@@ -1,0 +1,77 @@
+"""The web chat in a real headless Chromium (Debian's ``chromium`` package, driven by Playwright):
+send a message, watch the answer stream in, give each kind of feedback, find it in the store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason=f"{CHROMIUM} not found: apt-get install -y chromium (Debian package)"),
+]
+
+
+def test_chat_stream_and_every_feedback_kind(live_server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
+
+    server, app = live_server()
+    store = app.state.store
+    with server as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
+            page.fill("[data-testid=region]", "Mexico")
+            assert "Mexico" in page.input_value("[data-testid=system]")
+            page.fill("[data-testid=temperature]", "0")  # greedy: a deterministic answer
+            page.fill("[data-testid=max_tokens]", "24")
+
+            # Record every text the answer shows while it streams.
+            page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+                const t = document.querySelector('.msg.assistant .text');
+                if (t && t.textContent && window.seen[window.seen.length - 1] !== t.textContent)
+                    window.seen.push(t.textContent); }).observe(document.getElementById('log'),
+                {subtree: true, childList: true, characterData: true}); }""")
+            page.fill("[data-testid=input]", "What do people eat for breakfast?")
+            page.click("[data-testid=send]")
+            page.wait_for_selector(".msg.assistant.done", timeout=120_000)
+            seen = page.evaluate("window.seen")
+            answer = page.text_content(".msg.assistant .text")
+            assert answer.strip() and seen[-1] == answer
+            assert len(seen) > 2 and all(answer.startswith(s) for s in seen)  # it grew piece by piece
+            cid = page.get_attribute(".msg.assistant", "data-completion-id")
+            stored = store.completion(cid)
+            assert stored["completion"] == answer and stored["region"] == "Mexico"
+            assert stored["messages"][0]["role"] == "system" and "Mexico" in stored["messages"][0]["content"]
+            assert stored["sampling"]["temperature"] == 0.0 and stored["sampling"]["max_tokens"] == 24
+
+            status = ".msg.assistant .status"
+            page.click("[data-testid=thumbs-up]")
+            page.wait_for_selector(f"{status}[data-kind=correct_cultural]")
+            page.click("[data-testid=flag]")
+            page.wait_for_selector(f"{status}[data-kind=inappropriate]")
+            page.click("[data-testid=edit]")
+            page.fill("[data-testid=edit-text]", "Chilaquiles with salsa verde, and a cup of café de olla.")
+            page.fill("[data-testid=edit-comment]", "more typical")
+            page.click("[data-testid=edit-save]")
+            page.wait_for_selector(f"{status}[data-kind=adjustment]")
+            assert errors == []
+        finally:
+            browser.close()
+
+    rows = store.feedback()
+    assert [(r["kind"], r["reward"]) for r in rows] == [
+        ("correct_cultural", 1.0), ("inappropriate", -1.0), ("adjustment", -0.5)]
+    assert all(r["completion_id"] == cid and r["region"] == "Mexico" for r in rows)
+    assert rows[2]["corrected_text"] == "Chilaquiles with salsa verde, and a cup of café de olla."
+    assert rows[2]["corrected_reward"] == 0.5 and rows[2]["comment"] == "more typical"
