@@ -36,18 +36,27 @@ def _generation_config(args):
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="'smollm2-135m' (embedded), an HF model directory or a .gguf file")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter directory (ours or PEFT's)")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a LoRA adapter directory (ours or PEFT's), repeatable: several adapters share one "
+                        "base model; NAME defaults to the folder name")
+    p.add_argument("--use", default=None, metavar="NAME",
+                   help="which --adapter answers (default: the first; 'none' = the base model)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
 
 
 def _load_with_adapter(args):
-    from acculturate.adapters import load_adapter
+    from acculturate.adapters import AdapterError, UnknownAdapterError, load_adapters
     from acculturate.models import load
 
+    if args.use is not None and not args.adapter and args.use.lower() != "none":
+        raise SystemExit(f"acculturate {args.verb}: error: --use {args.use} needs --adapter {args.use}=DIR")
     loaded = load(args.model, device=args.device, dtype=args.dtype)
     if args.adapter:
-        load_adapter(loaded.model, args.adapter)
+        try:
+            load_adapters(loaded.model, args.adapter, use=args.use)
+        except (AdapterError, UnknownAdapterError, ValueError) as e:
+            raise SystemExit(f"acculturate {args.verb}: error: {e}") from None
         loaded.model.eval()
     return loaded
 
@@ -140,7 +149,8 @@ def cmd_chat(args) -> int:
     loaded = _load_with_adapter(args)
     config = _generation_config(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("Chat with the model. Empty line or Ctrl-D to quit; /reset starts over.")
+    print("Chat with the model. Empty line or Ctrl-D to quit; /reset starts over"
+          + ("; /use NAME switches adapter ('none' = base)." if args.adapter else "."))
     from acculturate.data import render_prompt
 
     while True:
@@ -153,6 +163,14 @@ def cmd_chat(args) -> int:
             return 0
         if text == "/reset":
             messages = messages[:1] if args.system else []
+            continue
+        if text.startswith("/use ") and args.adapter:  # switch adapter mid-conversation
+            from acculturate.adapters import UnknownAdapterError, adapter_registry
+
+            try:
+                adapter_registry(loaded.model).use(text[5:].strip())
+            except UnknownAdapterError as e:
+                print(e)
             continue
         messages.append({"role": "user", "content": text})
         prompt = render_prompt(messages, loaded.tokenizer, "chat")

@@ -12,6 +12,9 @@ from acculturate.adapters.prompt_tuning import (
     PromptTuningConfig, apply_prompt_tuning, prompt_embedding, remove_prompt_tuning,
 )
 from acculturate.adapters.qlora import apply_qlora, merge_qlora
+from acculturate.adapters.registry import (
+    COMBINATIONS, Adapter, AdapterRegistry, UnknownAdapterError, adapter_registry, load_adapters, use_adapter,
+)
 
 __all__ = [
     "METHODS", "AdapterError", "LoRAConfig", "LoRALinear", "apply_lora", "count_parameters",
@@ -20,4 +23,7 @@ __all__ = [
     # QLoRA and prompt tuning
     "PromptTuningConfig", "apply_prompt_tuning", "apply_qlora", "bits_per_weight", "merge_qlora",
     "prompt_embedding", "remove_prompt_tuning",
+    # many adapters on one base (registry.py)
+    "COMBINATIONS", "Adapter", "AdapterRegistry", "UnknownAdapterError", "adapter_registry", "load_adapters",
+    "use_adapter",
 ]
