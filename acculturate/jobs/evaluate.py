@@ -1,0 +1,198 @@
+"""`acculturate eval CONFIG`: several systems (model + adapter + strategy + decoding) on several tasks,
+one ``metrics.json`` and one self-contained ``report.html``.
+
+The run folder ``<output_dir>/<name>/`` holds ``config.json``, ``outputs/<task>/<system>.jsonl`` (every
+answer), ``judgements/`` (judge scores), ``timing/`` (cost per chunk), ``ratings.sqlite`` (human
+ratings from ``acculturate rate``), ``metrics.json`` and ``report.html``. ``resume`` answers only the
+examples not saved yet; :func:`rescore` recomputes metrics and report from the saved files alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acculturate.config_loading import ConfigError, from_dict, to_dict
+from acculturate.evaluate.tasks import TASKS, TaskConfig
+from acculturate.io import write_json, write_text
+from acculturate.jobs.finetune import check_run_dir, run_dir
+from acculturate.models import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+STRATEGIES_BUILTIN = ("zero_shot",)
+
+
+@dataclass
+class SystemConfig:
+    """One system under evaluation."""
+
+    name: str
+    model: str = DEFAULT_MODEL        # 'smollm2-135m', an HF model directory or a .gguf file
+    adapter: str | None = None        # a LoRA adapter directory (e.g. runs/adapt-uk/adapter)
+    strategy: str = "zero_shot"       # how the model is prompted
+    system_prompt: str | None = None  # a persona put in every prompt
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name: expected a non-empty name without '/', got {self.name!r}")
+        if self.strategy not in STRATEGIES_BUILTIN:
+            raise ValueError(f"strategy: expected one of {list(STRATEGIES_BUILTIN)}, got {self.strategy!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
+
+
+@dataclass
+class JudgeConfig:
+    """The model that rates cultural appropriateness (may be bigger than the judged ones)."""
+
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None
+    rubrics: str | None = None        # a rubrics YAML; default the shipped resources/rubrics.yaml
+    max_new_tokens: int = 48
+    batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    """`acculturate eval CONFIG`."""
+
+    name: str = "eval"
+    output_dir: str = "runs"
+    systems: list[SystemConfig] = field(default_factory=lambda: [SystemConfig("base")])
+    tasks: list[TaskConfig] = field(default_factory=list)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    def __post_init__(self):
+        for what, items in (("systems", self.systems), ("tasks", self.tasks)):
+            names = [x.name for x in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: names must be unique, repeated: {dupes}")
+        if not self.systems:
+            raise ValueError("systems: expected at least one system")
+        if not self.tasks:
+            raise ValueError("tasks: expected at least one task (kinds: " + ", ".join(sorted(TASKS)) + ")")
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    """A relative path: beside the config when it exists there, else from the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        return (base_dir / p).resolve()
+    return p.resolve()
+
+
+def resolve_paths(config: EvalConfig, base_dir: Path | None) -> None:
+    """Make adapter/rubrics/ids_from paths absolute and check that they exist, with an error that says
+    what to run when an adapter is missing."""
+    for s in config.systems:
+        if s.adapter:
+            path = _resolve(s.adapter, base_dir)
+            if not (path / "adapter_config.json").exists():
+                raise FileNotFoundError(
+                    f"systems[{s.name}].adapter: no adapter at {path} (expected adapter_config.json there). "
+                    "The default eval config compares the base model with the adapter that `acculturate adapt` "
+                    "writes to runs/adapt-uk/adapter: run `acculturate adapt` first (from this directory), "
+                    "or point the system's adapter to yours with --set.")
+            s.adapter = str(path)
+    if config.judge.adapter:
+        config.judge.adapter = str(_resolve(config.judge.adapter, base_dir))
+    if config.judge.rubrics:
+        config.judge.rubrics = str(_resolve(config.judge.rubrics, base_dir))
+    for t in config.tasks:
+        if t.ids_from:
+            path = _resolve(t.ids_from, base_dir)
+            if not path.exists():
+                raise FileNotFoundError(f"tasks[{t.name}].ids_from: {path} does not exist (e.g. "
+                                        "runs/adapt-uk/eval/base.jsonl, written by `acculturate adapt`)")
+            t.ids_from = str(path)
+
+
+def _load_system(model: str, adapter: str | None, device: str | None, dtype: str | None):
+    from acculturate.adapters import load_adapter
+    from acculturate.models import load
+
+    loaded = load(model, device=device, dtype=dtype)
+    if adapter:
+        load_adapter(loaded.model, adapter)
+    loaded.model.eval()
+    return loaded
+
+
+def run_eval(config: EvalConfig, *, resume: bool = False, overwrite: bool = False, base_dir: Path | None = None,
+             progress: bool = True) -> dict:
+    """Answer every task with every system (skipping saved answers when ``resume``), judge, score,
+    write ``metrics.json`` and ``report.html``.
+
+    Args:
+        resume: continue a run of the same config; without it an existing run is refused.
+        overwrite: delete an existing run of this name first.
+        base_dir: the config's folder (relative paths resolve against it first).
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    from acculturate.evaluate.judge import load_rubrics
+    from acculturate.evaluate.runner import answer_items, judge_rows
+
+    resolve_paths(config, base_dir)
+    out = run_dir(config.output_dir, config.name)
+    if (out / "config.json").exists() and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds an evaluation run: use --resume to continue it, "
+                          "--rescore to recompute its metrics, --restart to replace it, or another --name")
+    check_run_dir(out, config, overwrite)
+    write_json(out / "config.json", to_dict(config))
+    rubrics = load_rubrics(config.judge.rubrics)   # fail on a bad rubrics file before any generation
+    items = {t.name: TASKS[t.kind].load(t, base_dir) for t in config.tasks}
+    start = time.perf_counter()
+    judged: dict[tuple[str, str], list[dict]] = {}
+    for s in config.systems:
+        loaded = _load_system(s.model, s.adapter, s.device, s.dtype)
+        device = str(next(loaded.model.parameters()).device)
+        for t in config.tasks:
+            rows = answer_items(loaded.model, loaded.tokenizer, items[t.name], t,
+                                out / "outputs" / t.name / f"{s.name}.jsonl", out / "timing" / t.name / f"{s.name}.jsonl",
+                                batch_size=s.batch_size, system_prompt=s.system_prompt, device=device,
+                                progress=progress, desc=f"{t.name} / {s.name}")
+            if t.kind == "appropriateness":
+                judged[(t.name, s.name)] = rows
+        del loaded
+        gc.collect()
+    if judged:
+        j = config.judge
+        judge = _load_system(j.model, j.adapter, None, None)
+        for (task_name, system_name), rows in judged.items():
+            judge_rows(judge.model, judge.tokenizer, rows, rubrics, out / "judgements" / task_name / f"{system_name}.jsonl",
+                       max_new_tokens=j.max_new_tokens, batch_size=j.batch_size, progress=progress,
+                       desc=f"judging {task_name} / {system_name}")
+    log.info("generation and judging took %.1f s", time.perf_counter() - start)
+    return rescore(out)
+
+
+def rescore(run: str | Path) -> dict:
+    """Recompute ``metrics.json`` and ``report.html`` of a run from its saved outputs (no model).
+
+    Raises:
+        FileNotFoundError: ``run`` is not an eval run folder, or outputs are missing.
+    """
+    from acculturate.evaluate.report import render_html
+    from acculturate.evaluate.summary import score_run
+
+    run = Path(run)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run}: not an evaluation run (no config.json)")
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    # Validate what was saved the same way a fresh config is (a hand-edited config.json fails here).
+    from_dict(EvalConfig, saved)
+    metrics = score_run(run, saved)
+    write_json(run / "metrics.json", metrics)
+    write_text(run / "report.html", render_html(metrics))
+    return metrics
