@@ -10,7 +10,6 @@ Steps (each one skipped when a resumed run already has its output):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from acculturate.decode import GenerationConfig
 from acculturate.evaluate.qa import QAResult, evaluate_qa
 from acculturate.io import write_json, write_text
 from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
-                                       prepare_and_train, run_dir, save_trained, tokenize)
+                                       prepare_and_train, run_dir, save_trained, split_examples, tokenize)
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
 from acculturate.train import TrainConfig
@@ -82,10 +81,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     tok = loaded.tokenizer
 
     region = load_blend(countries=[config.region])
-    split_cfg = DataConfig(**{**to_dict(config.data), "sources": []})
-    from acculturate.jobs.finetune import split_examples
-
-    region_train, region_test = split_examples(region, split_cfg)
+    region_train, region_test = split_examples(region, config.data)
     if config.eval.limit:
         region_test = region_test[:config.eval.limit]
     general = [ex for src in config.data.sources
