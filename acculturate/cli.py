@@ -11,6 +11,7 @@ from pathlib import Path
 from acculturate.resources import ROOT as RESOURCES
 
 DEFAULT_ADAPT_CONFIG = RESOURCES.parent / "configs" / "adapt" / "smollm2-135m_lora.yaml"
+DEFAULT_EVAL_CONFIG = RESOURCES.parent / "configs" / "eval" / "smollm2-135m_base-vs-adapt-uk.yaml"
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -181,6 +182,42 @@ def cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": out.text})
 
 
+def cmd_eval(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.evaluate import EvalConfig, rescore, run_eval
+
+    target = Path(args.config) if args.config else DEFAULT_EVAL_CONFIG
+    if args.rescore:
+        # A run folder (or a config naming one): recompute metrics and report from its saved outputs.
+        if not target.is_dir():
+            config = load_yaml(EvalConfig, target, args.set)
+            target = Path(config.output_dir) / (args.name or config.name)
+        metrics = rescore(target)
+        out = target
+    else:
+        config = load_yaml(EvalConfig, target, args.set)
+        if args.name:
+            config.name = args.name
+        if args.full:
+            for task in config.tasks:
+                task.limit = None
+        metrics = run_eval(config, resume=args.resume, overwrite=args.restart, base_dir=target.parent)
+        out = Path(config.output_dir) / config.name
+    for name, entry in metrics["tasks"].items():
+        for system, m in entry["systems"].items():
+            shown = {k: v for k, v in m.items() if k in ("accuracy", "bleu", "chrf", "judge_mean", "consistency_mean")}
+            print(f"{name:24s} {system:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in shown.items() if v is not None))
+    print(f"Results: {out}/report.html, {out}/metrics.json")
+    return 0
+
+
+def cmd_rate(args) -> int:
+    from acculturate.evaluate.rating_app import serve_ratings
+
+    serve_ratings(args.run_dir, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_merge(args) -> int:
     from acculturate.adapters import merge_adapter_dir
 
@@ -282,6 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--db", required=True, help="SQLite path or SQLAlchemy URL of the store")
     q.add_argument("--out", required=True, help="output directory")
     q.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("eval", help="evaluate systems on tasks (BLEnD, NusaX, appropriateness, CoT): metrics.json + report.html")
+    p.add_argument("config", nargs="?",
+                   help=f"YAML config, or a run folder with --rescore (default: the shipped {DEFAULT_EVAL_CONFIG.name})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set judge.model=/path/to/bigger-model")
+    p.add_argument("--name", help="run name (the folder under output_dir)")
+    p.add_argument("--full", action="store_true", help="every example of every task (drop the sample limits)")
+    p.add_argument("--resume", action="store_true", help="continue a run: answer only the examples not saved yet")
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute metrics.json and report.html from the saved outputs, without generating")
+    p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("rate", help="serve a page for rating an eval run's answers 1-5, blind to the system")
+    p.add_argument("run_dir", help="the folder `acculturate eval` wrote (e.g. runs/eval-all-tasks)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=cmd_rate)
     return parser
 
 
