@@ -1,0 +1,45 @@
+"""The chunked vocabulary projection + cross-entropy gives the same loss and gradients as full logits."""
+
+import pytest
+import torch
+
+from acculturate.adapters import LoRAConfig, prepare_model
+from acculturate.data.batching import pad_collate
+from acculturate.train.loss import chunked_cross_entropy, loss_sum
+
+
+def test_chunked_cross_entropy_equals_full_logits():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    full = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    g_full = torch.autograd.grad(full, [hidden, head.weight, head.bias])
+    chunked = chunked_cross_entropy(hidden, head, targets, chunk=8)
+    g_chunk = torch.autograd.grad(chunked, [hidden, head.weight, head.bias])
+    assert torch.allclose(full, chunked, atol=1e-4)
+    for a, b in zip(g_full, g_chunk):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_loss_sum_chunked_path_matches_on_the_real_model(fresh_model):
+    model, tok = fresh_model
+    prepare_model(model, "lora", lora=LoRAConfig(r=4, alpha=8, dropout=0.0))
+    feats = []
+    for text, answer in [("The capital of France is", " Paris."), ("Two plus two is", " four, of course.")]:
+        p, a = tok(text).input_ids, tok(answer).input_ids
+        feats.append({"input_ids": p + a, "labels": [-100] * len(p) + a})
+    batch = pad_collate(feats, tok.pad_token_id)
+    results = []
+    for threshold in (2 ** 62, 0):   # full logits, then the chunked path
+        model.zero_grad()
+        s, n = loss_sum(model, batch, torch.device("cpu"), chunked_above=threshold)
+        s.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((s.detach(), n, grads))
+    (s1, n1, g1), (s2, n2, g2) = results
+    assert n1 == n2 > 0
+    assert torch.allclose(s1, s2, rtol=1e-5)
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(g1, g2))
+    assert worst < 1e-3, worst   # fp32 sums in another order through 30 layers (measured 2.3e-4)
