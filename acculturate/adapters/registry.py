@@ -111,6 +111,15 @@ class AdapterRegistry:
         # A plain attribute (not a submodule), so the model's state dict and save_pretrained ignore it.
         object.__setattr__(model, _ATTRIBUTE, self)
 
+    def __getstate__(self) -> dict:
+        # A lock cannot be copied or pickled; copy.deepcopy(model) or torch.save(model) copies the
+        # registry with the model (its wrappers then wrap the copy's layers), with a new lock.
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # -- what is loaded ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:

@@ -272,6 +272,24 @@ def test_existing_lora_layers_are_adopted(make_llama, tiny_ids):
     assert torch.equal(_logits(model, tiny_ids), base)
 
 
+def test_a_deep_copy_carries_its_own_registry(make_llama, dirs, tiny_ids):
+    import copy
+
+    model = make_llama()
+    registry = adapter_registry(model)
+    registry.add("a", dirs["a"], activate=True)
+    registry.add("b", dirs["b"])
+    twin = copy.deepcopy(model)
+    twin_registry = adapter_registry(twin)
+    assert twin_registry is not registry and twin_registry.model is twin and twin_registry.active() == "a"
+    twin_registry.use("b")
+    assert registry.active() == "a"
+    q = "model.layers.0.self_attn.v_proj"
+    assert twin_registry.get("b").layers[q].base_layer is twin.get_submodule(q).base_layer  # the copy's base
+    with use_adapter(model, "b"):
+        assert torch.equal(_logits(twin, tiny_ids), _logits(model, tiny_ids))
+
+
 def test_save_an_inactive_adapter(make_llama, dirs, tmp_path, tiny_ids):
     model = make_llama()
     registry = adapter_registry(model)
