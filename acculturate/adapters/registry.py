@@ -14,6 +14,12 @@ PEFT key names (no adapter name in them, as PEFT's ``save_pretrained`` writes), 
 ``save_adapter`` and QLoRA all see just the active adapter, and ``model.parameters()`` holds only the
 active adapter's ``A``/``B``, so ``train()`` on an active adapter trains that adapter alone.
 
+The base of a module is whatever the model holds there when no adapter wraps it, so a base swapped
+under the active adapter (``quantize_lora_bases`` to NF4, or the dequantized Linear an NF4 merge
+leaves) becomes every adapter's base. ``quantize_lora_bases`` only reaches the active adapter's
+modules; new adapters (``add``/``create``/``combine``) need ``nn.Linear`` bases, so add them before
+quantizing.
+
 One model serves one adapter at a time: switching changes the model for every caller, so a server
 answering requests for different adapters concurrently must serialize them (:meth:`using` holds a
 lock for its block). Mixing adapters row by row inside one batch is not supported.

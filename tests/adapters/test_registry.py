@@ -290,6 +290,27 @@ def test_a_deep_copy_carries_its_own_registry(make_llama, dirs, tiny_ids):
         assert torch.equal(_logits(twin, tiny_ids), _logits(model, tiny_ids))
 
 
+def test_a_quantized_base_is_shared_too(make_llama, tiny_ids):
+    """quantize_lora_bases under the active adapter swaps the base Linears it wraps for NF4 ones;
+    the next adapter (and "none") run on those same NF4 modules."""
+    from acculturate.adapters.nf4 import NF4Linear
+    from acculturate.adapters.qlora import quantize_lora_bases
+
+    model = make_llama()
+    registry = adapter_registry(model)
+    registry.create("a", A_CONFIG)
+    registry.create("b", B_CONFIG)
+    registry.use("a")
+    quantize_lora_bases(model)
+    nf4 = model.model.layers[0].self_attn.v_proj.base_layer
+    assert isinstance(nf4, NF4Linear)
+    registry.use("b")
+    assert model.model.layers[0].self_attn.v_proj.base_layer is nf4
+    assert type(model.model.layers[0].mlp.down_proj.base_layer) is torch.nn.Linear  # "a" never wrapped it
+    registry.use(None)
+    assert model.model.layers[0].self_attn.v_proj is nf4 and _logits(model, tiny_ids).isfinite().all()
+
+
 def test_save_an_inactive_adapter(make_llama, dirs, tmp_path, tiny_ids):
     model = make_llama()
     registry = adapter_registry(model)
