@@ -182,6 +182,35 @@ def cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": out.text})
 
 
+def cmd_prompt(args) -> int:
+    from acculturate.jobs.prompt_eval import answer_question
+
+    task, result = answer_question(args.strategy, args.task, args.question, overrides=args.set,
+                                   region=args.region, loaded=_load_with_adapter(args))
+    if args.json:
+        print(json.dumps({"answer": task.display(result.answer), "extra": result.extra,
+                          "trace": result.trace.to_dict()}, ensure_ascii=False, default=str))
+        return 0
+    if args.show_trace:
+        for call in result.trace.calls:
+            print(f"--- {call.step} ({call.completion_tokens} tokens)\n{call.completion}")
+    t = result.trace
+    print(f"answer: {task.display(result.answer)}\n({len(t.calls)} calls, {t.completion_tokens} tokens generated, "
+          f"{t.seconds:.1f} s)")
+    return 0
+
+
+def cmd_prompt_eval(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.prompt_eval import PromptEvalConfig, results_table, run_prompt_eval
+
+    config = load_yaml(PromptEvalConfig, args.config, args.set)
+    summary = run_prompt_eval(config, overwrite=args.restart)
+    print(results_table(summary["results"], f"{summary['task']}, {summary['sample']} questions"))
+    print(f"Results: {Path(config.output_dir) / config.name}/results.md")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from acculturate.config_loading import load_yaml
     from acculturate.jobs.evaluate import EvalConfig, rescore, run_eval
@@ -291,6 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("prompt", help="answer one question with a prompting strategy (cot, self_consistency...)")
+    p.add_argument("question")
+    p.add_argument("--strategy", default="zero_shot",
+                   help="zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine, program")
+    p.add_argument("--task", default="blend", choices=["svamp", "blend"],
+                   help="answer format and exemplar source: svamp (a number) or blend (a few words)")
+    p.add_argument("--region", default=None, help="region the question is about (personas, exemplars)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of the strategy's config, e.g. --set persona=local --set samples=8")
+    p.add_argument("--show-trace", action="store_true", help="print every completion")
+    p.add_argument("--json", action="store_true", help="print answer, extra and the full trace as JSON")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_prompt)
+
+    p = sub.add_parser("prompt-eval", help="compare prompting strategies on a task sample (table + JSONL)")
+    p.add_argument("config", help="YAML of PromptEvalConfig fields, e.g. the shipped "
+                                  "acculturate/configs/prompt_eval/smollm2-135m_svamp.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    p.set_defaults(func=cmd_prompt_eval)
 
     p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
     p.add_argument("--model", default="smollm2-135m")

@@ -1,0 +1,239 @@
+"""`acculturate prompt-eval CONFIG`: several prompting strategies over one sample of a task, side by side.
+
+For each strategy, every example's answer, correctness, tokens, latency and (optionally) full trace is
+appended to ``<run>/outputs/<label>.jsonl`` as soon as it is known, so a killed run continues where it
+stopped. At the end ``results.json`` and ``results.md`` hold the table: accuracy (with a 95% Wilson
+interval), mean tokens generated, mean prompt tokens, mean model calls and mean latency per example.
+
+`acculturate prompt --strategy NAME --task TASK "question"` (:func:`answer_question`) runs one
+strategy on one typed question.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acculturate.config_loading import apply_overrides, to_dict
+from acculturate.evaluate.qa import wilson_interval
+from acculturate.io import append_jsonl, write_json, write_text
+from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
+from acculturate.prompting import STRATEGIES, Task, load_task, run_strategy, strategy_config
+from acculturate.prompting.trace import StrategyResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StrategyRun:
+    """One column of the comparison: a strategy and its settings."""
+
+    strategy: str                  # a key of acculturate.prompting.STRATEGIES
+    label: str | None = None       # name in the table and of the outputs file (default: strategy)
+    config: dict = field(default_factory=dict)   # fields of the strategy's config dataclass
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        strategy_config(self.strategy, self.config)  # fail at load, naming the field
+        self.label = self.label or self.strategy
+        if not self.label.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"label: expected letters, digits, '-' or '_' (it names a file), got {self.label!r}")
+
+
+@dataclass
+class TaskConfig:
+    """Which questions, and how many."""
+
+    name: str = "svamp"            # 'svamp' or 'blend'
+    path: str | None = None        # a data file instead of the shipped one
+    countries: list[str] | None = None   # blend: only these countries
+    sample: int | None = 20        # evaluate a seeded random sample of N questions (None: all)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"sample: expected a positive integer or null, got {self.sample}")
+        if self.countries is not None and self.name != "blend":
+            raise ValueError(f"countries: only for task 'blend', not {self.name!r}")
+
+
+@dataclass
+class PromptEvalConfig:
+    """`acculturate prompt-eval CONFIG`: compare prompting strategies on one task sample."""
+
+    name: str = "prompt-eval"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: str | None = None     # a LoRA adapter directory applied to the model
+    task: TaskConfig = field(default_factory=TaskConfig)
+    strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
+    save_traces: bool = True       # keep every prompt and completion in the outputs (large)
+
+    def __post_init__(self):
+        labels = [s.label for s in self.strategies]
+        if not labels:
+            raise ValueError("strategies: expected at least one strategy")
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"strategies: labels must differ, {duplicates} repeat (set 'label')")
+
+
+def load_model(model: ModelConfig, adapter: str | None):
+    """The model to prompt (with ``adapter`` applied when given)."""
+    from acculturate.models import load
+
+    loaded = load(model.name, device=model.device, dtype=model.dtype)
+    if adapter:
+        from acculturate.adapters import load_adapter
+
+        load_adapter(loaded.model, adapter)
+        loaded.model.eval()
+    return loaded
+
+
+def split_task(task: Task, sample: int | None, seed: int) -> tuple[Task, list]:
+    """A seeded sample of the task's questions to evaluate, and the task with the rest as its
+    exemplar pool (an evaluated question is never another's exemplar either)."""
+    order = list(range(len(task.examples)))
+    random.Random(seed).shuffle(order)
+    chosen = sorted(order[:sample]) if sample else order
+    chosen_set = set(chosen)
+    evaluated = [task.examples[i] for i in chosen]
+    pool = [ex for i, ex in enumerate(task.examples) if i not in chosen_set]
+    if not pool:
+        pool = task.examples  # the whole set is evaluated: exemplars exclude only the question itself
+    return Task(task.name, task.kind, task.examples, pool), evaluated
+
+
+def _read_done(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write: that example is redone
+            done[row["id"]] = row
+    return done
+
+
+def _row(task: Task, example, result: StrategyResult, save_trace: bool) -> dict:
+    row = {"id": example.meta["id"], "question": example.meta["question"],
+           "answer": task.display(result.answer),
+           "gold": [task.display(a) if task.kind == "number" else a for a in example.meta["answers"]],
+           "correct": task.is_correct(result.answer, example),
+           "completion_tokens": result.trace.completion_tokens, "prompt_tokens": result.trace.prompt_tokens,
+           "calls": len(result.trace.calls), "seconds": round(result.trace.seconds, 3),
+           "extra": result.extra}
+    if save_trace:
+        row["trace"] = result.trace.to_dict()
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy (Wilson 95%), mean completion/prompt tokens, calls and seconds over one strategy's rows."""
+    n = len(rows)
+    correct = sum(bool(r["correct"]) for r in rows)
+    mean = (lambda key: sum(r[key] for r in rows) / n) if n else (lambda key: 0.0)
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "ci95": list(wilson_interval(correct, n)), "answered": sum(r["answer"] is not None for r in rows),
+            "mean_completion_tokens": mean("completion_tokens"), "mean_prompt_tokens": mean("prompt_tokens"),
+            "mean_calls": mean("calls"), "mean_seconds": mean("seconds")}
+
+
+def results_table(results: dict, title: str) -> str:
+    """The markdown table of :func:`run_prompt_eval`'s results."""
+    lines = [f"# {title}", "",
+             "| strategy | accuracy | 95% CI | correct / n | answered | mean tokens generated | "
+             "mean prompt tokens | mean calls | mean latency (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, s in results.items():
+        lo, hi = s["ci95"]
+        lines.append(f"| {label} | {100 * s['accuracy']:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% | "
+                     f"{s['correct']} / {s['n']} | {s['answered']} | {s['mean_completion_tokens']:.1f} | "
+                     f"{s['mean_prompt_tokens']:.1f} | {s['mean_calls']:.1f} | {s['mean_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_prompt_eval(config: PromptEvalConfig, *, overwrite: bool = False, progress: bool = True,
+                    loaded=None) -> dict:
+    """Run every strategy of ``config`` over the task sample; continue an interrupted run.
+
+    Args:
+        config: the comparison.
+        overwrite: delete an existing run of this name first (else continue it; a run holding a
+            different config is refused).
+        progress: show a progress bar per strategy.
+        loaded: an already loaded ``(model, tokenizer)`` to use instead of loading ``config.model``.
+
+    Returns:
+        ``{"task", "sample", "model", "results": {label: summary}, "wall_time_s"}``, also written to
+        ``<run>/results.json``, with the table in ``<run>/results.md``.
+    """
+    start = time.perf_counter()
+    out = run_dir(config.output_dir, config.name)
+    check_run_dir(out, config, overwrite)
+    write_json(out / "config.json", to_dict(config))
+    options = {"countries": config.task.countries} if config.task.countries else {}
+    task, evaluated = split_task(load_task(config.task.name, config.task.path, **options),
+                                 config.task.sample, config.task.seed)
+    model, tokenizer = loaded if loaded is not None else load_model(config.model, config.adapter)
+    from tqdm.auto import tqdm
+
+    results = {}
+    for run in config.strategies:
+        strategy_cfg = strategy_config(run.strategy, run.config)
+        path = out / "outputs" / f"{run.label}.jsonl"
+        done = _read_done(path)
+        for example in tqdm(evaluated, desc=run.label, unit="q", disable=not progress):
+            if example.meta["id"] in done:
+                continue
+            result = run_strategy(run.strategy, model, tokenizer, task, example, strategy_cfg)
+            row = _row(task, example, result, config.save_traces)
+            append_jsonl(path, row)
+            done[row["id"]] = row
+        results[run.label] = summarize([done[ex.meta["id"]] for ex in evaluated])
+        log.info("%s: accuracy %.3f", run.label, results[run.label]["accuracy"])
+    summary = {"task": config.task.name, "sample": len(evaluated), "model": config.model.name,
+               "adapter": config.adapter, "results": results, "wall_time_s": round(time.perf_counter() - start, 1)}
+    write_json(out / "results.json", summary)
+    title = f"Prompting strategies on {config.task.name} ({len(evaluated)} questions, {config.model.name})"
+    write_text(out / "results.md", results_table(results, title)
+               + f"\nPer-example outputs: `outputs/<strategy>.jsonl`. Wall time of this invocation: "
+                 f"{summary['wall_time_s']:.0f} s (a resumed run counts only its own part).\n")
+    return summary
+
+
+def answer_question(strategy: str, task_name: str, question: str, *, overrides: list[str] | None = None,
+                    region: str | None = None, model: ModelConfig | None = None,
+                    adapter: str | None = None, loaded=None) -> tuple[Task, StrategyResult]:
+    """`acculturate prompt`: answer one typed question with one strategy.
+
+    Args:
+        strategy: a key of ``STRATEGIES``.
+        task_name: the task whose answer format to use (``svamp``: a number; ``blend``: a few words);
+            its questions serve as exemplars.
+        question: the question.
+        overrides: ``field=value`` settings of the strategy's config (``k=4``, ``cot.mode=exemplar``).
+        region: the region the question is about (fills a persona's ``{region}``, picks exemplars).
+        model, adapter, loaded: the model (``loaded``: an already loaded ``(model, tokenizer)``).
+
+    Returns:
+        (task, result).
+    """
+    config = strategy_config(strategy, apply_overrides({}, overrides or []))
+    task = load_task(task_name)
+    example = task.question_example(question, region=region)
+    if loaded is None:
+        loaded = load_model(model or ModelConfig(), adapter)
+    m, tok = loaded
+    return task, run_strategy(strategy, m, tok, task, example, config)
+
+
+__all__ = ["PromptEvalConfig", "StrategyRun", "TaskConfig", "answer_question", "run_prompt_eval",
+           "results_table", "split_task", "summarize"]
