@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from acculturate.config_loading import ConfigError
 from acculturate.resources import resource_path
 
 RUBRICS_FILE = "rubrics.yaml"
@@ -48,20 +49,20 @@ def load_rubrics(path: str | Path | None = None) -> Rubrics:
     """Read a rubrics YAML (default the shipped one).
 
     Raises:
-        ValueError: naming the file and the field when the file is not of the expected shape.
+        ConfigError: naming the file and the field when the file is not of the expected shape.
     """
     path = Path(path) if path else resource_path(RUBRICS_FILE)
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with 'scale' and 'rubrics'")
+        raise ConfigError(f"{path}: expected a mapping with 'scale' and 'rubrics'")
     scale, rubrics = data.get("scale"), data.get("rubrics")
     if not isinstance(scale, dict) or sorted(scale) != [1, 2, 3, 4, 5] or not all(isinstance(v, str) for v in scale.values()):
-        raise ValueError(f"{path}: scale: expected descriptions for each score 1..5")
+        raise ConfigError(f"{path}: scale: expected descriptions for each score 1..5")
     if not isinstance(rubrics, dict) or "default" not in rubrics:
-        raise ValueError(f"{path}: rubrics: expected a mapping of region -> criteria with a 'default' entry")
+        raise ConfigError(f"{path}: rubrics: expected a mapping of region -> criteria with a 'default' entry")
     for region, items in rubrics.items():
         if not isinstance(items, list) or not items or not all(isinstance(c, str) for c in items):
-            raise ValueError(f"{path}: rubrics.{region}: expected a non-empty list of criteria strings")
+            raise ConfigError(f"{path}: rubrics.{region}: expected a non-empty list of criteria strings")
     return Rubrics(scale, rubrics)
 
 

@@ -57,7 +57,10 @@ def create_app(run_dir: str | Path):
     Routes: ``GET /`` (the page), ``GET /api/next?rater=ID`` (the next unrated item: opaque key,
     question, answer; ``item`` null when done), ``POST /api/rate`` ``{"rater", "item", "score"}``.
     """
-    from fastapi import FastAPI, HTTPException
+    try:
+        from fastapi import FastAPI, HTTPException
+    except ImportError:
+        raise ImportError("the rating page needs FastAPI and uvicorn: pip install 'acculturate[serve]'") from None
     from fastapi.responses import HTMLResponse
     from pydantic import BaseModel
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from acculturate.config_loading import ConfigError
 from acculturate.data import blend_countries, is_correct, load_blend
 from acculturate.evaluate import cot, metrics
 from acculturate.resources import resource_path
@@ -113,7 +114,7 @@ def _ids_from(path: str, base_dir: Path | None) -> set[str]:
             try:
                 ids.add(str(json.loads(line)["id"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{p}:{lineno}: expected a JSON object with an 'id'") from None
+                raise ConfigError(f"ids_from: {p}:{lineno}: expected a JSON object with an 'id'") from None
     return ids
 
 
@@ -154,7 +155,7 @@ def load_nusax_items(task: TaskConfig, base_dir: Path | None) -> list[Item]:
         reader = csv.DictReader(f)
         missing = {task.source, task.target} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: no column {sorted(missing)}; columns are {reader.fieldnames}")
+            raise ConfigError(f"{path}: no column {sorted(missing)}; columns are {reader.fieldnames}")
         rows = list(reader)
     items = []
     for i, row in enumerate(rows):
