@@ -254,3 +254,19 @@ def test_real_model_all_targets_stay_close(fresh_model, data_dir):
     assert diff.mean() < 0.4 * ref.logits.abs().mean()
     assert top1 > 0.65 and kl < 0.5
     assert out.loss < 1.1 * ref.loss
+
+
+@pytest.mark.gpu
+def test_compiled_dequantize_equals_eager_on_cuda():
+    from acculturate.adapters import nf4
+
+    w = torch.randn(384, 1000, device="cuda")
+    q = nf4.quantize_nf4(w)
+    nf4.compile_dequantize(False)
+    eager = nf4.dequantize_nf4(**q, shape=w.shape, dtype=torch.bfloat16)
+    nf4.compile_dequantize()
+    try:
+        compiled = nf4.dequantize_nf4(**q, shape=w.shape, dtype=torch.bfloat16)
+    finally:
+        nf4.compile_dequantize(False)
+    assert torch.equal(eager, compiled)
