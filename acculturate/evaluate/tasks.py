@@ -169,11 +169,25 @@ def load_nusax_items(task: TaskConfig, base_dir: Path | None) -> list[Item]:
     return _sample(items, task)
 
 
+def translation_text(output: str) -> str:
+    """The translation in a model's reply: the first non-empty line, after dropping a preface line
+    that ends with a colon ("The translation of this text into English is:") and wrapping quotes.
+    Small chat models preface often; cutting generation at the first newline kept only the preface."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    while len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    text = lines[0] if lines else ""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
 def score_nusax(rows: list[dict]) -> dict:
-    """Corpus BLEU and chrF (with signatures), and sentence chrF per example for intervals and pairing."""
+    """Corpus BLEU and chrF (with signatures) of :func:`translation_text` of each reply, and sentence
+    chrF per example for intervals and pairing."""
     from sacrebleu.metrics import CHRF
 
-    hyps = [r["output"].strip() for r in rows]
+    hyps = [translation_text(r["output"]) for r in rows]
     refs = [r["reference"] for r in rows]
     bleu, chrf = metrics.corpus_bleu(hyps, refs), metrics.corpus_chrf(hyps, refs)
     sentence = CHRF()
@@ -249,7 +263,8 @@ def score_cot(rows: list[dict]) -> dict:
 
 TASKS: dict[str, TaskKind] = {
     "blend": TaskKind(load_blend_items, score_blend, max_new_tokens=24, stop=("\n",)),
-    "nusax": TaskKind(load_nusax_items, score_nusax, max_new_tokens=96, stop=("\n",)),
+    # No stop string: a reply may start with a preface line; translation_text picks the translation.
+    "nusax": TaskKind(load_nusax_items, score_nusax, max_new_tokens=96, stop=()),
     "appropriateness": TaskKind(load_appropriateness_items, score_appropriateness, max_new_tokens=64, stop=()),
     "cot": TaskKind(load_cot_items, score_cot, max_new_tokens=160, stop=(), sampled=True),
 }

@@ -87,3 +87,13 @@ def test_paired_interval_is_tighter_than_unpaired():
     assert bootstrap_ci(b)[0] < bootstrap_ci(a)[1]
     with pytest.raises(ValueError, match="align"):
         paired_bootstrap([1, 0], [1])
+
+
+def test_translation_text_drops_preface_and_quotes():
+    from acculturate.evaluate.tasks import translation_text
+
+    assert translation_text("The translation of this Javanese text into English is:\n\n\"The food is good.\"\n\nNote") \
+        == "The food is good."
+    assert translation_text("  Makanane enak.\nMore text") == "Makanane enak."
+    assert translation_text("Only a preface:") == "Only a preface:"
+    assert translation_text("") == ""
