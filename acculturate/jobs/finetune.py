@@ -126,7 +126,8 @@ def check_run_dir(out: Path, config, overwrite: bool) -> None:
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
                       datasets: Datasets, out: Path, resume: bool) -> tuple[dict, TrainResult]:
-    summary = prepare_model(loaded.model, method.name, lora=method.lora, head_blocks=method.head_blocks)
+    summary = prepare_model(loaded.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
+                            prompt_tuning=method.prompt_tuning, tokenizer=loaded.tokenizer)
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", method.name,
              f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     result = train(loaded.model, datasets.train_features, datasets.test_features or None, train_cfg,

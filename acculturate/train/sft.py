@@ -180,9 +180,11 @@ def evaluate_loss(model: torch.nn.Module, rows: Sequence[dict], config: TrainCon
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts (tied weights once)."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    """``(trainable, total)`` parameter counts: tied weights once, NF4-quantized weights at their
+    logical size (they are buffers, not parameters)."""
+    from acculturate.adapters import count_parameters
+
+    return count_parameters(model)
 
 
 def _check_resume_config(saved: dict, config: TrainConfig, path: Path) -> None:
