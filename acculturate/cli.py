@@ -211,6 +211,18 @@ def cmd_prompt_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.compare import CompareConfig, run_compare
+
+    path = Path(args.config)
+    config = load_yaml(CompareConfig, path, args.set)
+    summary = run_compare(config, overwrite=args.restart, base_dir=path.parent)
+    print(Path(summary["files"]["table"]).read_text())
+    print(f"Results: {summary['files']['table']}, {summary['files']['plot']}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from acculturate.config_loading import load_yaml
     from acculturate.jobs.evaluate import EvalConfig, rescore, run_eval
@@ -341,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_prompt_eval)
+
+    p = sub.add_parser("compare", help="train full, head, lora, qlora, prompt tuning on the same data; table + plot")
+    p.add_argument("config", help="YAML of CompareConfig fields, e.g. the shipped "
+                                  "acculturate/configs/compare/smollm2-135m_methods.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.max_steps=5 --set 'methods=[{name: lora}]'")
+    p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
     p.add_argument("--model", default="smollm2-135m")
