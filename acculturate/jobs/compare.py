@@ -37,7 +37,8 @@ from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, Model
                                        prepare_and_train, run_dir, save_trained, split_examples, tokenize)
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
-from acculturate.train import TrainConfig
+from acculturate.train import TrainConfig, evaluate_loss
+from acculturate.train.sft import prepare_rows
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,10 @@ def run_compare(config: CompareConfig, *, overwrite: bool = False, base_dir: Pat
         loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
         base = _qa(_evaluate(loaded.model, loaded.tokenizer, config, region_test, out / "eval" / "base.jsonl",
                              "base", progress))
+        # the untrained model's eval loss on the same rows train() scores each method on
+        eval_rows, _ = prepare_rows(tokenize(region_test, loaded.tokenizer, config.data), config.train)
+        base["eval_loss"] = evaluate_loss(loaded.model, eval_rows, config.train, loaded.tokenizer.pad_token_id,
+                                          next(loaded.model.parameters()).device)
         write_json(base_path, base)
         del loaded
 
@@ -292,7 +297,8 @@ def render_table(summary: dict) -> str:
         f"Same budget for every method: {summary['steps']} optimizer steps of {summary['batch_size']} examples "
         f"(the region's {summary['region_train_questions']} train questions plus general instructions), each from a "
         f"fresh base model. Evaluation: eval loss and accuracy on {summary['test_questions']} held-apart questions "
-        f"(base model: {100 * b['accuracy']:.1f}%, {b['correct']}/{b['total']}).",
+        f"(base model: accuracy {100 * b['accuracy']:.1f}%, {b['correct']}/{b['total']}; "
+        f"eval loss {_fmt(b.get('eval_loss'))}).",
         "",
         "| method | lr | trainable params | trainable % | train time (s) | tokens/s | peak memory (MiB) | "
         "saved (MiB) | train loss | eval loss | accuracy | 95% interval |",
@@ -344,6 +350,9 @@ def plot_results(summary: dict, path: Path) -> None:
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     axes.flat[5].axhline(100 * summary["base"]["accuracy"], color="#c44e52", linestyle="--", label="base model")
     axes.flat[5].legend(fontsize=8)
+    if summary["base"].get("eval_loss") is not None:
+        axes.flat[4].axhline(summary["base"]["eval_loss"], color="#c44e52", linestyle="--", label="base model")
+        axes.flat[4].legend(fontsize=8)
     fig.suptitle(f"{summary['model']} on BLEnD {summary['region']}: {summary['steps']} steps per method")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -63,6 +63,8 @@ def test_tiny_comparison_writes_table_json_and_plot_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["methods"] == summary["methods"]
     table = (out / "results.md").read_text()
     assert "| lora |" in table and "| prompt_tuning |" in table and "cpu_rss_growth" in table
+    # one step of training at these rates lowers the eval loss below the untrained model's
+    assert summary["base"]["eval_loss"] > rows["lora"]["eval_loss"]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a rerun skips finished methods: their results (and wall times) come back unchanged
