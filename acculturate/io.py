@@ -84,3 +84,20 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_jsonl_by_key(path: str | os.PathLike, key: str = "id") -> dict[Any, dict]:
+    """Rows of a JSONL results file by ``row[key]`` (the last row wins), for resuming a run.
+
+    A line cut short by a kill mid-write is skipped, so that row is simply redone.
+    """
+    done: dict[Any, dict] = {}
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row[key]] = row
+    return done

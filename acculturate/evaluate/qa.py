@@ -6,7 +6,6 @@ interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from acculturate.data import Example, is_correct, render_prompt
 from acculturate.decode import GenerationConfig, generate
-from acculturate.io import append_jsonl
+from acculturate.io import append_jsonl, read_jsonl_by_key
 
 
 @dataclass
@@ -40,15 +39,7 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
 
 
 def _read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write: that example is simply redone
-            done[row["id"]] = row
-    return done
+    return read_jsonl_by_key(path, "id")
 
 
 def evaluate_qa(model, tokenizer, examples: list[Example], generation: GenerationConfig, *,

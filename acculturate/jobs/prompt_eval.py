@@ -11,7 +11,6 @@ strategy on one typed question.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from acculturate.config_loading import apply_overrides, to_dict
 from acculturate.evaluate.qa import wilson_interval
-from acculturate.io import append_jsonl, write_json, write_text
+from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
 from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
 from acculturate.prompting import STRATEGIES, Task, load_task, run_strategy, strategy_config
 from acculturate.prompting.trace import StrategyResult
@@ -111,15 +110,7 @@ def split_task(task: Task, sample: int | None, seed: int) -> tuple[Task, list]:
 
 
 def _read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-write: that example is redone
-            done[row["id"]] = row
-    return done
+    return read_jsonl_by_key(path, "id")
 
 
 def _row(task: Task, example, result: StrategyResult, save_trace: bool) -> dict:
