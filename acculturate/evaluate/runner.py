@@ -9,7 +9,6 @@ rows of an ``appropriateness`` task in ``judgements/<task>/<system>.jsonl``.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from acculturate.data import render_prompt
 from acculturate.decode import GenerationConfig, generate
 from acculturate.evaluate.judge import REPLY_PREFIX, Rubrics, judge_messages, parse_judgement
 from acculturate.evaluate.tasks import TASKS, Item, TaskConfig
-from acculturate.io import append_jsonl
+from acculturate.io import append_jsonl, read_jsonl_by_key
 
 # A strategy turns (model, tokenizer, items, generation config) into one text per item per sample.
 Strategy = Callable[..., list[list[str]]]
@@ -26,15 +25,7 @@ Strategy = Callable[..., list[list[str]]]
 
 def read_rows(path: Path) -> dict[str, dict]:
     """Saved rows by id; a line cut by a kill mid-write is skipped (that example is redone)."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["id"]] = row
-    return rows
+    return read_jsonl_by_key(path, "id")
 
 
 def _seed_of(item_id: str, seed: int) -> int:
