@@ -579,13 +579,14 @@ def test_two_trained_adapters_on_the_real_model(trained, default_model):
         assert torch.equal(_logits(model, ids), _logits(default_model.model, ids))
         assert _greedy(model, tokenizer) == _greedy(default_model.model, tokenizer)
         assert model.model.layers[0].self_attn.q_proj.weight is q_weight  # the same tensor, not a reload
-        none_text = _greedy(model, tokenizer)
+        none_text, none_logits = _greedy(model, tokenizer), _logits(model, ids)
     assert registry.active() == "uk"
     # The prompt-tuning adapter switches per request like the LoRA ones, and back bit-identically.
     with use_adapter(model, "pt"):
         pt_text, pt_logits = _greedy(model, tokenizer), _logits(model, ids)
         assert pt_logits.shape == uk_logits.shape  # the caller's positions only
-    assert pt_text not in (none_text, uk_text), (pt_text, none_text, uk_text)
+    # The untrained text-initialised prompt moves the logits (its 8 greedy tokens may still match the base's).
+    assert (pt_logits - none_logits).abs().max() > 1e-1 and pt_text != uk_text, (pt_text, none_text, uk_text)
     assert _greedy(model, tokenizer) == uk_text
     with use_adapter(model, "pt"):
         assert _greedy(model, tokenizer) == pt_text and torch.equal(_logits(model, ids), pt_logits)
