@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?",
                    help=f"YAML config, or a run folder with --rescore (default: the shipped {DEFAULT_EVAL_CONFIG.name})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set judge.model=/path/to/bigger-model")
+                   help="override a config field, e.g. --set judge.model=/path/to/bigger-model or --set tasks[0].limit=5")
     p.add_argument("--name", help="run name (the folder under output_dir)")
     p.add_argument("--full", action="store_true", help="every example of every task (drop the sample limits)")
     p.add_argument("--resume", action="store_true", help="continue a run: answer only the examples not saved yet")

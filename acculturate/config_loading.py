@@ -7,6 +7,7 @@ only turns nested dicts into those dataclasses, so the same objects back YAML, t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -141,17 +142,60 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: {e}") from e
 
 
+_KEY_PART = re.compile(r"([^.\[\]]+)((?:\[-?\d+\])*)")
+
+
+def _key_path(key: str, item: str) -> list[str | int]:
+    """``tasks[0].limit`` -> ``["tasks", 0, "limit"]``; a malformed key raises ConfigError."""
+    path: list[str | int] = []
+    for part in key.split("."):
+        match = _KEY_PART.fullmatch(part.strip())
+        if not match:
+            raise ConfigError(f"override {item!r}: cannot read key part {part!r}; expected name, "
+                              "name[index] or name[i][j] (e.g. tasks[0].limit=5)")
+        path.append(match.group(1))
+        path += [int(i) for i in re.findall(r"-?\d+", match.group(2))]
+    return path
+
+
+def _describe(path: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(path))
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides in place (the value is parsed as YAML: ``3``, ``2e-4``, ``[a, b]``)."""
+    """Apply ``a.b=value`` overrides in place (the value is parsed as YAML: ``3``, ``2e-4``, ``[a, b]``).
+
+    A key may index a list: ``tasks[0].limit=5``, ``systems[-1].adapter=null``. Missing mappings on
+    the way are created; a list index must name an existing item.
+    """
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4 or tasks[0].limit=5")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+        path = _key_path(key, item)
+        node: Any = data
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            where = _describe(path[:depth]) or "the config"
+            if isinstance(part, int):
+                if not isinstance(node, list):
+                    raise ConfigError(f"override {item!r}: {where} is not a list (it is "
+                                      f"{type(node).__name__}), so [{part}] cannot index it")
+                if not -len(node) <= part < len(node):
+                    raise ConfigError(f"override {item!r}: index [{part}] is out of range: {where} has "
+                                      f"{len(node)} item{'s' if len(node) != 1 else ''} "
+                                      f"(valid: 0..{len(node) - 1}, or -1 for the last)")
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {where} is not a mapping, so it has no field {part!r}")
+            if last:
+                node[part] = yaml.safe_load(raw)
+            elif isinstance(part, str) and node.get(part) is None:  # absent (or empty in the YAML)
+                if isinstance(path[depth + 1], int):
+                    raise ConfigError(f"override {item!r}: {_describe(path[:depth + 1])} is not set in the "
+                                      "config, so it has no items to index; set the whole list instead "
+                                      f"(e.g. {_describe(path[:depth + 1])}=[...])")
+                node[part] = {}
+                node = node[part]
+            else:
+                node = node[part]
     return data

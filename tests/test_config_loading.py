@@ -92,3 +92,41 @@ def test_every_shipped_config_loads(path):
 def test_configs_are_shipped():
     assert any(Path(p).parent.name == "adapt" for p in CONFIGS)
     assert any(Path(p).parent.name == "train" for p in CONFIGS)
+
+
+def test_overrides_index_lists():
+    from acculturate.config_loading import apply_overrides
+
+    data = {"tasks": [{"name": "a", "limit": 20}, {"name": "b"}], "systems": [{"name": "s", "x": {"y": [1, 2]}}]}
+    apply_overrides(data, ["tasks[0].limit=5", "tasks[-1].limit=null", "systems[0].x.y[1]=7",
+                           "systems[0].x.z.w=1", "tasks[1].countries=[UK, Mexico]"])
+    assert data["tasks"] == [{"name": "a", "limit": 5}, {"name": "b", "limit": None, "countries": ["UK", "Mexico"]}]
+    assert data["systems"][0]["x"] == {"y": [1, 7], "z": {"w": 1}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tasks[2].limit=5", r"index \[2\] is out of range: tasks has 2 items \(valid: 0..1"),
+    ("tasks[-3].limit=5", r"index \[-3\] is out of range"),
+    ("tasks[0][1]=5", r"tasks\[0\] is not a list \(it is dict\)"),
+    ("name[0]=x", r"name is not a list \(it is str\)"),
+    ("tasks.limit=5", r"tasks is not a mapping, so it has no field 'limit'"),
+    ("missing[0].limit=5", r"missing is not set in the config, so it has no items to index"),
+    ("tasks[x].limit=5", r"cannot read key part 'tasks\[x\]'"),
+    ("tasks[0]..limit=5", r"cannot read key part ''"),
+])
+def test_list_override_errors_are_clear(override, message):
+    from acculturate.config_loading import apply_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides({"name": "n", "tasks": [{"name": "a"}, {"name": "b"}]}, [override])
+
+
+def test_list_override_reaches_the_typed_config(tmp_path):
+    from acculturate.jobs.evaluate import EvalConfig
+
+    path = tmp_path / "e.yaml"
+    path.write_text("tasks:\n  - {name: b, kind: blend, limit: 20}\n  - {name: n, kind: nusax}\n")
+    cfg = load_yaml(EvalConfig, path, ["tasks[0].limit=5", "tasks[1].source=sundanese"])
+    assert cfg.tasks[0].limit == 5 and cfg.tasks[1].source == "sundanese"
+    with pytest.raises(ConfigError, match=r"e.yaml: tasks\[1\].limit: expected"):
+        load_yaml(EvalConfig, path, ["tasks[1].limit=many"])

@@ -1,4 +1,4 @@
-"""Many LoRA adapters on one base model, chosen by name per request.
+"""Many adapters (LoRA and prompt tuning) on one base model, chosen by name per request.
 
 Each adapter is its own set of :class:`LoRALinear` wrappers, one per module it targets, and every
 wrapper wraps the base model's *own* ``nn.Linear`` object at that path. Activating an adapter puts
@@ -19,6 +19,12 @@ under the active adapter (``quantize_lora_bases`` to NF4, or the dequantized Lin
 leaves) becomes every adapter's base. ``quantize_lora_bases`` only reaches the active adapter's
 modules; new adapters (``add``/``create``/``combine``) need ``nn.Linear`` bases, so add them before
 quantizing.
+
+A prompt-tuning adapter (``method: prompt_tuning``) is its :class:`PromptEmbedding` (the n learned
+vectors and the forward hooks that prepend them): activating it attaches that module and its hooks
+to the model, deactivating detaches them, so the model again runs exactly as loaded. It changes no
+module of the model, so it costs only its (n, d) vectors while inactive. It cannot be merged into
+weights or combined with LoRA adapters.
 
 One model serves one adapter at a time: switching changes the model for every caller, so a server
 answering requests for different adapters concurrently must serialize them (:meth:`using` holds a
@@ -42,6 +48,8 @@ from acculturate.adapters.lora import (
     LoRAConfig, LoRALinear, apply_lora, linear_names, lora_modules, matches_target,
 )
 from acculturate.adapters.peft_format import load_adapter, save_adapter
+from acculturate.adapters.prompt_tuning import ATTRIBUTE as PROMPT_ATTRIBUTE
+from acculturate.adapters.prompt_tuning import PromptEmbedding, PromptTuningConfig, prompt_embedding
 
 NONE = "none"  # the name that selects the base model alone
 _ATTRIBUTE = "_acculturate_adapter_registry"  # where a model keeps its registry
@@ -57,19 +65,30 @@ class Adapter:
 
     Attributes:
         name: its name in the registry.
-        config: the LoRA config it was built or loaded with (what :meth:`AdapterRegistry.save` writes).
-        layers: module path -> its ``LoRALinear`` (in the model only while the adapter is active).
+        config: the config it was built or loaded with (what :meth:`AdapterRegistry.save` writes):
+            a ``LoRAConfig`` or a ``PromptTuningConfig``.
+        layers: module path -> its ``LoRALinear`` (in the model only while the adapter is active);
+            empty for prompt tuning.
         source: the directory it was loaded from, if any.
+        prompt: a prompt-tuning adapter's virtual tokens and hooks (attached only while active).
     """
 
     name: str
-    config: LoRAConfig
+    config: LoRAConfig | PromptTuningConfig
     layers: dict[str, LoRALinear]
     source: Path | None = None
+    prompt: PromptEmbedding | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"prompt_tuning"`` or ``"lora"``."""
+        return "prompt_tuning" if self.prompt is not None else "lora"
 
     def num_parameters(self) -> int:
-        """The number of ``A``/``B`` entries (the adapter's whole cost in memory)."""
-        return sum(layer.lora_A.weight.numel() + layer.lora_B.weight.numel() for layer in self.layers.values())
+        """The number of ``A``/``B`` entries, or of prompt-vector entries (the adapter's whole cost in memory)."""
+        prompt = self.prompt.prompt_embeddings.weight.numel() if self.prompt is not None else 0
+        return prompt + sum(layer.lora_A.weight.numel() + layer.lora_B.weight.numel()
+                            for layer in self.layers.values())
 
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -91,15 +110,15 @@ def _check_name(name) -> str:
 
 
 class AdapterRegistry:
-    """Named LoRA adapters over one base model; exactly one (or none) is active at a time.
+    """Named adapters (LoRA or prompt tuning) over one base model; exactly one (or none) is active at a time.
 
     Build it with :func:`adapter_registry` (one registry per model, kept on the model). A model
-    that already has LoRA layers (from ``apply_lora`` or ``load_adapter``) keeps them as the active
-    adapter named ``adopt_name``.
+    that already has LoRA layers (from ``apply_lora`` or ``load_adapter``) or a prompt
+    (``apply_prompt_tuning``) keeps them as the active adapter named ``adopt_name``.
 
     Args:
         model: the base model, modified in place as adapters are switched.
-        adopt_name: the name for LoRA layers the model already has.
+        adopt_name: the name for the adapter the model already has.
     """
 
     def __init__(self, model: nn.Module, adopt_name: str = "default"):
@@ -110,9 +129,16 @@ class AdapterRegistry:
         self._active: str | None = None
         # Held while switching and for the whole block of using(): one model serves one adapter at a time.
         self._lock = threading.RLock()
-        existing = lora_modules(model)
+        existing, prompt = lora_modules(model), prompt_embedding(model)
+        if existing and prompt is not None:
+            raise ValueError("the model has both LoRA layers and a prompt-tuning prompt; a registry adapter "
+                             "is one or the other")
         if existing:
             self._adapters[_check_name(adopt_name)] = Adapter(adopt_name, _infer_config(existing), existing)
+            self._active = adopt_name
+        elif prompt is not None:
+            config = PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens)
+            self._adapters[_check_name(adopt_name)] = Adapter(adopt_name, config, {}, prompt=prompt)
             self._active = adopt_name
         # A plain attribute (not a submodule), so the model's state dict and save_pretrained ignore it.
         object.__setattr__(model, _ATTRIBUTE, self)
@@ -154,7 +180,7 @@ class AdapterRegistry:
     # -- adding and removing -----------------------------------------------------------------------
 
     def add(self, name: str, adapter_dir: str | os.PathLike, activate: bool = False) -> Adapter:
-        """Load a PEFT-format LoRA adapter directory (ours or PEFT's) under ``name``.
+        """Load a PEFT-format adapter directory (LoRA or prompt tuning; ours or PEFT's) under ``name``.
 
         The files are checked by :func:`load_adapter` (config, key names, shapes against this
         model); on any error nothing is added and the active adapter stays active.
@@ -168,9 +194,16 @@ class AdapterRegistry:
         """
         return self._build(name, lambda: load_adapter(self.model, adapter_dir), activate, Path(adapter_dir))
 
-    def create(self, name: str, config: LoRAConfig, activate: bool = True) -> Adapter:
-        """Add a new, untrained adapter (``B`` = 0) built by :func:`apply_lora`, active by default,
-        ready for ``train()`` (only its ``A``/``B`` are in ``model.parameters()`` while it is active)."""
+    def create(self, name: str, config: LoRAConfig | PromptTuningConfig, activate: bool = True,
+               tokenizer=None) -> Adapter:
+        """Add a new, untrained adapter, active by default, ready for ``train()``: LoRA (``B`` = 0,
+        by :func:`apply_lora`; only its ``A``/``B`` are in ``model.parameters()`` while it is active)
+        or prompt tuning (by :func:`apply_prompt_tuning`; ``tokenizer`` for a text initialisation)."""
+        if isinstance(config, PromptTuningConfig):
+            from acculturate.adapters.prompt_tuning import apply_prompt_tuning
+
+            return self._build(name, lambda: (apply_prompt_tuning(self.model, config, tokenizer), config)[1],
+                               activate, None)
         return self._build(name, lambda: (apply_lora(self.model, config), config)[1], activate, None)
 
     def _build(self, name: str, wrap, activate: bool, source: Path | None) -> Adapter:
@@ -185,12 +218,14 @@ class AdapterRegistry:
                 layers = lora_modules(self.model)
                 for path, layer in layers.items():
                     _set_module(self.model, path, layer.base_layer)
+                prompt = _detach_prompt(self.model)
             finally:
                 if self.model_lora_paths():  # the loader failed half-way: leave the base bare again
                     for path, layer in lora_modules(self.model).items():
                         _set_module(self.model, path, layer.base_layer)
+                _detach_prompt(self.model)  # (a loader that failed after attaching its prompt)
                 self._restore(previous, was_merged)
-            adapter = Adapter(name, config, layers, source)
+            adapter = Adapter(name, config, layers, source, prompt)
             self._adapters[name] = adapter
             if activate:
                 self.use(name)
@@ -257,9 +292,17 @@ class AdapterRegistry:
                 layer.unmerge()
             for path, layer in current.layers.items():
                 _set_module(self.model, path, layer.base_layer)
+            _detach_prompt(self.model)
             self._active = None
         if name is None:
             return
+        prompt = self._adapters[name].prompt
+        if prompt is not None:
+            device = _device_of(self.model.get_input_embeddings())
+            if device is not None and prompt.prompt_embeddings.weight.device != device:
+                prompt.to(device)  # the model was moved while this adapter was inactive
+            setattr(self.model, PROMPT_ATTRIBUTE, prompt)
+            prompt.attach(self.model)
         for path, layer in self._adapters[name].layers.items():
             base = self.model.get_submodule(path)
             # The base is whatever the model holds now, so a base swapped while another adapter was
@@ -277,7 +320,13 @@ class AdapterRegistry:
         """Refuse to switch if the model's LoRA layers are not the active adapter's (e.g. after
         ``merge_lora(model)`` or ``apply_lora(model, ...)`` outside the registry)."""
         expected = {} if self._active is None else self._adapters[self._active].layers
+        expected_prompt = None if self._active is None else self._adapters[self._active].prompt
         found = lora_modules(self.model)
+        if prompt_embedding(self.model) is not expected_prompt:
+            raise RuntimeError(
+                f"the model's prompt-tuning prompt is not that of the active adapter {self._active or NONE!r}: "
+                "it was changed outside the registry (apply_prompt_tuning, remove_prompt_tuning or "
+                "load_adapter on a registry's model); add adapters with registry.add()/create()")
         if found.keys() != expected.keys() or any(found[p] is not expected[p] for p in found):
             raise RuntimeError(
                 f"the model's LoRA layers are not those of the active adapter {self._active or NONE!r}: "
@@ -301,6 +350,10 @@ class AdapterRegistry:
         with self._lock:
             if self._active is None:
                 raise ValueError("no adapter is active; use(name) one before merging")
+            if self._adapters[self._active].prompt is not None:
+                raise ValueError(f"adapter {self._active!r} is prompt tuning: its virtual tokens are inputs, "
+                                 "not a weight update, so there is nothing to merge (it costs n extra "
+                                 "positions per prompt; switching it is already free)")
             for layer in self._adapters[self._active].layers.values():
                 layer.merge()
 
@@ -345,6 +398,9 @@ class AdapterRegistry:
         if len(set(names)) != len(names):
             raise ValueError(f"combine got an adapter twice: {names}")
         adapters = [self.get(n) for n in names]
+        prompts = [a.name for a in adapters if a.prompt is not None]
+        if prompts:
+            raise ValueError(f"combine works on LoRA adapters; {prompts} are prompt tuning")
         if len(adapters) == 1:
             combination = "linear"  # as PEFT: one adapter is always combined linearly
         ranks = [a.config.r for a in adapters]
@@ -388,6 +444,15 @@ class AdapterRegistry:
         if {p for p in candidates if any(matches_target(p, t) for t in targets)} == set(paths):
             return targets
         return tuple(paths)
+
+
+def _detach_prompt(model: nn.Module) -> PromptEmbedding | None:
+    """Take a prompt-tuning prompt (its hooks and submodule) off ``model``; returns it, or None."""
+    prompt = prompt_embedding(model)
+    if prompt is not None:
+        prompt.detach()
+        delattr(model, PROMPT_ATTRIBUTE)
+    return prompt
 
 
 def _device_of(module: nn.Module) -> torch.device | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import io
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -187,7 +188,9 @@ def render_html(m: dict) -> str:
     """The report for metrics ``m`` (as returned by :func:`acculturate.evaluate.summary.score_run`)."""
     systems = "".join(f"<li><b>{html.escape(s['name'])}</b>: model <code>{html.escape(str(s.get('model')))}</code>, "
                       f"adapter <code>{html.escape(str(s.get('adapter') or '–'))}</code>, strategy "
-                      f"<code>{html.escape(str(s.get('strategy', 'zero_shot')))}</code></li>" for s in m["systems"])
+                      f"<code>{html.escape(str(s.get('strategy', 'zero_shot')))}</code>"
+                      + (f" <code>{html.escape(json.dumps(s['strategy_config']))}</code>" if s.get("strategy_config") else "")
+                      + "</li>" for s in m["systems"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(str(m.get('name')))}"
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>Evaluation: {html.escape(str(m.get('name')))}</h1><ul>{systems}</ul>",

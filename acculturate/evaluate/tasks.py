@@ -245,7 +245,8 @@ def score_cot(rows: list[dict]) -> dict:
     for r in rows:
         proxies = [cot.chain_proxies(text) for text in r["chains"]]
         answers = [cot.final_answer(text) for text in r["chains"]]
-        majority = cot.majority_answer(answers)
+        # A prompting strategy's row (evaluate.strategies) carries its own final answer.
+        majority = _number(r["answer"]) if "strategy" in r else cot.majority_answer(answers)
         correct.append(majority is not None and abs(float(majority) - r["gold"]) < 1e-6)
         steps += [p["steps"] for p in proxies]
         claims += sum(p["arithmetic_claims"] for p in proxies)
@@ -259,6 +260,13 @@ def score_cot(rows: list[dict]) -> dict:
             "follows_from_last_step_rate": metrics.mean([float(f) for f in follows]),
             "consistency_mean": metrics.mean(consistencies),
             "per_example": [float(c) for c in correct]}
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 TASKS: dict[str, TaskKind] = {

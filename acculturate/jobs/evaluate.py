@@ -24,29 +24,50 @@ from acculturate.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-STRATEGIES_BUILTIN = ("zero_shot",)
-
-
 @dataclass
 class SystemConfig:
-    """One system under evaluation."""
+    """One system under evaluation: model + adapter + prompting strategy + its decoding settings."""
 
     name: str
     model: str = DEFAULT_MODEL        # 'smollm2-135m', an HF model directory or a .gguf file
-    adapter: str | None = None        # a LoRA adapter directory (e.g. runs/adapt-uk/adapter)
-    strategy: str = "zero_shot"       # how the model is prompted
-    system_prompt: str | None = None  # a persona put in every prompt
+    adapter: str | None = None        # an adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)
+    strategy: str = "zero_shot"       # a key of acculturate.prompting.STRATEGIES; zero_shot is batched,
+                                      # the others run per example on blend and cot tasks
+    strategy_config: dict = field(default_factory=dict)   # fields of that strategy's config (its
+                                      # decoding too: max_new_tokens, samples, temperature, top_p...)
+    system_prompt: str | None = None  # a persona put in every prompt (a strategy's `persona` if it has none)
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 8
 
     def __post_init__(self):
+        from acculturate.prompting import STRATEGIES, strategy_config
+
         if not self.name or "/" in self.name:
             raise ValueError(f"name: expected a non-empty name without '/', got {self.name!r}")
-        if self.strategy not in STRATEGIES_BUILTIN:
-            raise ValueError(f"strategy: expected one of {list(STRATEGIES_BUILTIN)}, got {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy == "zero_shot" and self.strategy_config:
+            raise ValueError("strategy_config: the built-in zero_shot takes its decoding from each task "
+                             "(max_new_tokens) and its persona from system_prompt; leave strategy_config empty")
+        strategy_config(self.strategy, self.strategy_options())  # fail at load, naming the field
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
+
+    def strategy_options(self) -> dict:
+        """``strategy_config`` with ``system_prompt`` as the persona where the strategy has one and
+        none is set (self_consistency and critique_refine keep theirs in ``cot``/``answer``)."""
+        from acculturate.prompting import STRATEGIES
+
+        options = dict(self.strategy_config)
+        if self.system_prompt and self.strategy != "zero_shot":
+            fields = STRATEGIES[self.strategy].config.__dataclass_fields__
+            nested = next((n for n in ("cot", "answer") if n in fields), None)
+            if "persona" in fields:
+                options.setdefault("persona", self.system_prompt)
+            elif nested:
+                options[nested] = {"persona": self.system_prompt, **dict(options.get(nested) or {})}
+        return options
 
 
 @dataclass
@@ -80,6 +101,14 @@ class EvalConfig:
             raise ValueError("systems: expected at least one system")
         if not self.tasks:
             raise ValueError("tasks: expected at least one task (kinds: " + ", ".join(sorted(TASKS)) + ")")
+        from acculturate.evaluate.strategies import STRATEGY_TASKS
+
+        for s in self.systems:
+            for t in self.tasks:
+                if s.strategy != "zero_shot" and t.kind not in STRATEGY_TASKS:
+                    raise ValueError(f"systems[{s.name}].strategy: {s.strategy} answers tasks of kind "
+                                     f"{sorted(STRATEGY_TASKS)}, but task {t.name!r} is {t.kind!r}; "
+                                     "evaluate that task with zero_shot systems (in another config)")
 
 
 def _resolve(path: str, base_dir: Path | None) -> Path:
@@ -141,6 +170,8 @@ def run_eval(config: EvalConfig, *, resume: bool = False, overwrite: bool = Fals
     """
     from acculturate.evaluate.judge import load_rubrics
     from acculturate.evaluate.runner import answer_items, judge_rows
+    from acculturate.evaluate.strategies import answer_with_strategy
+    from acculturate.prompting import strategy_config
 
     resolve_paths(config, base_dir)
     out = run_dir(config.output_dir, config.name)
@@ -157,10 +188,15 @@ def run_eval(config: EvalConfig, *, resume: bool = False, overwrite: bool = Fals
         loaded = _load_system(s.model, s.adapter, s.device, s.dtype)
         device = str(next(loaded.model.parameters()).device)
         for t in config.tasks:
-            rows = answer_items(loaded.model, loaded.tokenizer, items[t.name], t,
-                                out / "outputs" / t.name / f"{s.name}.jsonl", out / "timing" / t.name / f"{s.name}.jsonl",
-                                batch_size=s.batch_size, system_prompt=s.system_prompt, device=device,
-                                progress=progress, desc=f"{t.name} / {s.name}")
+            paths = out / "outputs" / t.name / f"{s.name}.jsonl", out / "timing" / t.name / f"{s.name}.jsonl"
+            if s.strategy == "zero_shot":
+                rows = answer_items(loaded.model, loaded.tokenizer, items[t.name], t, *paths,
+                                    batch_size=s.batch_size, system_prompt=s.system_prompt, device=device,
+                                    progress=progress, desc=f"{t.name} / {s.name}")
+            else:
+                rows = answer_with_strategy(loaded.model, loaded.tokenizer, items[t.name], t, s.strategy,
+                                            strategy_config(s.strategy, s.strategy_options()), *paths,
+                                            device=device, progress=progress, desc=f"{t.name} / {s.name} ({s.strategy})")
             if t.kind == "appropriateness":
                 judged[(t.name, s.name)] = rows
         del loaded

@@ -2,9 +2,9 @@
 answer, return the majority (Wang et al., 2023). Composes :mod:`.cot` (the prompt), sampling
 (temperature / top-p in :func:`acculturate.decode.generate`) and :func:`.voting.majority_vote`.
 
-The k rows are the same prompt repeated, so the batch prefills it k times. Sharing one prefill
-would need ``generate`` to prefill a single row and repeat its KV cache k times
-(``cache.batch_repeat_interleave(k)``) before decoding; see the prompting report."""
+The prompt is prefilled once and its KV cache copied to the k rows (``generate(..., n=k)``), so k
+chains cost one prefill plus k-row decoding steps; ``bench/self_consistency.py`` measures it
+against k separate calls (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run(model, tokenizer, task: Task, example: Example,
     generation = GenerationConfig(max_new_tokens=config.cot.max_new_tokens, temperature=config.temperature,
                                   top_p=config.top_p, top_k=config.top_k, seed=config.seed,
                                   batch_size=config.samples)
-    outs = trace.generate(model, tokenizer, [prompt] * config.samples, generation, "chain")
+    outs = trace.generate(model, tokenizer, [prompt], generation, "chain", n=config.samples)
     answers = [task.extract(o.text, fallback="last") for o in outs]
     winner, votes = majority_vote(answers, task.vote_key)
     trace.log("vote", votes=votes)

@@ -19,6 +19,8 @@ class Call:
         completion: the generated text (stop strings cut off, special tokens dropped).
         prompt_tokens, completion_tokens: token counts (the EOS token counts as generated).
         finish_reason: "eos", "stop" or "length".
+        cached_tokens: prompt tokens not prefilled for this completion (it shared the KV cache of
+            an identical prompt in its batch, e.g. the other chains of self-consistency).
         batch: index of the generate() call this completion was part of; completions of one batch
             share ``seconds``.
         seconds: wall time of that whole batch.
@@ -32,6 +34,7 @@ class Call:
     finish_reason: str
     batch: int
     seconds: float
+    cached_tokens: int = 0
 
 
 @dataclass
@@ -51,25 +54,25 @@ class Trace:
     _batches: int = field(default=0, repr=False)
 
     def generate(self, model, tokenizer, prompts: Sequence[str], config: GenerationConfig,
-                 step: str) -> list[Completion]:
+                 step: str, n: int = 1) -> list[Completion]:
         """:func:`acculturate.decode.generate` that records each prompt and completion.
 
         Args:
             model, tokenizer: as for generate.
-            prompts: rendered prompts, generated together as one batched call (pass the same prompt
-                k times with ``config.batch_size >= k`` for k samples of one prompt).
-            config: decoding settings.
+            prompts: rendered prompts, generated together as one batched call.
+            config: decoding settings (``batch_size >= len(prompts) * n`` for one batch).
             step: label stored with each call.
+            n: samples per prompt (they share the prompt's prefill, see ``generate``).
 
         Returns:
-            The completions, in the order of ``prompts``.
+            The completions, ``n`` per prompt, in the order of ``prompts``.
         """
         start = time.perf_counter()
-        outs = generate(model, tokenizer, list(prompts), config)
+        outs = generate(model, tokenizer, list(prompts), config, n=n)
         seconds = time.perf_counter() - start
-        for prompt, out in zip(prompts, outs):
-            self.calls.append(Call(step, prompt, out.text, out.prompt_tokens, out.completion_tokens,
-                                   out.finish_reason, self._batches, seconds))
+        for i, out in enumerate(outs):
+            self.calls.append(Call(step, prompts[i // n], out.text, out.prompt_tokens, out.completion_tokens,
+                                   out.finish_reason, self._batches, seconds, out.cached_tokens))
         self._batches += 1
         return outs
 
@@ -89,13 +92,18 @@ class Trace:
 
     @property
     def prompt_tokens(self) -> int:
-        """Prompt tokens over all calls (each sample of a repeated prompt counts: it is prefilled again)."""
+        """Prompt tokens over all calls (each sample of a repeated prompt counts, prefilled or not)."""
         return sum(c.prompt_tokens for c in self.calls)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens that were not prefilled: they reused an identical prompt's KV cache."""
+        return sum(c.cached_tokens for c in self.calls)
 
     def to_dict(self) -> dict:
         """JSON-able form: calls, events, totals."""
         return {"seconds": round(self.seconds, 4), "completion_tokens": self.completion_tokens,
-                "prompt_tokens": self.prompt_tokens, "batches": self._batches,
+                "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens, "batches": self._batches,
                 "calls": [asdict(c) for c in self.calls], "events": list(self.events)}
 
 

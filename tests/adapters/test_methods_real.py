@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from acculturate.adapters import PromptTuningConfig, load_adapter, prepare_model, save_adapter
+from acculturate.adapters.lora import lora_modules
+from acculturate.adapters.nf4 import nf4_modules
 from acculturate.adapters.prompt_tuning import init_prompt_weight, prompt_embedding
 from acculturate.train import TrainConfig, train
 from acculturate.train.loss import loss_sum
@@ -50,6 +52,9 @@ def test_qlora_trains_saves_and_merges_onto_nf4_weights(fresh_model, data_dir, t
     config = LoRAConfig(r=8, alpha=16, dropout=0.0)
     summary = prepare_model(model, "qlora", lora=config)
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = lora_modules(model)
+    assert len(layers) == 7 * model.config.num_hidden_layers == len(nf4_modules(model))  # every projection
+    assert lora_params == sum(layer.r * (layer.in_features + layer.out_features) for layer in layers.values())
     assert summary["trainable"] == lora_params
     assert summary["total"] == base_total + lora_params            # every weight once, NF4 ones included
     assert summary["bits_per_weight"] == pytest.approx(4.127, abs=0.01)
@@ -59,6 +64,7 @@ def test_qlora_trains_saves_and_merges_onto_nf4_weights(fresh_model, data_dir, t
     print(f"QLoRA r=8, 3 steps on 4 examples: loss {before:.3f} -> {after:.3f}, "
           f"{result.wall_time_s:.1f} s, {summary['bits_per_weight']} bits/weight")
     assert after < before - 0.1
+    assert all(not m.packed.requires_grad for m in nf4_modules(model).values())  # NF4 codes stay frozen
 
     save_adapter(model, tmp_path / "adapter", "smollm2-135m", config)
     ids = torch.tensor([tok("People in the UK often drink tea with milk.")["input_ids"]])

@@ -17,6 +17,7 @@ from acculturate.adapters import (
     AdapterRegistry, LoRAConfig, UnknownAdapterError, adapter_registry, apply_lora, load_adapter, load_adapters,
     lora_modules, lora_state_dict, save_adapter, use_adapter,
 )
+from acculturate.adapters import PromptTuningConfig, apply_prompt_tuning, prompt_embedding
 from acculturate.adapters.lora import PEFT_PREFIX
 from acculturate.adapters.registry import combine_cat, parse_adapter_spec
 
@@ -411,6 +412,87 @@ def test_combination_matches_peft(make_llama, tmp_path, tiny_ids, combination):
 # -- specs (the CLI's --adapter) --------------------------------------------------------------------------
 
 
+def _prompt_adapter(make_llama, path, n, seed):
+    """Save a prompt-tuning adapter for the tiny Llama: n random virtual tokens."""
+    model = make_llama()
+    apply_prompt_tuning(model, PromptTuningConfig(num_virtual_tokens=n, seed=seed))
+    with torch.no_grad():  # well away from the embeddings' scale, so the prompt surely changes outputs
+        model.prompt_tuning.prompt_embeddings.weight.mul_(5)
+    save_adapter(model, path, None, PromptTuningConfig(num_virtual_tokens=n, seed=seed))
+    return path
+
+
+def test_prompt_tuning_adapters_switch_by_name(make_llama, dirs, tmp_path, tiny_ids):
+    p_dir, q_dir = _prompt_adapter(make_llama, tmp_path / "p", 3, 1), _prompt_adapter(make_llama, tmp_path / "q", 5, 2)
+    model = make_llama()
+    base_logits = _logits(model, tiny_ids)
+    base_weights = {p: (id(w), w.data_ptr()) for p, w in _linear_weights(model).items()}
+    registry = adapter_registry(model)
+    registry.add("a", dirs["a"])
+    registry.add("p", p_dir)
+    registry.add("q", q_dir)
+    assert [registry.get(n).kind for n in registry.names()] == ["lora", "prompt_tuning", "prompt_tuning"]
+    assert registry.get("q").num_parameters() == 5 * 16 and registry.get("p").config.num_virtual_tokens == 3
+    assert prompt_embedding(model) is None and torch.equal(_logits(model, tiny_ids), base_logits)
+
+    # Each prompt adapter answers as it does loaded alone on a fresh copy of the base.
+    for name, directory in (("p", p_dir), ("q", q_dir)):
+        alone = make_llama()
+        load_adapter(alone, directory)
+        registry.use(name)
+        assert torch.equal(_logits(model, tiny_ids), _logits(alone, tiny_ids))
+    registry.use("p")
+    first_p = _logits(model, tiny_ids)
+    assert first_p.shape == base_logits.shape and (first_p - base_logits).abs().max() > 1e-2
+    registry.use("a")   # prompt -> LoRA: the prompt's hooks are gone, the LoRA layers in
+    assert prompt_embedding(model) is None and lora_modules(model)
+    alone_a = make_llama()
+    load_adapter(alone_a, dirs["a"])
+    assert torch.equal(_logits(model, tiny_ids), _logits(alone_a, tiny_ids))
+    registry.use("q")
+    registry.use("p")
+    assert torch.equal(_logits(model, tiny_ids), first_p)  # switching back: bit-identical
+    with use_adapter(model, "none"):
+        assert torch.equal(_logits(model, tiny_ids), base_logits) and prompt_embedding(model) is None
+        assert not model._forward_pre_hooks and not model._forward_hooks  # no hook left behind
+    assert registry.active() == "p" and prompt_embedding(model) is registry.get("p").prompt
+    assert {p: (id(w), w.data_ptr()) for p, w in _linear_weights(model).items()} == base_weights
+
+    # What does not apply to a prompt is refused with the reason.
+    with pytest.raises(ValueError, match="prompt tuning: its virtual tokens are inputs"):
+        registry.merge()
+    with pytest.raises(ValueError, match=r"combine works on LoRA adapters; \['p'\] are prompt tuning"):
+        registry.combine(["a", "p"], [1.0, 1.0], "mix")
+    # Saved from the registry while inactive, it loads back to the same vectors.
+    registry.use("a")
+    registry.save("q", tmp_path / "q2", None)
+    again = make_llama()
+    load_adapter(again, tmp_path / "q2")
+    assert torch.equal(again.prompt_tuning.prompt_embeddings.weight, registry.get("q").prompt.prompt_embeddings.weight)
+    registry.remove("q")
+    assert registry.names() == ["a", "p"] and registry.active() == "a"
+
+
+def test_created_prompt_adapter_trains_alone_and_outside_changes_are_refused(make_llama, tiny_ids):
+    model = make_llama()
+    registry = adapter_registry(model)
+    registry.create("lo", A_CONFIG)
+    registry.create("pt", PromptTuningConfig(num_virtual_tokens=2, seed=3))
+    assert registry.active() == "pt"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["prompt_tuning.prompt_embeddings.weight"]  # LoRA "lo" is not in the model now
+    # An adopted prompt (apply_prompt_tuning before the registry) becomes adapter "default".
+    other = make_llama()
+    apply_prompt_tuning(other, PromptTuningConfig(num_virtual_tokens=2))
+    adopted = AdapterRegistry(other)
+    assert adopted.names() == ["default"] and adopted.get("default").kind == "prompt_tuning"
+    from acculturate.adapters import remove_prompt_tuning
+
+    remove_prompt_tuning(model)  # behind the registry's back
+    with pytest.raises(RuntimeError, match="prompt-tuning prompt is not that of the active adapter 'pt'"):
+        registry.use("lo")
+
+
 def test_adapter_specs(tmp_path, make_llama, dirs):
     assert parse_adapter_spec("uk=/x/y") == ("uk", Path("/x/y"))
     assert parse_adapter_spec(str(dirs["a"])) == ("a", dirs["a"])
@@ -463,6 +545,11 @@ def trained(tmp_path_factory):
         registry.create(name, config)
         _train_adapter(model, tokenizer, country)
         registry.save(name, out / name, "smollm2-135m")
+    # A prompt-tuning adapter beside them, initialised from a text (untrained: the text alone steers).
+    registry.create("pt", PromptTuningConfig(num_virtual_tokens=8, init_text="Answer as a person from Mexico would:"),
+                    tokenizer=tokenizer)
+    registry.save("pt", out / "pt", "smollm2-135m")
+    registry.use("uk")
     return model, tokenizer, out
 
 
@@ -492,7 +579,17 @@ def test_two_trained_adapters_on_the_real_model(trained, default_model):
         assert torch.equal(_logits(model, ids), _logits(default_model.model, ids))
         assert _greedy(model, tokenizer) == _greedy(default_model.model, tokenizer)
         assert model.model.layers[0].self_attn.q_proj.weight is q_weight  # the same tensor, not a reload
+        none_text, none_logits = _greedy(model, tokenizer), _logits(model, ids)
     assert registry.active() == "uk"
+    # The prompt-tuning adapter switches per request like the LoRA ones, and back bit-identically.
+    with use_adapter(model, "pt"):
+        pt_text, pt_logits = _greedy(model, tokenizer), _logits(model, ids)
+        assert pt_logits.shape == uk_logits.shape  # the caller's positions only
+    # The untrained text-initialised prompt moves the logits (its 8 greedy tokens may still match the base's).
+    assert (pt_logits - none_logits).abs().max() > 1e-1 and pt_text != uk_text, (pt_text, none_text, uk_text)
+    assert _greedy(model, tokenizer) == uk_text
+    with use_adapter(model, "pt"):
+        assert _greedy(model, tokenizer) == pt_text and torch.equal(_logits(model, ids), pt_logits)
 
 
 @pytest.mark.slow
@@ -504,6 +601,11 @@ def test_generate_cli_with_two_adapters(trained, capsys):
         expected = _greedy(model, tokenizer)
     assert main(["generate", PROMPT, "--adapter", f"uk={out / 'uk'}", "--adapter", f"mx={out / 'mx'}",
                  "--use", "mx", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() == expected.strip()
+    with use_adapter(model, "pt"):
+        expected = _greedy(model, tokenizer)
+    assert main(["generate", PROMPT, "--adapter", f"uk={out / 'uk'}", "--adapter", f"pt={out / 'pt'}",
+                 "--use", "pt", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip() == expected.strip()
     with pytest.raises(SystemExit, match=r"no adapter named 'fr'; loaded adapters: 'uk', 'mx'"):
         main(["generate", PROMPT, "--adapter", str(out / "uk"), "--adapter", str(out / "mx"), "--use", "fr"])

@@ -125,6 +125,31 @@ def test_kv_cache_feeds_one_token_per_step(default_model, prompts):
     assert len(fed) == max(c.completion_tokens for c in out)
 
 
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, top_p=0.95, seed=3)], ids=["greedy", "seeded"])
+def test_repeated_prompts_share_one_prefill_and_give_the_same_tokens(default_model, prompts, sampling):
+    """k samples of a prompt (self-consistency, the server's n) prefill it once and copy its KV
+    cache; the tokens equal the plain path's, which prefills every row."""
+    model, tokenizer = default_model
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)
+    config = dict(max_new_tokens=8, batch_size=8, **sampling)
+    try:
+        shared = generate(model, tokenizer, prompts[:2], GenerationConfig(**config), n=3)
+    finally:
+        hook.remove()
+    width = max(c.prompt_tokens for c in shared)
+    assert fed[0] == (2, width)  # two distinct prompts prefilled, for six rows
+    assert fed[1] == (6, 1)  # then every row decodes from the copied cache
+    assert [c.cached_tokens for c in shared] == [0] + [shared[0].prompt_tokens] * 2 + [0] + [shared[3].prompt_tokens] * 2
+    repeated = [p for p in prompts[:2] for _ in range(3)]
+    plain = generate(model, tokenizer, repeated, GenerationConfig(share_prompts=False, **config))
+    assert [c.token_ids for c in shared] == [c.token_ids for c in plain]
+    assert all(c.cached_tokens == 0 for c in plain)
+    if sampling:  # the samples of one prompt differ from each other (each row has its own seed)
+        assert len({tuple(c.token_ids) for c in shared[:3]}) > 1
+
+
 def test_generate_chat_and_terminal_stream(default_model):
     model, tokenizer = default_model
     config = GenerationConfig(max_new_tokens=10)
@@ -169,5 +194,7 @@ def test_bad_prompts_are_named(default_model):
         generate(model, tokenizer, [[{"role": "user", "content": "hi"}]])
     with pytest.raises(TypeError, match="list of strings"):
         generate(model, tokenizer, "hi")
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        generate(model, tokenizer, ["hi"], n=0)
     assert generate(model, tokenizer, []) == []
     assert GenerationConfig(stop="END").stop == ("END",)

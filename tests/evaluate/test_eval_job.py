@@ -72,3 +72,56 @@ def test_eval_end_to_end_real_model(tmp_path, capsys):
     again = json.loads((run / "metrics.json").read_text())
     assert again["tasks"]["blend"]["systems"]["base"]["accuracy"] == m["tasks"]["blend"]["systems"]["base"]["accuracy"]
     assert "report.html" in capsys.readouterr().out
+
+
+def test_strategy_systems_are_checked_at_load():
+    tasks = [{"name": "b", "kind": "blend"}]
+    with pytest.raises(ConfigError, match="self_consistency.samplez: unknown field"):
+        from_dict(EvalConfig, {"systems": [{"name": "sc", "strategy": "self_consistency",
+                                            "strategy_config": {"samplez": 3}}], "tasks": tasks})
+    with pytest.raises(ConfigError, match="leave strategy_config empty"):
+        from_dict(EvalConfig, {"systems": [{"name": "z", "strategy_config": {"max_new_tokens": 3}}], "tasks": tasks})
+    with pytest.raises(ConfigError, match=r"systems\[c\].strategy: cot answers tasks of kind \['blend', 'cot'\], "
+                                          r"but task 'mt' is 'nusax'"):
+        from_dict(EvalConfig, {"systems": [{"name": "c", "strategy": "cot"}],
+                               "tasks": tasks + [{"name": "mt", "kind": "nusax"}]})
+    # system_prompt becomes the persona of a strategy that has one (nested for self_consistency).
+    cfg = from_dict(EvalConfig, {"systems": [{"name": "sc", "strategy": "self_consistency", "system_prompt": "local",
+                                              "strategy_config": {"cot": {"k": 1}}}], "tasks": tasks})
+    assert cfg.systems[0].strategy_options() == {"cot": {"persona": "local", "k": 1}}
+
+
+@pytest.mark.slow
+def test_eval_with_prompting_strategies_real_model(tmp_path, default_model, monkeypatch):
+    """A cot and a self_consistency system next to the zero-shot base, on 1 BLEnD question and 1
+    SVAMP problem: rows carry what the scorers read, and the report compares the three."""
+    import acculturate.jobs.evaluate as job
+
+    monkeypatch.setattr(job, "_load_system", lambda *a, **k: default_model)  # one load for the three
+    config = {
+        "name": "strategies", "output_dir": str(tmp_path),
+        "systems": [{"name": "base"},
+                    {"name": "cot", "strategy": "cot", "strategy_config": {"max_new_tokens": 16}},
+                    {"name": "sc", "strategy": "self_consistency",
+                     "strategy_config": {"samples": 2, "cot": {"max_new_tokens": 12}}}],
+        "tasks": [{"name": "blend", "kind": "blend", "countries": ["UK"], "limit": 1, "max_new_tokens": 8},
+                  {"name": "math", "kind": "cot", "limit": 1, "samples": 2, "max_new_tokens": 12}]}
+    m = run_eval(from_dict(EvalConfig, config), progress=False)
+    run = tmp_path / "strategies"
+    sc = [json.loads(line) for line in (run / "outputs/blend/sc.jsonl").read_text().splitlines()]
+    assert len(sc) == 1 and all(r["strategy"] == "self_consistency" and r["calls"] == 2 for r in sc)
+    assert all(sum(r["votes"].values()) <= 2 and r["output"] == (r["answer"] or "") for r in sc)
+    (math_sc,) = [json.loads(line) for line in (run / "outputs/math/sc.jsonl").read_text().splitlines()]
+    assert len(math_sc["chains"]) == 2 and all(math_sc["chains"])
+    (math_cot,) = [json.loads(line) for line in (run / "outputs/math/cot.jsonl").read_text().splitlines()]
+    assert len(math_cot["chains"]) == 1
+    for task in ("blend", "math"):
+        assert set(m["tasks"][task]["systems"]) == {"base", "cot", "sc"}
+        assert set(m["tasks"][task]["comparisons"]) == {"cot", "sc"}
+    # Cost: every token of the two chains is counted in the efficiency table.
+    assert m["tasks"]["math"]["systems"]["sc"]["efficiency"]["completion_tokens"] == math_sc["completion_tokens"] > 0
+    assert "self_consistency" in (run / "report.html").read_text()
+    # --resume generates nothing again for a strategy system either.
+    timing = (run / "timing/blend/sc.jsonl").read_text()
+    run_eval(from_dict(EvalConfig, config), resume=True, progress=False)
+    assert (run / "timing/blend/sc.jsonl").read_text() == timing

@@ -66,16 +66,38 @@ class CharTokenizer:
 
 
 class _Cache:
-    def __init__(self, rows):
-        self.rows = rows
+    """The scripted model's "KV cache": each row's scripted reply and how far it has got.
+
+    ``generate`` copies a shared prefill to the rows that repeat a prompt with a repeated index;
+    a real model's copies then diverge as each row samples its own tokens, so here each further
+    copy of a row takes the prompt's next scripted reply (``respond(prompt, n)`` for the next n).
+    Its first token comes from the prefill's logits, which the copies share (one-hot here, where a
+    real model gives a distribution to sample from): so the scripted samples of one prompt must
+    start with the same character (tests give them a leading space, as chat models often write)."""
+
+    def __init__(self, rows, model):
+        self.rows, self.model = rows, model
 
     def batch_select_indices(self, index):
-        self.rows = [self.rows[i] for i in index.tolist()]
+        rows, taken = [], set()
+        for i in index.tolist():
+            if i in taken:
+                row = self.model.new_row(self.rows[i]["prompt"])
+                first = self.rows[i]["reply"][0]
+                assert row["reply"][0] == first, (
+                    f"scripted samples of one prompt must start with the same character (the shared "
+                    f"prefill picks it): {self.model.tok.decode(row['reply'])!r} vs one starting with "
+                    f"{self.model.tok.decode([first])!r}")
+                rows.append(row)
+            else:
+                taken.add(i)
+                rows.append(self.rows[i])
+        self.rows = rows
 
 
 class ScriptedLM(torch.nn.Module):
-    """Replies ``respond(prompt_text, n)``; records every prompt (``prompts``) and the batch size of
-    each prefill (``prefills``)."""
+    """Replies ``respond(prompt_text, n)`` to the n-th sample of a prompt; records every sampled
+    prompt (``prompts``) and the batch size of each prefill (``prefills``)."""
 
     def __init__(self, respond, tokenizer):
         super().__init__()
@@ -88,18 +110,20 @@ class ScriptedLM(torch.nn.Module):
         self.prefills: list[int] = []
         self._seen: dict[str, int] = {}
 
+    def new_row(self, prompt: str) -> dict:
+        """The decoding state of one more sample of ``prompt`` (its next scripted reply)."""
+        n = self._seen.get(prompt, 0)
+        self._seen[prompt] = n + 1
+        self.prompts.append(prompt)
+        reply = self.tok.encode(self.respond(prompt, n)) + [self.tok.eos_token_id]
+        return {"prompt": prompt, "reply": reply, "step": 0}
+
     def forward(self, input_ids, attention_mask, position_ids, cache=None, use_cache=True, logits_to_keep=0):
         if cache is None:
-            rows = []
-            for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-                prompt = self.tok.decode(ids[mask.index(1):])
-                n = self._seen.get(prompt, 0)
-                self._seen[prompt] = n + 1
-                self.prompts.append(prompt)
-                reply = self.tok.encode(self.respond(prompt, n)) + [self.tok.eos_token_id]
-                rows.append({"reply": reply, "step": 0})
+            rows = [self.new_row(self.tok.decode(ids[mask.index(1):]))
+                    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())]
             self.prefills.append(len(rows))
-            cache = _Cache(rows)
+            cache = _Cache(rows, self)
         else:
             for row in cache.rows:
                 row["step"] += 1

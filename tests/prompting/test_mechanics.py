@@ -34,8 +34,9 @@ def test_majority_vote_counts_keys_and_breaks_ties_by_first_sample():
 
 
 def test_self_consistency_samples_k_chains_in_one_batch_and_votes(scripted):
-    replies = ["So 2 + 2 = 4.\nThe answer is 4.", "The answer is 5.", "I get 4.0", "no idea", "The answer is 5",
-               "The answer is 5."]
+    # Each with a leading space: the samples of one prompt share their first token (conftest._Cache).
+    replies = [" So 2 + 2 = 4.\nThe answer is 4.", " The answer is 5.", " I get 4.0", " no idea", " The answer is 5",
+               " The answer is 5."]
     model = scripted(lambda prompt, n: replies[n])
     task = number_task()
     result = run_strategy("self_consistency", model, model.tok, task, task.examples[3],
@@ -43,9 +44,11 @@ def test_self_consistency_samples_k_chains_in_one_batch_and_votes(scripted):
     assert result.answer == 5.0
     assert result.extra["votes"] == {"5": 3, "4": 2}
     assert result.extra["chains"] == ["4", "5", "4", None, "5", "5"]
-    assert model.prefills == [6]                              # k chains = one prefill of 6 rows
+    assert model.prefills == [1]                              # k chains = one prefill, copied to 6 rows
     assert len(result.trace.calls) == 6 and {c.batch for c in result.trace.calls} == {0}
-    assert len(set(model.prompts)) == 1                       # the same prompt, sampled k times
+    assert len(model.prompts) == 6 and len(set(model.prompts)) == 1   # the same prompt, sampled k times
+    prompt_tokens = result.trace.calls[0].prompt_tokens
+    assert [c.cached_tokens for c in result.trace.calls] == [0] + [prompt_tokens] * 5
     assert "Let's think step by step." in model.prompts[0]    # chains are zero-shot CoT by default
     assert result.trace.completion_tokens == sum(len(r.encode()) + 1 for r in replies)  # +1: EOS
 
@@ -77,7 +80,8 @@ def tree_responder(last_user, thoughts, verdicts, final="The answer is 0."):
         depth = int(re.search(r"Step (\d+): $", prompt).group(1))
         i = state.get(depth, 0)
         state[depth] = i + 1
-        return thoughts[depth][i % len(thoughts[depth])]
+        # A leading space: the samples of one prompt share their first token (conftest._Cache).
+        return " " + thoughts[depth][i % len(thoughts[depth])]
     return respond
 
 
