@@ -51,6 +51,7 @@ class DecodeRow:
     tag: object = None
     index: int = 0
     finish_reason: str | None = None
+    cached_tokens: int = 0     # prompt tokens whose KV cache was copied from an identical row
 
 
 def make_row(tokenizer, prompt_ids: list[int], config: GenerationConfig, index: int = 0,
@@ -113,19 +114,31 @@ class DecodeBatch:
             if limit and len(row.prompt_ids) + row.config.max_new_tokens > limit:
                 raise ValueError(f"a prompt of {len(row.prompt_ids)} tokens with max_new_tokens="
                                  f"{row.config.max_new_tokens} exceeds the model's {limit} positions")
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (N, P), left-padded
-        mask = torch.zeros((len(rows), width), dtype=torch.long)             # (N, P)
-        for b, row in enumerate(rows):
-            ids[b, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            mask[b, width - len(row.prompt_ids):] = 1
+        # Identical prompts (a request's n choices) are prefilled once and their cache rows copied.
+        distinct: dict[tuple[int, ...], int] = {}
+        source = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
+        seen: set[int] = set()
+        for row, j in zip(rows, source):
+            row.cached_tokens = len(row.prompt_ids) if j in seen else 0
+            seen.add(j)
+        prompts = list(distinct)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (U, P), left-padded
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (U, P)
+        for b, prompt in enumerate(prompts):
+            ids[b, width - len(prompt):] = torch.tensor(prompt)
+            mask[b, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **self.extra)
-        new = (_cache_of(out), mask, mask.sum(-1, keepdim=True), ids.masked_fill(mask == 0, -1),
-               out.logits[:, -1, :].float())
+        cache, logits = _cache_of(out), out.logits[:, -1, :].float()
+        if len(prompts) < len(rows):
+            index = torch.tensor(source, device=self.device)
+            cache.batch_select_indices(index)  # (U, ...) -> (N, ...): repeated indices copy rows
+            ids, mask, logits = ids[index], mask[index], logits[index]
+        new = (cache, mask, mask.sum(-1, keepdim=True), ids.masked_fill(mask == 0, -1), logits)
         if not self.rows:
             self.cache, self.mask, self.positions, self.history, self.logits = new
         else:

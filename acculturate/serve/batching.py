@@ -248,7 +248,8 @@ class Batcher:
             job, i = row.tag
             job.results[i] = Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
                                         finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
-                                        completion_tokens=len(row.stream.token_ids))
+                                        completion_tokens=len(row.stream.token_ids),
+                                        cached_tokens=row.cached_tokens)
             if len(job.results) == len(job.prompts):
                 self._finish(job, result=[job.results[k] for k in range(len(job.prompts))])
 

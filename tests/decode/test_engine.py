@@ -115,3 +115,15 @@ def test_pad_left():
     padded = _pad_left(t, 2, -2)
     assert padded.shape == (2, 1, 5, 2) and padded[:, :, :2].abs().sum() == 0 and padded[:, :, 2:].eq(1).all()
     assert _pad_left(torch.tensor([[5, 6]]), 1, -1, -1).tolist() == [[-1, 5, 6]]
+
+
+def test_identical_prompts_share_one_prefill(setup):
+    model, tok, prompts, ids = setup
+    config = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=3)
+    batch = DecodeBatch(model, tok)
+    rows = [make_row(tok, ids[0], config, index=i, tag=i) for i in range(3)] + [make_row(tok, ids[2], config, index=3, tag=3)]
+    batch.add(rows)
+    assert [r.cached_tokens for r in rows] == [0, len(ids[0]), len(ids[0]), 0]
+    done = run(batch, {0: []})
+    alone = generate(model, tok, [prompts[0]] * 3 + [prompts[2]], config)
+    assert [done[i].stream.text for i in range(4)] == [c.text for c in alone]
