@@ -292,6 +292,37 @@ def cmd_feedback_export(args) -> int:
     return 0
 
 
+def cmd_learn(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.feedback.versions import VersionError, VersionStore
+    from acculturate.jobs.learn import LearnConfig, run_learn
+
+    config = load_yaml(LearnConfig, args.config, args.set)
+    if args.db:
+        config.db = args.db
+    versions = VersionStore(config.versions_dir)
+    try:
+        if args.rollback:
+            info = versions.rollback(args.rollback)
+            print(f"{config.name}: serving {info.version} again (a running server picks it up with "
+                  f"POST /admin/rollback)")
+            return 0
+        if args.list:
+            current = versions.state()["current"]
+            for v in versions.list():
+                mark = "*" if v.version == current else " "
+                print(f"{mark} {v.version:<5} parent={v.parent or '-':<5} {v.method:<8} "
+                      f"{'accepted' if v.accepted else 'rejected'}  feedback={len(v.feedback_ids):<4} {v.reason[:90]}")
+            return 0
+    except VersionError as e:
+        raise SystemExit(f"acculturate learn: error: {e}") from None
+    result = run_learn(config)
+    print(f"\n{result.status}: {result.reason}")
+    if result.version is not None:
+        print(f"{result.version.version} (parent {result.parent}) written to {result.version.path}")
+    return 0 if result.status != "failed" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -389,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--db", required=True, help="SQLite path or SQLAlchemy URL of the store")
     q.add_argument("--out", required=True, help="output directory")
     q.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("learn", help="one guarded learning round from the stored feedback -> a new adapter version")
+    p.add_argument("config", help="YAML of LearnConfig fields, e.g. acculturate/configs/learn/smollm2-135m_sft.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--db", default=None, help="feedback store (default: the config's db)")
+    p.add_argument("--list", action="store_true", help="list the adapter versions and exit")
+    p.add_argument("--rollback", metavar="VERSION", help="make an earlier accepted version current and exit")
+    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("eval", help="evaluate systems on tasks (BLEnD, NusaX, appropriateness, CoT): metrics.json + report.html")
     p.add_argument("config", nargs="?",

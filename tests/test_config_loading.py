@@ -79,6 +79,8 @@ def config_classes() -> dict:
         classes["compare"] = CompareConfig
     except ImportError:
         pass
+    from acculturate.jobs.learn import LearnConfig
+    classes["learn"] = LearnConfig
     return classes
 
 
