@@ -49,6 +49,10 @@ class GuardConfig:
     """Largest drop (parent - candidate) tolerated per metric; a larger one rejects the candidate."""
     default_max_regression: float = 0.0
     """The tolerance for metrics not named in ``max_regression``."""
+    compare_to_root: bool = True
+    """Also hold ``blend_accuracy`` to the root version's (``v0``) with the same tolerance, so
+    losses each within tolerance cannot add up over many rounds (seen in a real run: 0.25 -> 0.19
+    -> 0.12 on 16 questions, every step "ok" against its parent)."""
 
     def __post_init__(self):
         for name in ("blend_questions", "max_new_tokens", "batch_size", "blend_seed"):

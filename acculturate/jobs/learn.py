@@ -32,7 +32,7 @@ from typing import Callable
 from acculturate.adapters import LoRAConfig, adapter_registry
 from acculturate.config_loading import ConfigError
 from acculturate.data import tokenize_examples
-from acculturate.evaluate.guard import GuardConfig, decide, guard_metrics
+from acculturate.evaluate.guard import GuardConfig, GuardDecision, blend_accuracy, decide, guard_metrics
 from acculturate.feedback.online import RoundData, split_round
 from acculturate.feedback.ppo import PPOConfig, RewardFn, train_ppo
 from acculturate.feedback.simulated import SimulatedUser
@@ -240,6 +240,32 @@ def parent_metrics(model, tokenizer, parent: VersionInfo, config: LearnConfig, g
     return {**{k: v for k, v in cached.items() if k == "blend_accuracy"}, **fresh}
 
 
+def root_check(model, tokenizer, versions: VersionStore, parent: VersionInfo, candidate: dict,
+               config: LearnConfig) -> tuple[dict, GuardDecision] | None:
+    """``blend_accuracy`` of the lineage's root against the candidate's (``guard.compare_to_root``);
+    None when off, when the parent is the root, or without a BLEnD slice."""
+    if not (config.guard.compare_to_root and "blend_accuracy" in candidate):
+        return None
+    chain = versions.lineage(parent.version)
+    root = chain[-1]
+    if root.version == parent.version:
+        return None
+    fingerprint = config.guard.fingerprint()
+    score = next((info.guard["parent"]["blend_accuracy"] for info in chain   # the root's child recorded it
+                  if info.parent == root.version and info.guard.get("fingerprint") == fingerprint
+                  and "blend_accuracy" in info.guard.get("parent", {})), None)
+    if score is None:
+        registry = adapter_registry(model)
+        registry.add("root", root.adapter_dir)
+        try:
+            with registry.using("root"):
+                score = blend_accuracy(model, tokenizer, config.guard)
+        finally:
+            registry.remove("root")
+    baseline = {"version": root.version, "blend_accuracy": score}
+    return baseline, decide({"blend_accuracy": score}, {"blend_accuracy": candidate["blend_accuracy"]}, config.guard)
+
+
 # --- the round ------------------------------------------------------------------------------------
 
 
@@ -256,7 +282,9 @@ def learn_round(config: LearnConfig, store: FeedbackStore, versions: VersionStor
     """
     started = time.perf_counter()
     say = on_event or (lambda message: log.info("%s", message))
-    parent = ensure_initial_version(versions, config)
+    # A first round loads the model to write v0 and keeps it for the round.
+    loaded = load(config.model, device=config.device) if versions.current() is None else None
+    parent = ensure_initial_version(versions, config, loaded)
     cursor = versions.state()["feedback_cursor"]
     feedback = store.feedback(since_id=cursor)
     if len(feedback) < config.min_feedback:
@@ -266,7 +294,7 @@ def learn_round(config: LearnConfig, store: FeedbackStore, versions: VersionStor
     data = split_round(feedback, config.guard_fraction, config.sft.positives, config.seed)
     say(f"learning from {len(feedback)} feedback rows on top of {parent.version}")
 
-    loaded = load(config.model, device=config.device)
+    loaded = loaded or load(config.model, device=config.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     registry = adapter_registry(model)
     registry.add("parent", parent.adapter_dir)
@@ -290,11 +318,16 @@ def learn_round(config: LearnConfig, store: FeedbackStore, versions: VersionStor
     candidate = guard_metrics(model, tokenizer, config.guard, data.guard)
     before = parent_metrics(model, tokenizer, parent, config, data.guard)
     decision = decide(before, candidate, config.guard)
+    guard = {"candidate": candidate, "parent": before, "deltas": decision.deltas, "reasons": decision.reasons,
+             "fingerprint": config.guard.fingerprint()}
+    if (checked := root_check(model, tokenizer, versions, parent, candidate, config)) is not None:
+        guard["root"], root_decision = checked
+        decision.accepted = decision.accepted and root_decision.accepted
+        decision.reasons += [f"vs root {checked[0]['version']}: {r}" for r in root_decision.reasons]
     reason = ("accepted: " if decision.accepted else "rejected: ") + "; ".join(decision.reasons or ["no guard metric"])
     info = versions.add(lambda d: registry.save("candidate", d, config.model), parent=parent.version,
                         method=method, accepted=decision.accepted, feedback_ids=data.feedback_ids,
-                        guard={"candidate": candidate, "parent": before, "deltas": decision.deltas,
-                               "reasons": decision.reasons, "fingerprint": config.guard.fingerprint()},
+                        guard=guard,
                         reason=reason, training=training, base_model=config.model,
                         feedback_cursor=data.last_feedback_id if decision.accepted else None)
     result = RoundResult("accepted" if decision.accepted else "rejected", reason, info, parent.version,
