@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from acculturate.adapters import adapter_registry
 from acculturate.decode import GenerationConfig, generate
 from acculturate.feedback.heads import ScalarHead, hidden_size, last_hidden
+from acculturate.feedback.order import cycle_indices
 from acculturate.feedback.ppo_loss import (entropy_from_logits, gae, kl_penalty_rewards, masked_mean,
                                            policy_loss, token_logprobs, value_loss, whiten)
+from acculturate.feedback.rewards import RewardFn, check_rewards
 from acculturate.io import append_jsonl, write_jsonl
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 
 log = logging.getLogger(__name__)
-
-RewardFn = Callable[[list[str], list[str]], list[float]]
 
 REFERENCE_COPY = "ppo-reference"      # the registry name of the frozen copy of the starting adapter
 # Fields that change only logging or saving, not the weights a run ends with: a resumed run may change them.
@@ -293,37 +293,6 @@ def _fingerprint(prompts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _prompt_order(n: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
-def step_prompts(n_prompts: int, config: PPOConfig, step: int) -> list[int]:
-    """Indices of the prompts of step ``step``: a seeded shuffle per pass over the prompt set, so
-    the order is a pure function of (seed, step) and a resumed run sees the same prompts."""
-    indices = []
-    position = step * config.batch_size
-    while len(indices) < config.batch_size:
-        epoch, offset = divmod(position, n_prompts)
-        order = _prompt_order(n_prompts, config.seed, epoch)
-        take = min(config.batch_size - len(indices), n_prompts - offset)
-        indices += order[offset:offset + take]
-        position += take
-    return indices
-
-
-def _check_scores(scores, n: int) -> torch.Tensor:
-    if isinstance(scores, torch.Tensor):
-        scores = scores.tolist()
-    scores = list(scores)
-    if len(scores) != n:
-        raise ValueError(f"the reward function returned {len(scores)} rewards for {n} completions")
-    for i, s in enumerate(scores):
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s:
-            raise ValueError(f"the reward function returned {s!r} for completion {i}; expected a finite number")
-    return torch.tensor([float(s) for s in scores], dtype=torch.float32)
-
-
 def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: RewardFn,
               config: PPOConfig | None = None, out_dir: str | Path | None = None, *,
               reference: str | None = None, value_head: ScalarHead | None = None, resume: bool = False,
@@ -419,12 +388,12 @@ def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: Re
     try:
         for step in range(start_step, config.steps):
             t_step = time.perf_counter()
-            index = step_prompts(len(prompts), config, step)
+            index = cycle_indices(len(prompts), config.batch_size, config.seed, step)
             batch_prompts = [prompts[i] for i in index]
             # 1. Roll out with our sampler, then score.
             completions = generate(model, tokenizer, batch_prompts, config.generation(step))
             texts = [c.text for c in completions]
-            raw_scores = _check_scores(reward_fn(batch_prompts, texts), len(texts))
+            raw_scores = torch.tensor(check_rewards(reward_fn(batch_prompts, texts), len(texts), "reward_fn"))
             scores = raw_scores.clamp(-config.score_clip, config.score_clip) if config.score_clip else raw_scores
             batch = rollout_batch([encoded[i] for i in index], [c.token_ids for c in completions], pad_id, device)
             mask = batch["response_mask"].float()                                          # (B, C)

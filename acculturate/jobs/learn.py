@@ -22,7 +22,6 @@ running ``acculturate learn`` again redoes the round.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,9 +65,11 @@ class PPOUpdate:
 
     enabled: bool = False
     """Run PPO on the round's prompts."""
-    reward: str = "simulated"
-    """What scores rollouts: ``simulated`` (the ``simulate`` user's rule) or ``python:MODULE:FUNCTION``
-    naming a ``(prompts, completions) -> rewards`` function (or a factory with no arguments returning one)."""
+    reward: str | dict = "simulated"
+    """What scores rollouts: ``simulated`` (the ``simulate`` user's rule), ``"module:function"`` /
+    ``"file.py:function"``, or any spec of :func:`acculturate.jobs.rewards.build_reward`, e.g.
+    ``{kind: reward_model, path: runs/rm/reward_model}`` (a reward model trained on the feedback),
+    ``{kind: rules, ...}``, ``{kind: http, url: ...}``, ``{kind: judge, ...}``."""
     config: PPOConfig = field(default_factory=lambda: PPOConfig(
         steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=32, save_every=0,
         temperature=1.0, kl_coef=0.05))
@@ -158,27 +159,13 @@ class RoundResult:
 # --- pieces ---------------------------------------------------------------------------------------
 
 
-def resolve_reward(spec: str, config: LearnConfig) -> RewardFn:
+def resolve_reward(spec, config: LearnConfig, model=None, tokenizer=None) -> RewardFn:
     """The reward function a PPO update scores rollouts with (see :attr:`PPOUpdate.reward`)."""
     if spec == "simulated":
         return config.simulate.user().reward_fn()
-    if spec.startswith("python:"):
-        module_name, _, attr = spec[len("python:"):].rpartition(":")
-        if not module_name or not attr:
-            raise ConfigError(f"ppo.reward: expected python:MODULE:FUNCTION, got {spec!r}")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"ppo.reward: cannot import {spec!r}: {e}") from None
-        try:
-            import inspect
+    from acculturate.jobs.rewards import build_reward
 
-            if not inspect.signature(fn).parameters:  # a factory
-                fn = fn()
-        except (TypeError, ValueError):
-            pass
-        return fn
-    raise ConfigError(f"ppo.reward: expected 'simulated' or 'python:MODULE:FUNCTION', got {spec!r}")
+    return build_reward(spec, model=model, tokenizer=tokenizer)
 
 
 def ensure_initial_version(versions: VersionStore, config: LearnConfig, loaded=None) -> VersionInfo:
@@ -222,7 +209,7 @@ def ppo_update(model, tokenizer, data: RoundData, config: LearnConfig, out_dir: 
     """PPO on the active adapter over the round's prompts, KL to the ``parent`` adapter."""
     if not (config.ppo.enabled and data.prompts):
         return None
-    reward_fn = reward_fn or resolve_reward(config.ppo.reward, config)
+    reward_fn = reward_fn or resolve_reward(config.ppo.reward, config, model, tokenizer)
     result = train_ppo(model, tokenizer, data.prompts, reward_fn, config.ppo.config, out_dir,
                        reference="parent", base_model_name=config.model, progress=config.progress)
     means = result.reward_means()
