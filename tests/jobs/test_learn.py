@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-pytestmark = pytest.mark.slow
+
 
 
 def seed_store(store, tokenizer):
@@ -27,6 +27,7 @@ def seed_store(store, tokenizer):
         store.add_feedback(f"c{i}", kind, corrected_text=text)
 
 
+@pytest.mark.slow
 def test_rejected_then_accepted_round(tmp_path, tokenizer, monkeypatch):
     from safetensors.torch import load_file
 
@@ -76,3 +77,30 @@ def test_rejected_then_accepted_round(tmp_path, tokenizer, monkeypatch):
     assert all(float(t.abs().max()) == 0 for t in b0) and any(float(t.abs().max()) > 0 for t in b)
     assert learn_round(config, store, versions).status == "skipped"   # nothing new since v2
     store.close()
+
+
+def test_learn_cli_lists_and_rolls_back(tmp_path, capsys):
+    """`acculturate learn CONFIG --list / --rollback` over an existing version store (no model needed)."""
+    import json
+
+    from acculturate.cli import main
+    from acculturate.feedback.versions import VersionStore
+
+    def adapter(path):
+        path.mkdir(parents=True)
+        (path / "adapter_config.json").write_text(json.dumps({}))
+
+    versions = VersionStore(tmp_path / "versions")
+    versions.add(adapter, parent=None, method="init", accepted=True, reason="start")
+    versions.add(adapter, parent="v0", method="sft", accepted=True, reason="accepted: ok")
+    versions.add(adapter, parent="v1", method="sft+ppo", accepted=False, reason="rejected: blend_accuracy REGRESSED")
+    config = tmp_path / "learn.yaml"
+    config.write_text(f"versions_dir: {tmp_path / 'versions'}\n")
+    assert main(["learn", str(config), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("* v1") and "parent=v0" in lines[1]
+    assert "rejected" in lines[2] and "REGRESSED" in lines[2]
+    assert main(["learn", str(config), "--rollback", "v0"]) == 0
+    assert versions.current().version == "v0"
+    with pytest.raises(SystemExit, match="v2 was rejected by the guard"):
+        main(["learn", str(config), "--rollback", "v2"])
