@@ -39,7 +39,9 @@ class Server:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # A long keep-alive: while a round trains, the client's pooled connections sit idle for minutes,
+        # and with uvicorn's default 5 s the server closes them under a request (a reset seen in a real run).
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=3600))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> str:
@@ -76,7 +78,11 @@ def learn(client) -> dict:
     admin = {"Authorization": f"Bearer {TOKEN}"}
     client.post("/admin/learn", headers=admin).raise_for_status()
     while True:
-        status = client.get("/admin/learn", headers=admin).json()
+        try:
+            status = client.get("/admin/learn", headers=admin).json()
+        except httpx.TransportError:   # a dropped idle connection: polling is safe to repeat
+            time.sleep(1.0)
+            continue
         if status["state"] != "running":
             return status
         time.sleep(1.0)
