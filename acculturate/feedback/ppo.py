@@ -322,9 +322,9 @@ def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: Re
         reference copy this call made is removed from the registry.
     """
     config = config or PPOConfig()
-    prompts = list(prompts)
     if isinstance(prompts, str) or not prompts:
         raise ValueError("train_ppo: prompts must be a non-empty list of rendered prompt strings")
+    prompts = list(prompts)
     registry = adapter_registry(model)
     policy_name = registry.active()
     if policy_name is None:
