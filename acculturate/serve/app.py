@@ -71,9 +71,11 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        pool.before_change.append(batcher.drain)
         try:
             yield
         finally:
+            pool.before_change.remove(batcher.drain)
             batcher.stop()
 
     app = FastAPI(title="acculturate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -261,7 +263,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
     async def health():
         s = batcher.stats
         return {"status": "ok", "models": pool.names(), "batches": s.batches, "prompts": s.prompts,
-                "largest_batch": s.largest, "cancelled": s.cancelled}
+                "largest_batch": s.largest, "joined": s.joined, "steps": s.steps, "cancelled": s.cancelled}
 
     def model_card(name: str) -> dict:
         return {"id": name, "object": "model", "created": 0, "owned_by": "acculturate",

@@ -1,16 +1,26 @@
-"""Dynamic batching: one worker thread runs the requests of many clients as one ``generate`` call.
+"""Continuous batching: one worker thread decodes the requests of many clients in one running batch.
 
-Requests queue as :class:`Job` s. When the worker is idle it waits for a first job, then collects
-whatever else arrives within ``window_s`` (10 ms by default: a small delay for one client, and
-enough for concurrent clients' requests to meet); while a batch runs, new jobs pile up and the next
-batch takes them all at once, so the batch grows with the load.
+Requests queue as :class:`Job` s. The worker keeps one :class:`acculturate.decode.engine.DecodeBatch`
+running: between two tokens it admits every waiting job that fits (``max_batch_size`` rows) and
+runs on the same weights, prefilling the new prompts and appending them to the batch, and each row
+leaves the batch the moment it finishes. So a request that arrives while others run starts at the
+next token instead of waiting for the whole batch, and the batch stays full under load. When the
+worker is idle it waits ``window_s`` (10 ms by default) after a first job for others to arrive, so
+simultaneous requests share one prefill.
 
-One ``generate`` call takes one model and one :class:`GenerationConfig`, so only jobs that agree on
-both share a batch (:func:`batch_key`). A seeded sampling job runs alone: ``generate`` seeds prompt
-``i`` from ``(seed, i)``, so the same request gives the same text only at the same positions.
+Rows carry their own sampling settings (temperature, top-p, top-k, stop strings, max tokens, seed),
+so jobs with different settings share a batch. Jobs share a batch only when they run on the same
+weights: the same model, adapter and adapter version (:func:`batch_key`). While a batch runs it
+holds its adapter active (``served.active()``); when the oldest waiting job needs other weights,
+or :meth:`Batcher.drain` was called (an adapter is about to be replaced or removed), the batch
+admits no one new, finishes its rows and lets the next one start.
 
-A job whose client has gone is marked ``cancelled``: its text is no longer delivered, it is skipped
-if it has not started, and a batch whose jobs are all cancelled is stopped at its next token.
+A seeded job's row ``i`` draws from a generator seeded from ``(seed, i)`` as in ``generate``, so its
+sample does not depend on what else is in the batch (up to floating-point rounding of batched
+arithmetic).
+
+A job whose client has gone is marked ``cancelled``: its rows leave the batch before the next token,
+and it is skipped if it has not started.
 """
 
 from __future__ import annotations
@@ -20,11 +30,14 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Callable
 
-from acculturate.decode import Completion, GenerationConfig, generate
+from acculturate.decode import Completion, GenerationConfig
+from acculturate.decode.engine import DecodeBatch, make_row
+from acculturate.decode.generate import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +52,14 @@ class Job:
     thread); ``future`` gets the list of :class:`Completion` in prompt order, or the exception.
     """
 
-    served: object                 # a ServedModel: model, tokenizer, adapter and active()
+    served: object                 # a ServedModel: model, tokenizer, adapter, version and active()
     prompts: list[str]
     config: GenerationConfig
     on_text: Callable[[int, str], None] | None = None
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: int = field(default_factory=lambda: next(_ids))
+    results: dict[int, Completion] = field(default_factory=dict, repr=False)
 
 
 class Cancelled(Exception):
@@ -56,33 +70,33 @@ class Overloaded(Exception):
     """Too many prompts are waiting; the caller should answer 429."""
 
 
-class _AllCancelled(Exception):
-    pass
-
-
 def batch_key(job: Job) -> tuple:
-    """Jobs with equal keys can run in one ``generate`` call."""
-    c = job.config
-    seeded = c.seed is not None and not c.greedy
-    return (id(job.served.model), job.served.adapter, job.served.version, c.max_new_tokens, c.temperature if not c.greedy else 0.0,
-            c.top_k, c.top_p, c.repetition_penalty, c.stop, ("alone", job.id) if seeded else None)
+    """Jobs with equal keys run on the same weights and can share a batch."""
+    return weights_key(job.served)
+
+
+def weights_key(served) -> tuple:
+    """Which weights a served model runs on: the model object, the adapter and its version."""
+    return (id(served.model), served.adapter, served.version)
 
 
 @dataclass
 class BatchStats:
-    batches: int = 0
-    prompts: int = 0
-    largest: int = 0
-    cancelled: int = 0
+    batches: int = 0     # batches started (a batch runs until its last row leaves)
+    prompts: int = 0     # rows admitted
+    largest: int = 0     # most rows decoding at once
+    joined: int = 0      # rows admitted into a batch that was already decoding
+    steps: int = 0       # decoding steps (one token for every row of the batch)
+    cancelled: int = 0   # jobs dropped because their client went away
 
 
 class Batcher:
-    """The worker that turns queued jobs into batched ``generate`` calls.
+    """The worker that runs queued jobs in one continuously refilled batch.
 
     Args:
-        max_batch_size: most prompts in one batch (a single job with more still runs, alone).
+        max_batch_size: most rows decoding at once (a single job with more still runs, alone).
         window_s: how long an idle worker waits for more jobs after the first.
-        max_pending: most prompts waiting; :meth:`submit` raises :class:`Overloaded` beyond it.
+        max_pending: most prompts queued or running; :meth:`submit` raises :class:`Overloaded` beyond it.
     """
 
     def __init__(self, max_batch_size: int = 16, window_s: float = 0.01, max_pending: int = 256):
@@ -95,6 +109,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._drain = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="acculturate-batcher", daemon=True)
@@ -106,6 +121,11 @@ class Batcher:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def drain(self) -> None:
+        """Let the running batch admit no new rows, so it ends soon and releases its adapter (called
+        before an adapter is replaced or removed; the next batch admits again)."""
+        self._drain.set()
 
     def submit(self, job: Job) -> Future:
         if self._stopping:
@@ -121,30 +141,38 @@ class Batcher:
 
     def _loop(self) -> None:
         backlog: list[Job] = []
-        while True:
-            if not backlog:
-                first = self._queue.get()
-                if first is None:
+        running = _Running()
+        try:
+            while True:
+                if not running.rows and not backlog:
+                    running.close()
+                    first = self._queue.get()
+                    if first is None:
+                        break
+                    backlog.append(first)
+                    if not self._collect(backlog, time.monotonic() + self.window_s):
+                        break
+                if not self._collect(backlog, None):  # whatever queued meanwhile
                     break
-                backlog.append(first)
-                if not self._collect(backlog, time.monotonic() + self.window_s):
+                backlog = [j for j in backlog if not self._drop_if_cancelled(j)]
+                self._drop_cancelled_rows(running)
+                if not running.rows:
+                    running.close()
+                    self._drain.clear()
+                backlog = self._admit(running, backlog)
+                if running.rows:
+                    self._step(running)
+        finally:
+            running.close()
+            for job in running.jobs() + backlog:
+                self._finish(job, error=Cancelled("the server stopped before this request finished"))
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
                     break
-            if not self._collect(backlog, None):  # whatever queued while the last batch ran
-                break
-            backlog = [j for j in backlog if not self._drop_if_cancelled(j)]
-            if not backlog:
-                continue
-            batch, backlog = self._pick(backlog)
-            self._run(batch)
-        for job in backlog:
-            self._finish(job, error=Cancelled("the server stopped before this request ran"))
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self._finish(job, error=Cancelled("the server stopped before this request ran"))
+                if job is not None:
+                    self._finish(job, error=Cancelled("the server stopped before this request ran"))
 
     def _collect(self, backlog: list[Job], deadline: float | None) -> bool:
         """Move queued jobs into ``backlog``: until ``deadline`` or a full batch, or (deadline None)
@@ -165,17 +193,71 @@ class Batcher:
             backlog.append(job)
         return True
 
-    def _pick(self, backlog: list[Job]) -> tuple[list[Job], list[Job]]:
-        """The oldest job and the next jobs that share its key, up to ``max_batch_size`` prompts."""
-        key = batch_key(backlog[0])
-        batch, rest, size = [], [], 0
+    def _admit(self, running: "_Running", backlog: list[Job]) -> list[Job]:
+        """Start or refill the batch from the oldest waiting jobs; returns the jobs still waiting.
+
+        Jobs are taken in arrival order while they share the batch's weights and fit; the first one
+        that needs other weights stops admission, so the batch drains and that job goes next."""
+        if not backlog or (running.rows and (self._drain.is_set() or not running.batch.can_join)):
+            return backlog
+        if not running.rows:
+            running.open(backlog[0].served)
+            self.stats.batches += 1
+        taken, size = [], len(running.rows)
         for job in backlog:
-            if batch_key(job) == key and (not batch or size + len(job.prompts) <= self.max_batch_size):
-                batch.append(job)
-                size += len(job.prompts)
-            else:
-                rest.append(job)
-        return batch, rest
+            if batch_key(job) != running.key:
+                break
+            if size and size + len(job.prompts) > self.max_batch_size:
+                break
+            taken.append(job)
+            size += len(job.prompts)
+        if not taken:
+            return backlog
+        rows = []
+        for job in taken:
+            try:
+                ids = encode_prompts(job.served.tokenizer, job.prompts)
+                rows += [make_row(job.served.tokenizer, p, job.config, i, _streamer(job, i), (job, i))
+                         for i, p in enumerate(ids)]
+            except Exception as e:  # a prompt the tokenizer or config refuses fails that job only
+                self._finish(job, error=e)
+        joined = len(running.rows) > 0
+        try:
+            running.batch.add(rows)
+        except Exception as e:
+            log.exception("prefill of %d prompts failed", len(rows))
+            for job in {id(r.tag[0]): r.tag[0] for r in rows}.values():
+                self._finish(job, error=e)
+        else:
+            self.stats.prompts += len(rows)
+            self.stats.joined += len(rows) if joined else 0
+            self.stats.largest = max(self.stats.largest, len(running.rows))
+        return [j for j in backlog if j not in taken]
+
+    def _step(self, running: "_Running") -> None:
+        try:
+            finished = running.batch.step()
+        except Exception as e:  # reported to every client of the batch; the worker lives on
+            log.exception("decoding step of a batch of %d rows failed", len(running.rows))
+            for job in running.jobs():
+                self._finish(job, error=e)
+            running.close()
+            return
+        self.stats.steps += 1
+        for row in finished:
+            job, i = row.tag
+            job.results[i] = Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
+                                        finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
+                                        completion_tokens=len(row.stream.token_ids))
+            if len(job.results) == len(job.prompts):
+                self._finish(job, result=[job.results[k] for k in range(len(job.prompts))])
+
+    def _drop_cancelled_rows(self, running: "_Running") -> None:
+        if not running.rows:
+            return
+        for job in {id(r.tag[0]): r.tag[0] for r in running.batch.cancel(lambda r: r.tag[0].cancelled.is_set())}.values():
+            self.stats.cancelled += 1
+            self._finish(job, error=Cancelled("the client disconnected"))
 
     def _drop_if_cancelled(self, job: Job) -> bool:
         if job.cancelled.is_set():
@@ -184,57 +266,55 @@ class Batcher:
             return True
         return False
 
-    def _run(self, batch: list[Job]) -> None:
-        owners = [(job, i) for job in batch for i in range(len(job.prompts))]
-        prompts = [p for job in batch for p in job.prompts]
-        served = batch[0].served
-        config = replace(batch[0].config, batch_size=len(prompts))  # one forward pass for all rows
-
-        def on_text(index: int, delta: str) -> None:
-            job, i = owners[index]
-            if job.cancelled.is_set():
-                if all(j.cancelled.is_set() for j in batch):
-                    raise _AllCancelled  # nobody is listening: stop spending compute on this batch
-                return
-            if job.on_text is not None:
-                try:
-                    job.on_text(i, delta)
-                except Exception:  # a broken listener must not fail the other jobs of the batch
-                    log.exception("streaming callback of job %s failed; cancelling it", job.id)
-                    job.cancelled.set()
-
-        self.stats.batches += 1
-        self.stats.prompts += len(prompts)
-        self.stats.largest = max(self.stats.largest, len(prompts))
-        try:
-            with served.active():  # this adapter (or the bare base) for the whole batch
-                completions = generate(served.model, served.tokenizer, prompts, config, on_text=on_text)
-        except _AllCancelled:
-            self.stats.cancelled += len(batch)
-            for job in batch:
-                self._finish(job, error=Cancelled("the client disconnected"))
-            return
-        except Exception as e:  # reported to every client of the batch; the worker lives on
-            log.exception("batch of %d prompts failed", len(prompts))
-            for job in batch:
-                self._finish(job, error=e)
-            return
-        start = 0
-        for job in batch:
-            result: list[Completion] = completions[start:start + len(job.prompts)]
-            start += len(job.prompts)
-            if job.cancelled.is_set():
-                self.stats.cancelled += 1
-                self._finish(job, error=Cancelled("the client disconnected"))
-            else:
-                self._finish(job, result=result)
-
     def _finish(self, job: Job, result=None, error: BaseException | None = None) -> None:
-        with self._lock:
-            self._pending -= len(job.prompts)
         if job.future.done():
             return
+        with self._lock:
+            self._pending -= len(job.prompts)
         if error is not None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+
+
+class _Running:
+    """The running batch, the weights it runs on and the adapter context it holds."""
+
+    def __init__(self):
+        self.batch: DecodeBatch | None = None
+        self.key: tuple | None = None
+        self._context: ExitStack | None = None
+
+    @property
+    def rows(self) -> list:
+        return self.batch.rows if self.batch is not None else []
+
+    def jobs(self) -> list[Job]:
+        return list({id(r.tag[0]): r.tag[0] for r in self.rows}.values())
+
+    def open(self, served) -> None:
+        self.close()
+        self._context = ExitStack()
+        self._context.enter_context(served.active())  # this adapter (or the bare base) until the batch ends
+        self.batch = DecodeBatch(served.model, served.tokenizer)
+        self.key = weights_key(served)
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.close()
+        self._context, self.batch, self.key = None, None, None
+
+
+def _streamer(job: Job, index: int) -> Callable[[str], None] | None:
+    if job.on_text is None:
+        return None
+
+    def on_text(delta: str) -> None:
+        if job.cancelled.is_set():
+            return
+        try:
+            job.on_text(index, delta)
+        except Exception:  # a broken listener must not fail the other jobs of the batch
+            log.exception("streaming callback of job %s failed; cancelling it", job.id)
+            job.cancelled.set()
+    return on_text

@@ -79,6 +79,9 @@ class ModelPool:
         self._retired: dict[str, list[str]] = {}  # name -> registry keys a swap replaced (swap_adapter)
         self._lock = threading.Lock()       # guards _adapters (held briefly: the event loop reads it)
         self._load_lock = threading.Lock()  # one add/remove at a time (may wait for a running batch)
+        # Called before an add/remove takes the registry's lock, which a running batch holds: a server
+        # registers its batcher's drain() here so the batch stops admitting rows and ends soon.
+        self.before_change: list = []
 
     def names(self) -> list[str]:
         """The base name first, then adapters in the order they were added."""
@@ -107,6 +110,7 @@ class ModelPool:
             raise invalid(f"adapter name must match {_NAME.pattern} and differ from {self.base_name!r}, "
                           f"'none' and 'base'; got {name!r}", param="name")
         with self._load_lock:
+            self._announce_change()
             version = f"{name}@{adapter_version(adapter_dir)}"
             if name in self.registry:
                 # A new version under the same name: waits for a running batch of the old one.
@@ -140,6 +144,7 @@ class ModelPool:
             old_key = (old.key or old.adapter) if old is not None else None
             if old_key == key:
                 return old
+            self._announce_change()
             if key not in self.registry:  # a version is immutable: one loaded already is reused
                 try:
                     self.registry.add(key, adapter_dir)
@@ -165,9 +170,14 @@ class ModelPool:
                 if served is None:
                     raise not_found(f"no adapter named {name!r} is loaded", param="name")
                 stale = self._retired.pop(name, [])
+            self._announce_change()
             for key in [served.key or served.adapter, *stale]:
                 if key in self.registry:
                     self.registry.remove(key)  # waits for a running batch of this adapter
+
+    def _announce_change(self) -> None:
+        for callback in list(self.before_change):
+            callback()
 
     def adapters(self) -> list[dict]:
         with self._lock:

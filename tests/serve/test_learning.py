@@ -21,7 +21,7 @@ def test_learning_routes_need_the_admin_token(tmp_path):
     from acculturate.serve import ServeConfig, create_app
 
     store = FeedbackStore(tmp_path / "feedback.db")
-    app = create_app(ServeConfig(admin_token="learn-test-token"), pool=SimpleNamespace(), store=store)
+    app = create_app(ServeConfig(admin_token="learn-test-token"), pool=SimpleNamespace(before_change=[]), store=store)
     routes = [("post", "/admin/learn"), ("get", "/admin/learn"), ("get", "/admin/versions"),
               ("post", "/admin/rollback")]
     with TestClient(app) as client:

@@ -1,0 +1,125 @@
+"""The feedback store on a real PostgreSQL server (``--db postgresql+psycopg://...``).
+
+A throw-away server is started for this module with Debian's PostgreSQL binaries (initdb + pg_ctl),
+listening on a Unix socket only (no TCP port), and removed afterwards. Skipped where the binaries or
+psycopg are missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("psycopg")
+
+from acculturate.feedback import CompletionRecord, FeedbackError, FeedbackStore, export_feedback  # noqa: E402
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_server_user(args: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; Debian's package creates the 'postgres' user.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="acculturate-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    run = lambda *a: subprocess.run(_as_server_user([str(bin_dir / a[0]), *a[1:]]), check=True,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    try:
+        run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        run("pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+            f"-c listen_addresses='' -k {sock} -p 54329 -c fsync=on", "start")
+        run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", "acculturate")
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"could not start a PostgreSQL server: {e.stderr.strip()[:300]}")
+    try:
+        yield f"postgresql+psycopg://postgres@/acculturate?host={sock}&port=54329"
+    finally:
+        subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def record(cid: str, index: int = 0, text: str = "Tea with milk.") -> CompletionRecord:
+    return CompletionRecord(id=cid, choice_index=index, endpoint="chat.completions", model="uk", adapter="uk",
+                            adapter_version="uk@abc123", prompt="<prompt>", completion=text,
+                            finish_reason="eos", prompt_tokens=10, completion_tokens=4,
+                            sampling={"temperature": 0.0, "max_tokens": 16},
+                            messages=[{"role": "user", "content": "What do people drink? ☕"}], region="UK")
+
+
+def test_store_round_trips_on_postgres(postgres_url):
+    store = FeedbackStore(postgres_url)
+    assert store.engine.dialect.name == "postgresql"
+    store.record_completions([record("p1"), record("p1", 1, "Coffee."), record("p2")])
+    store.add_feedback("p1", "correct_cultural", region="UK")
+    store.add_feedback("p1", "inappropriate", choice_index=1)
+    store.add_feedback("p2", "adjustment", corrected_text="Tea, often with milk.")
+    with pytest.raises(FeedbackError, match="no completion 'p9'"):
+        store.add_feedback("p9", "inappropriate")  # the foreign key is checked before the insert
+    rows = store.feedback()
+    assert [(r["kind"], r["reward"]) for r in rows] == [("correct_cultural", 1.0), ("inappropriate", -1.0),
+                                                        ("adjustment", -0.5)]
+    assert rows[0]["messages"][0]["content"].endswith("☕") and rows[0]["sampling"]["max_tokens"] == 16
+    # A second engine (another process, in effect) sees every committed row.
+    other = FeedbackStore(postgres_url)
+    assert other.count() == 3 and other.count("completions") == 3
+    other.close()
+    store.close()
+
+
+def test_concurrent_writers_lose_nothing(postgres_url):
+    store = FeedbackStore(postgres_url)
+    before = store.count()
+    store.record_completions([record(f"c{i}") for i in range(40)])
+
+    def give(i: int) -> None:
+        store.add_feedback(f"c{i}", "correct_cultural" if i % 2 else "inappropriate")
+
+    threads = [threading.Thread(target=give, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count() - before == 40
+    store.close()
+
+
+def test_export_from_postgres(postgres_url, tmp_path):
+    store = FeedbackStore(postgres_url)
+    store.record_completions([record("e1", text="Coffee, black.")])
+    store.add_feedback("e1", "adjustment", corrected_text="Builder's tea.")
+    store.close()
+    result = export_feedback(postgres_url, tmp_path / "out")
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    assert {"chosen": "Builder's tea.", "rejected": "Coffee, black."}.items() <= \
+        next(p for p in pairs if p["completion_id"] == "e1").items()
+    rewards = [json.loads(line) for line in (tmp_path / "out" / "rewards.jsonl").read_text().splitlines()]
+    assert sorted(r["reward"] for r in rewards if r["completion_id"] == "e1") == [-0.5, 0.5]
+    assert result["preferences"] == len(pairs)
