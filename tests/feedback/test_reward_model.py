@@ -116,7 +116,6 @@ def test_real_model_learns_the_shipped_preference_pairs(fresh_model):
     torch.manual_seed(config.seed)
     head = ScalarHead(hidden_size(model))
     before = bradley_terry_loss(*pair_scores(model, head, tokenizer, pairs, 128)).item()
-    result = train_reward_model(model, tokenizer, pairs, (), config, eval_pairs=pairs, head=head, progress=False)
+    result = train_reward_model(model, tokenizer, pairs, (), config, head=head, progress=False)
     after = bradley_terry_loss(*pair_scores(model, result.head, tokenizer, pairs, 128)).item()
     assert after < before - 0.05, (before, after)
-    assert result.eval_accuracy >= result.eval_accuracy_before
