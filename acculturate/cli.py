@@ -292,6 +292,75 @@ def cmd_feedback_export(args) -> int:
     return 0
 
 
+def cmd_learn(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.feedback.versions import VersionError, VersionStore
+    from acculturate.jobs.learn import LearnConfig, run_learn
+
+    config = load_yaml(LearnConfig, args.config, args.set)
+    if args.db:
+        config.db = args.db
+    versions = VersionStore(config.versions_dir)
+    try:
+        if args.rollback:
+            info = versions.rollback(args.rollback)
+            print(f"{config.name}: serving {info.version} again (a running server picks it up with "
+                  f"POST /admin/rollback)")
+            return 0
+        if args.list:
+            current = versions.state()["current"]
+            for v in versions.list():
+                mark = "*" if v.version == current else " "
+                print(f"{mark} {v.version:<5} parent={v.parent or '-':<5} {v.method:<8} "
+                      f"{'accepted' if v.accepted else 'rejected'}  feedback={len(v.feedback_ids):<4} {v.reason[:90]}")
+            return 0
+    except VersionError as e:
+        raise SystemExit(f"acculturate learn: error: {e}") from None
+    result = run_learn(config)
+    print(f"\n{result.status}: {result.reason}")
+    if result.version is not None:
+        print(f"{result.version.version} (parent {result.parent}) written to {result.version.path}")
+    return 0 if result.status != "failed" else 1
+
+
+# --- learning from feedback: reward models and PPO (jobs/reward_model.py, jobs/ppo.py) ---------------
+
+DEFAULT_PPO_CONFIG = RESOURCES.parent / "configs" / "ppo" / "smollm2-135m_lora.yaml"
+DEFAULT_REWARD_MODEL_CONFIG = RESOURCES.parent / "configs" / "reward_model" / "smollm2-135m_lora.yaml"
+
+
+def cmd_reward_model_train(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.reward_model import RewardModelJobConfig, run_reward_model
+
+    path = Path(args.config) if args.config else DEFAULT_REWARD_MODEL_CONFIG
+    config = load_yaml(RewardModelJobConfig, path, args.set)
+    s = run_reward_model(config, overwrite=args.restart, base_dir=path.parent)
+    acc, before = s["eval_pair_accuracy"], s["eval_pair_accuracy_before"]
+    if acc is not None:
+        print(f"\nheld-out pair accuracy on {s['eval_pairs']} pairs: {100 * before:.1f}% (untrained) -> "
+              f"{100 * acc:.1f}% after {s['steps']} steps ({s['train_wall_time_s']:.0f} s)")
+    print(f"Reward model: {Path(config.output_dir) / config.name / 'reward_model'}")
+    return 0
+
+
+def cmd_ppo(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.ppo import PPOJobConfig, run_ppo
+
+    path = Path(args.config) if args.config else DEFAULT_PPO_CONFIG
+    config = load_yaml(PPOJobConfig, path, args.set)
+    s = run_ppo(config, overwrite=args.restart, base_dir=path.parent)
+    out = Path(config.output_dir) / config.name
+    print(f"\nPPO {s['steps']} steps: rollout reward {s['reward_first_steps']:.3f} (first 3 steps) -> "
+          f"{s['reward_last_steps']:.3f} (last 3)")
+    if s["eval_before"] and s["eval_after"]:
+        print(f"held-apart greedy reward on {s['eval_prompts']} prompts: {s['eval_before']['reward_mean']:.3f} -> "
+              f"{s['eval_after']['reward_mean']:.3f}")
+    print(f"Adapter: {out / 'adapter'}; metrics: {out / 'metrics.jsonl'}; plot: {out / 'reward.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -390,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output directory")
     q.set_defaults(func=cmd_feedback_export)
 
+    p = sub.add_parser("learn", help="one guarded learning round from the stored feedback -> a new adapter version")
+    p.add_argument("config", help="YAML of LearnConfig fields, e.g. acculturate/configs/learn/smollm2-135m_sft.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--db", default=None, help="feedback store (default: the config's db)")
+    p.add_argument("--list", action="store_true", help="list the adapter versions and exit")
+    p.add_argument("--rollback", metavar="VERSION", help="make an earlier accepted version current and exit")
+    p.set_defaults(func=cmd_learn)
+
     p = sub.add_parser("eval", help="evaluate systems on tasks (BLEnD, NusaX, appropriateness, CoT): metrics.json + report.html")
     p.add_argument("config", nargs="?",
                    help=f"YAML config, or a run folder with --rescore (default: the shipped {DEFAULT_EVAL_CONFIG.name})")
@@ -408,6 +485,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_rate)
+    p = sub.add_parser("reward-model", help="train a reward model on preference pairs and feedback rewards")
+    rsub = p.add_subparsers(dest="reward_model_verb", required=True, metavar="ACTION")
+    q = rsub.add_parser("train", help="train, report held-out pair accuracy, save loadable as a reward")
+    q.add_argument("config", nargs="?", help=f"YAML config (default: the shipped {DEFAULT_REWARD_MODEL_CONFIG.name})")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.max_steps=20 --set data.limit=200")
+    q.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    q.set_defaults(func=cmd_reward_model_train)
+
+    p = sub.add_parser("ppo", help="PPO on a LoRA adapter over a prompt set, with a reward function or model")
+    p.add_argument("config", nargs="?", help=f"YAML config (default: the shipped {DEFAULT_PPO_CONFIG.name})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set ppo.steps=5 --set 'reward={kind: http, url: http://...}'")
+    p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    p.set_defaults(func=cmd_ppo)
     return parser
 
 

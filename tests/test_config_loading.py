@@ -73,12 +73,18 @@ def config_classes() -> dict:
     from acculturate.jobs.evaluate import EvalConfig
     from acculturate.jobs.prompt_eval import PromptEvalConfig
 
-    classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig}
+    from acculturate.jobs.ppo import PPOJobConfig
+    from acculturate.jobs.reward_model import RewardModelJobConfig
+
+    classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig,
+               "ppo": PPOJobConfig, "reward_model": RewardModelJobConfig}
     try:
         from acculturate.jobs.compare import CompareConfig
         classes["compare"] = CompareConfig
     except ImportError:
         pass
+    from acculturate.jobs.learn import LearnConfig
+    classes["learn"] = LearnConfig
     return classes
 
 

@@ -6,6 +6,8 @@ Routes:
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: as OpenAI's, streaming over SSE.
 - ``POST /v1/feedback``: a judgement on a served completion (see :mod:`acculturate.feedback.store`).
 - ``GET/POST /admin/adapters``, ``DELETE /admin/adapters/{name}``: list, load, unload adapters.
+- ``POST/GET /admin/learn``, ``GET /admin/versions``, ``POST /admin/rollback``: online learning
+  rounds and adapter versions, hot-swapped in (:mod:`acculturate.serve.learning`).
 
 Every completion is stored before its answer is sent (for a stream: before its final chunk), so a
 client that sees the answer can give feedback on its id.
@@ -36,6 +38,7 @@ from acculturate.serve.errors import (
     STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, server_error, too_large,
     unauthorized,
 )
+from acculturate.serve.learning import add_learning_routes, load_learner
 from acculturate.serve.models import ModelPool, ServedModel
 
 log = logging.getLogger(__name__)
@@ -45,13 +48,14 @@ DISCONNECT_POLL_S = 0.25
 
 
 def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
-               store: FeedbackStore | None = None) -> FastAPI:
+               store: FeedbackStore | None = None, learn=None) -> FastAPI:
     """Build the application.
 
     Args:
         config: server settings (default ``ServeConfig()``).
         pool: the models to serve; default: load ``config.model`` and ``config.adapters``.
         store: the completion/feedback store; default: open ``config.db``.
+        learn: a ``LearnConfig`` for online learning (default: ``config.learn``'s YAML, if set).
     Returns:
         A FastAPI app; its batching worker starts and stops with the app's lifespan.
     """
@@ -335,5 +339,8 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         check_admin(request)
         await anyio.to_thread.run_sync(pool.remove_adapter, name)
         return {"name": name, "deleted": True}
+
+    app.state.learner = load_learner(learn if learn is not None else config.learn, pool, store)
+    add_learning_routes(app, app.state.learner, check_admin, read_json)
 
     return app

@@ -45,6 +45,9 @@ class ServeConfig:
     """How long an idle worker waits for more requests to batch with the first."""
     max_pending: int = 256
     """Most prompts waiting for the worker (429 above it)."""
+    learn: str | None = None
+    """A LearnConfig YAML (acculturate/configs/learn/): serve its current adapter version as its
+    ``name`` and open /admin/learn, /admin/versions, /admin/rollback (acculturate/serve/learning.py)."""
 
     def __post_init__(self):
         for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",

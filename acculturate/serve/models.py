@@ -33,10 +33,11 @@ class ServedModel:
     tokenizer: object
     path: str | None = None
     registry: object | None = None  # the base model's AdapterRegistry
+    key: str | None = None          # its name in the registry, if not ``adapter`` (swap_adapter)
 
     def active(self):
         """A context in which ``model`` runs as this adapter (or the bare base)."""
-        return nullcontext() if self.registry is None else self.registry.using(self.adapter)
+        return nullcontext() if self.registry is None else self.registry.using(self.key or self.adapter)
 
     @property
     def max_positions(self) -> int | None:
@@ -75,6 +76,7 @@ class ModelPool:
         self.base = ServedModel(self.base_name, None, f"base:{self.base_name}", loaded.model,
                                 loaded.tokenizer, str(loaded.path), self.registry)
         self._adapters: dict[str, ServedModel] = {}
+        self._retired: dict[str, list[str]] = {}  # name -> registry keys a swap replaced (swap_adapter)
         self._lock = threading.Lock()       # guards _adapters (held briefly: the event loop reads it)
         self._load_lock = threading.Lock()  # one add/remove at a time (may wait for a running batch)
         # Called before an add/remove takes the registry's lock, which a running batch holds: a server
@@ -125,14 +127,53 @@ class ModelPool:
                 self._adapters[name] = served
         return served
 
+    def swap_adapter(self, name: str, adapter_dir: str | Path, version: str) -> ServedModel:
+        """Hot-swap: serve ``adapter_dir`` as ``name`` from the next request on, recorded as
+        ``name@version``, with no moment where ``name`` is missing.
+
+        The new weights load under their own registry key beside the old ones; then the name points
+        at them. Requests already queued keep the version they were admitted with (and record it),
+        so the old version stays loaded until the next swap retires it.
+        """
+        from acculturate.adapters import AdapterError
+
+        key = f"{name}@{version}"
+        with self._load_lock:
+            with self._lock:
+                old = self._adapters.get(name)
+            old_key = (old.key or old.adapter) if old is not None else None
+            if old_key == key:
+                return old
+            self._announce_change()
+            if key not in self.registry:  # a version is immutable: one loaded already is reused
+                try:
+                    self.registry.add(key, adapter_dir)
+                except (AdapterError, FileNotFoundError, ValueError) as e:
+                    raise invalid(f"adapter {name!r} version {version} from {adapter_dir}: {e}",
+                                  param="path") from None
+            served = ServedModel(name, name, key, self.base.model, self.base.tokenizer, str(adapter_dir),
+                                 self.registry, key=key)
+            with self._lock:
+                self._adapters[name] = served
+                stale = [k for k in self._retired.get(name, []) if k != key]
+                self._retired[name] = [old_key] if old_key is not None else []
+            for k in stale:  # two swaps old: no queued request can still use it
+                if k in self.registry:
+                    self.registry.remove(k)
+        return served
+
     def remove_adapter(self, name: str) -> None:
         """Stop serving adapter ``name``; requests already running finish with it."""
         with self._load_lock:
             with self._lock:
-                if self._adapters.pop(name, None) is None:
+                served = self._adapters.pop(name, None)
+                if served is None:
                     raise not_found(f"no adapter named {name!r} is loaded", param="name")
+                stale = self._retired.pop(name, [])
             self._announce_change()
-            self.registry.remove(name)  # waits for a running batch of this adapter
+            for key in [served.key or served.adapter, *stale]:
+                if key in self.registry:
+                    self.registry.remove(key)  # waits for a running batch of this adapter
 
     def _announce_change(self) -> None:
         for callback in list(self.before_change):
