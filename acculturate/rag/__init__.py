@@ -10,7 +10,7 @@ Needs the ``rag`` extra (sentence-transformers, the embedding model wheel, faiss
 """
 
 from acculturate.rag.chunking import Chunk, ChunkConfig, chunk_document
-from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, delete_index, open_index, rag_home,
+from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, delete_index, open_cached, open_index, rag_home,
                                    resolve_index, update_index)
 from acculturate.rag.ingest import Block, Document, find_files, read_document
 from acculturate.rag.metrics import mean_reciprocal_rank, recall_at_k
@@ -19,5 +19,5 @@ from acculturate.rag.retrieve import Hit, RetrieveConfig, retrieve, rrf
 
 __all__ = ["AskConfig", "Block", "Chunk", "ChunkConfig", "Document", "Hit", "IndexConfig", "IndexReport",
            "RagAnswer", "RagIndexError", "RetrieveConfig", "ask", "chunk_document", "delete_index", "find_files",
-           "mean_reciprocal_rank", "open_index", "parse_citations", "rag_home", "read_document", "recall_at_k",
+           "mean_reciprocal_rank", "open_cached", "open_index", "parse_citations", "rag_home", "read_document", "recall_at_k",
            "resolve_index", "retrieve", "rrf", "update_index"]

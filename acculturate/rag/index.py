@@ -24,6 +24,7 @@ what it had embedded and the next run continues from there.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -144,6 +145,22 @@ def open_index(name: str | os.PathLike, home: str | os.PathLike | None = None) -
     if vectors.ntotal != len(passages):
         raise RagIndexError(f"{path}: {vectors.ntotal} vectors but {len(passages)} passages; rebuild the index")
     return Index(path, manifest, passages, vectors, bm25)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_cached(path: str, stamp: int) -> Index:
+    return open_index(path)
+
+
+def open_cached(name: str | os.PathLike, home: str | os.PathLike | None = None) -> Index:
+    """:func:`open_index`, kept open between calls and reopened when an update has replaced the index
+    (its manifest changed): for strategies and the server, which retrieve from one index many times."""
+    path = resolve_index(name, home)
+    _recover(path)
+    manifest = path / "manifest.json"
+    if not manifest.exists():
+        raise RagIndexError(f"no index at {path}: build it with `acculturate rag index DOCS --index {name}`")
+    return _open_cached(str(path), os.stat(manifest).st_mtime_ns)
 
 
 # --- writing -----------------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ def load_cross_encoder(path: str, device: str = "cpu"):
     return CrossEncoder(path, device=device)
 
 
-def retrieve(index: Index, query: str, config: RetrieveConfig | None = None, embedder=None) -> list[Hit]:
+def retrieve(index: Index, query: str, config: RetrieveConfig | None = None, embedder=None,
+             query_vector: np.ndarray | None = None) -> list[Hit]:
     """The ``config.k`` passages of ``index`` best matching ``query``.
 
     Args:
@@ -157,6 +158,7 @@ def retrieve(index: Index, query: str, config: RetrieveConfig | None = None, emb
         config: mode, k, filters, re-ranking (default ``RetrieveConfig()``).
         embedder: the sentence-transformers model the index was built with (default: load the one
             its manifest names).
+        query_vector: the query's unit embedding when already computed (batch evaluation).
 
     Returns:
         Hits, best first (fewer than k when fewer passages pass the filters).
@@ -167,8 +169,7 @@ def retrieve(index: Index, query: str, config: RetrieveConfig | None = None, emb
     if not query or not query.strip():
         raise ValueError("query: expected a non-empty string")
     allowed = allowed_ids(index, config.filters)
-    query_vector = None
-    if config.mode != "bm25" or config.rerank == "dense":
+    if query_vector is None and (config.mode != "bm25" or config.rerank == "dense"):
         model = embedder or load_embedder(index.manifest["settings"]["embedder"])
         query_vector = embed([query], model).numpy()[0]
     dense = dense_ranking(index, query_vector, config.candidates, allowed) if config.mode != "bm25" else []

@@ -45,6 +45,9 @@ class ServeConfig:
     """How long an idle worker waits for more requests to batch with the first."""
     max_pending: int = 256
     """Most prompts waiting for the worker (429 above it)."""
+    rag_home: str | None = None
+    """Where the indexes a request's ``retrieval.index`` names live (default $ACCULTURATE_RAG_HOME or
+    ~/.cache/acculturate/rag); clients give names only, never paths."""
 
     def __post_init__(self):
         for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",
