@@ -3,8 +3,8 @@
 A passage never crosses a section (heading) boundary. Within a section, whole paragraphs are packed
 into a passage while they fit in ``max_chars``; a longer paragraph is split between sentences, and a
 sentence longer than a passage between words. Each passage after the first of a section starts with
-the end of the one before it (up to ``overlap_chars``, cut at a word boundary), so a fact split across
-two passages is still whole in one of them.
+the end of the one before it (up to ``overlap_chars``: whole sentences where they fit, else whole
+words), so a fact split across two passages is still whole in one of them.
 
 Characters, not tokens, bound a passage: counting needs no tokenizer and the bound holds for any
 embedder. 800 characters of English are about 180 word pieces, inside all-MiniLM-L6-v2's 256-token
@@ -91,11 +91,18 @@ def split_long(text: str, limit: int) -> list[str]:
 
 
 def overlap_tail(text: str, overlap_chars: int) -> str:
-    """The end of ``text``, at most ``overlap_chars`` long, starting at a word boundary ("" if none fits)."""
+    """The end of ``text``, at most ``overlap_chars`` long: its last whole sentences when they fit,
+    else its last whole words ("" when not even one word fits). A tail that starts mid-sentence
+    reads as noise to the model, so a sentence start is preferred."""
     if overlap_chars <= 0 or not text:
         return ""
     if len(text) <= overlap_chars:
         return text
+    window = text[-overlap_chars - 1:]  # one more character: is the window's first one a boundary?
+    for m in _SENTENCE_END.finditer(window):
+        tail = window[m.end():].strip()
+        if tail:
+            return tail
     tail = text[-overlap_chars:]
     if text[-overlap_chars - 1].isspace():
         return tail.strip()

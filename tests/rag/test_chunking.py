@@ -55,6 +55,10 @@ def test_overlap_tail_starts_at_a_word_boundary():
     assert overlap_tail("the quick brown fox jumps", 8) == "jumps"
     assert overlap_tail("abc", 10) == "abc"
     assert overlap_tail("abcdefghijkl", 5) == ""
+    # Whole sentences are preferred to a longer mid-sentence tail.
+    assert overlap_tail("First one. Second sentence here. Third.", 25) == "Third."
+    assert overlap_tail("First one. Second sentence here. Third.", 40) == "First one. Second sentence here. Third."
+    assert overlap_tail("First one. Second sentence here. Third.", 35) == "Second sentence here. Third."
 
 
 @pytest.mark.parametrize("kwargs, field", [({"max_chars": 10}, "max_chars"),
