@@ -47,7 +47,7 @@ def real_sentences() -> list[str]:
         raw[row["id"]] = row
     for ex in load_blend():
         country = ex.meta["country"].replace("_", " ")
-        texts.append(f"In {country}: " + answer_paragraph(ex.meta["question"], country, raw[ex.meta["id"]]["answers_en"]))
+        texts.append(f"In {country}: " + answer_paragraph(ex.meta["question"], country, raw[ex.meta["id"]]["answers_en"])[0])
     for row in json.loads(resource_path("data/instructions/instruction-data.json").read_text(encoding="utf-8")):
         texts += [row["instruction"], row.get("input") or "", row["output"]]
     for row in json.loads(resource_path("data/svamp/SVAMP.json").read_text(encoding="utf-8")):

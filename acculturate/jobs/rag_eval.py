@@ -5,12 +5,13 @@ Construction (``blend_documents``): one Markdown document per country, a section
 (``## Food in Spain``), a paragraph per question holding the question with the country taken out
 and every annotator answer with its vote count::
 
-    What is the most popular fruit? Local answers: orange (5 annotators), dates (2), bananas (1).
+    What is the most popular fruit? Most common answer: orange (5 of 9 annotators). Other answers: dates, bananas, watermelon.
 
 The country lives in the document's title and headings and in its ``region`` metadata (front
 matter), as in a real regional knowledge base. Each evaluated question has exactly one target
-paragraph, in its own country's document; a retrieved passage counts as relevant when it holds that
-paragraph whole (with overlap, two passages may). The same question exists for every country, so
+paragraph, in its own country's document; a retrieved passage counts as relevant when it holds the
+paragraph's question and its most-voted answer (a long paragraph may be split; with overlap, two
+passages may hold them). The same question exists for every country, so
 without the region filter the other 11 countries' paragraphs are near-identical distractors: the
 retriever must use the country in the headings. Questions no annotator answered are left out of
 both documents and evaluation. The documents hold the very answers the gold is made of, so "with
@@ -82,12 +83,20 @@ def question_without_country(question: str, country: str) -> str:
     return re.sub(r"\s+([?.,])", r"\1", text).strip()
 
 
-def answer_paragraph(question: str, country: str, groups: list[dict]) -> str:
-    """The paragraph that answers one BLEnD question for one country."""
+def answer_paragraph(question: str, country: str, groups: list[dict]) -> tuple[str, str]:
+    """The paragraph that answers one BLEnD question for one country, and its evidence: the question
+    and the most-voted answer (what a passage must hold whole to count as relevant; a long paragraph
+    may be split between passages, its tail of rarer answers is not needed).
+
+    Plain prose without vote lists: the 135M default model copies bracketed counts into its answer.
+    """
     ordered = sorted((g for g in groups if g["answers"]), key=lambda g: -g["count"])
-    answers = ", ".join(f"{' / '.join(g['answers'])} ({g['count']} annotator{'s' if g['count'] != 1 else ''})"
-                        if i == 0 else f"{' / '.join(g['answers'])} ({g['count']})" for i, g in enumerate(ordered))
-    return f"{question_without_country(question, country)} Local answers: {answers}."
+    total = sum(g["count"] for g in ordered)
+    top = ordered[0]
+    evidence = (f"{question_without_country(question, country)} Most common answer: {' / '.join(top['answers'])} "
+                f"({top['count']} of {total} annotators).")
+    others = [a for g in ordered[1:] for a in g["answers"][:1]]
+    return evidence + (f" Other answers: {', '.join(others)}." if others else ""), evidence
 
 
 def blend_documents(out_dir: Path, countries: list[str] | None = None) -> list[dict]:
@@ -95,7 +104,7 @@ def blend_documents(out_dir: Path, countries: list[str] | None = None) -> list[d
 
     Returns:
         One dict per answered question: ``id``, ``country``, ``region``, ``question``, ``answers``,
-        ``paragraph`` (its target text).
+        ``paragraph`` (its text in the document), ``evidence`` (what a relevant passage holds).
     """
     import json
 
@@ -110,10 +119,11 @@ def blend_documents(out_dir: Path, countries: list[str] | None = None) -> list[d
     targets, by_country = [], {}
     for ex in load_blend(countries=countries):  # rows without any answer are skipped here
         country = ex.meta["country"].replace("_", " ")
-        paragraph = answer_paragraph(ex.meta["question"], country, raw[ex.meta["id"]]["answers_en"])
+        paragraph, evidence = answer_paragraph(ex.meta["question"], country, raw[ex.meta["id"]]["answers_en"])
         by_country.setdefault(country, {}).setdefault(ex.meta["topic"], []).append(paragraph)
         targets.append({"id": ex.meta["id"], "country": ex.meta["country"], "region": country,
-                        "question": ex.meta["question"], "answers": ex.meta["answers"], "paragraph": paragraph})
+                        "question": ex.meta["question"], "answers": ex.meta["answers"], "paragraph": paragraph,
+                        "evidence": evidence})
     for country, topics in by_country.items():
         lines = ["---", f"region: {country}", "source: BLEnD annotator answers (CC BY-SA 4.0)", "---",
                  f"# Everyday culture in {country}", ""]
@@ -133,7 +143,7 @@ def retrieval_metrics(index, targets: list[dict], modes: list[str], ks: list[int
 
     model = embedder or load_embedder(index.manifest["settings"]["embedder"])
     vectors = embed([t["question"] for t in targets], model, progress=False).numpy()
-    relevant = [{p["id"] for p in index.passages if t["paragraph"] in p["text"]} for t in targets]
+    relevant = [{p["id"] for p in index.passages if t["evidence"] in p["text"]} for t in targets]
     missing = sum(1 for r in relevant if not r)
     depth = max(ks)
     results = {}

@@ -1,7 +1,7 @@
 """Ask a question over an index: retrieve passages, number them in the prompt, generate, and return
 the answer with the passages it cites.
 
-The prompt lists the passages as ``[1] (title > heading) text`` before the question and asks for
+The prompt lists the passages as ``[1] title > heading`` + a line of text before the question and asks for
 citations in brackets; :func:`parse_citations` reads ``[2]``, ``[1, 3]``, ``[1][2]`` and ``[1-3]``
 back from the answer, keeping only numbers of passages that were shown.
 """
@@ -62,7 +62,8 @@ def format_passages(hits: list[Hit], max_chars: int = 1000) -> str:
         p = hit.passage
         text = p["text"] if len(p["text"]) <= max_chars else p["text"][:max_chars].rsplit(" ", 1)[0] + " ..."
         context = " > ".join(dict.fromkeys(x for x in (p.get("title"), p.get("heading")) if x))
-        lines.append(f"[{n}] ({context}) {text}" if context else f"[{n}] {text}")
+        # The context on its own line: a small model copies an inline "(title > heading)" into its answer.
+        lines.append(f"[{n}] {context}\n{text}" if context else f"[{n}] {text}")
     return "\n\n".join(lines)
 
 

@@ -26,8 +26,9 @@ def test_the_country_leaves_the_question():
     assert question_without_country("How long is Algeria's maternity leave?", "Algeria") == \
         "How long is the country's maternity leave?"
     groups = [{"answers": ["dates"], "count": 2}, {"answers": ["orange", "oranges"], "count": 5}, {"answers": [], "count": 1}]
-    assert answer_paragraph("What is the most popular fruit in Algeria?", "Algeria", groups) == \
-        "What is the most popular fruit? Local answers: orange / oranges (5 annotators), dates (2)."
+    assert answer_paragraph("What is the most popular fruit in Algeria?", "Algeria", groups) == (
+        "What is the most popular fruit? Most common answer: orange / oranges (5 of 7 annotators). Other answers: dates.",
+        "What is the most popular fruit? Most common answer: orange / oranges (5 of 7 annotators).")
 
 
 def test_one_document_per_country_and_one_target_paragraph_per_question(tmp_path):

@@ -18,9 +18,9 @@ def hit(text, heading="Food", title="Spain"):
 
 def test_prompt_numbers_passages_with_their_context():
     block = format_passages([hit("Paella."), hit("Siesta.", heading="", title="Notes")])
-    assert block == "[1] (Spain > Food) Paella.\n\n[2] (Notes) Siesta."
+    assert block == "[1] Spain > Food\nPaella.\n\n[2] Notes\nSiesta."
     turn = passages_turn("What is eaten?", [hit("Paella.")])
-    assert turn.startswith("Passages:\n\n[1] (Spain > Food) Paella.") and turn.endswith("Question: What is eaten?")
+    assert turn.startswith("Passages:\n\n[1] Spain > Food\nPaella.") and turn.endswith("Question: What is eaten?")
     assert passages_turn("Q?", []) == "Q?"
     long = format_passages([hit("word " * 100)], max_chars=30)
     assert len(long) < 60 and long.endswith("...")

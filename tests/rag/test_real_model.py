@@ -53,7 +53,7 @@ def test_ask_answers_from_the_passages_and_returns_citations(rag_index, default_
     model, tokenizer = default_model
     result = ask("What do families build for the Day of the Dead?", rag_index, model, tokenizer,
                  AskConfig(retrieve=RetrieveConfig(k=2), max_new_tokens=32))
-    assert "[1] (Customs in Mexico > Holidays)" in result.prompt
+    assert "[1] Customs in Mexico > Holidays\n" in result.prompt
     assert result.answer
     assert [p["number"] for p in result.passages] == [1, 2]
     assert "Day of the Dead" in result.passages[0]["text"]
@@ -75,3 +75,28 @@ def test_rag_strategy_filters_by_the_questions_region(rag_index, default_model):
     assert sources and all(s.endswith("uk.md") for s in sources)
     assert "Passages:" in result.trace.calls[0].prompt and result.answer
     assert result.trace.events[0]["filters"] == {"region": "UK"}
+
+
+def test_cli_index_search_and_errors(tmp_path, capsys, rag_index):
+    import json
+
+    from acculturate.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "mexico.md").write_text(DOCS["mexico.md"], encoding="utf-8")
+    where = str(tmp_path / "ix")
+    assert main(["rag", "index", str(docs), "--index", where]) == 0
+    assert "1 passages; files added 1" in capsys.readouterr().out
+    assert main(["rag", "index", str(docs), "--index", where]) == 0
+    assert "unchanged 1; embedded 0" in capsys.readouterr().out
+    assert main(["rag", "search", "marigolds", "--index", where, "-k", "1", "--json"]) == 0
+    [hit] = json.loads(capsys.readouterr().out)
+    assert "Day of the Dead" in hit["text"] and hit["meta"]["region"] == "Mexico"
+    assert main(["rag", "search", "x", "--index", str(tmp_path / "none")]) == 2
+    assert "no index at" in capsys.readouterr().err
+    assert main(["rag", "index", str(docs), "--index", where, "--max-chars", "300"]) == 2
+    assert "--rebuild" in capsys.readouterr().err
+    (docs / "bad.jsonl").write_text('{"text": 3}\n')
+    assert main(["rag", "index", str(docs), "--index", where]) == 2
+    assert "bad.jsonl:1: field 'text': expected a non-empty string" in capsys.readouterr().err
