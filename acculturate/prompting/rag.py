@@ -67,11 +67,12 @@ def run(model, tokenizer, task: Task, example: Example, config: RagConfig | None
     messages = [{"role": "user", "content": passages_turn(example.meta["prompt"], hits)}]
     prompt = render(tokenizer, messages, system, config.template)
     out = trace.generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=config.max_new_tokens), "answer")[0]
-    cites, shown = cited(out.text, hits)
+    cites, shown = cited(out.text, hits, example.meta["question"])
     # The citation markers are not part of the answer ("Paella [1]" -> "Paella").
     answer_text = _strip_citations(out.text)
     return StrategyResult(task.extract(answer_text, fallback="first"), trace.finish(),
-                          {"citations": [c["number"] for c in cites], "system": system,
+                          {"citations": [c["number"] for c in cites],
+                           "citations_how": cites[0]["how"] if cites else None, "system": system,
                            "passages": [{k: c[k] for k in ("number", "id", "source", "score")} for c in shown]})
 
 

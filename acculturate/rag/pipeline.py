@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 
 from acculturate.rag.retrieve import Hit, RetrieveConfig, retrieve
 
-SYSTEM = ("Answer the question using the numbered passages. Cite the passages you use by their numbers "
-          "in brackets, like [1]. If the passages do not contain the answer, say so.")
+# Short on purpose: with a longer instruction (adding "if the passages do not contain the answer, say
+# so") the 135M default model answered with a bare "[2]" or repeated the question instead (measured
+# on hand-written passages, see docs/rag.md).
+SYSTEM = "Answer the question from the passages. Cite the passage you used, like [1]."
+_WORD = re.compile(r"\w+")
+_STOP = frozenset("""a an the and or of in on at to for from by with is are was were be been it its this that these
+those as into than then there their they them he she his her we our you your i my me what which who whom when where
+why how do does did not no yes so such can could would should will may might most more many much some any all each
+other answer question passage passages people""".split())
 _CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:[,;]|-|–|and)\s*\d+\s*)*)\]")
 
 
@@ -41,7 +48,8 @@ class RagAnswer:
 
     Attributes:
         answer: the generated text.
-        citations: the passages the answer cites, as :func:`citation` dicts, in citation order.
+        citations: the passages the answer cites, as :func:`citation` dicts, in citation order
+            (``how``: ``"cited"`` by number, or ``"inferred"`` from the words it copies).
         passages: every passage shown to the model, as :func:`citation` dicts, numbered from 1.
         prompt: the rendered prompt.
     """
@@ -91,6 +99,22 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
     return cited
 
 
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of ``text`` that carry content (no stop words, no bare numbers)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and not w.isdigit()}
+
+
+def infer_citations(answer: str, hits: list[Hit], question: str = "", threshold: float = 0.5) -> list[int]:
+    """Passages an answer that cites nothing draws on: those holding at least ``threshold`` of the
+    answer's content words that are not in the question, best first (small models rarely write
+    "[1]" but do copy from the passage). Empty when the answer adds no content word."""
+    words = content_words(answer) - content_words(question)
+    if not words:
+        return []
+    shares = [(len(words & content_words(h.passage["text"])) / len(words), n) for n, h in enumerate(hits, 1)]
+    return [n for share, n in sorted(shares, key=lambda x: (-x[0], x[1])) if share >= threshold]
+
+
 def citation(number: int, hit: Hit) -> dict:
     """A JSON-able description of passage ``number``: what a client needs to show the source."""
     p = hit.passage
@@ -99,10 +123,15 @@ def citation(number: int, hit: Hit) -> dict:
             "meta": {k: v for k, v in p.get("meta", {}).items() if k not in ("source",)}}
 
 
-def cited(answer: str, hits: list[Hit]) -> tuple[list[dict], list[dict]]:
-    """(the cited passages, every passage shown), as citation dicts."""
+def cited(answer: str, hits: list[Hit], question: str = "") -> tuple[list[dict], list[dict]]:
+    """(the cited passages, every passage shown), as citation dicts. Each cited one says ``how``:
+    ``"cited"`` (the answer names its number) or, when the answer names none, ``"inferred"``
+    (:func:`infer_citations`)."""
     shown = [citation(n, h) for n, h in enumerate(hits, 1)]
-    return [shown[n - 1] for n in parse_citations(answer, len(hits))], shown
+    numbers, how = parse_citations(answer, len(hits)), "cited"
+    if not numbers:
+        numbers, how = infer_citations(answer, hits, question), "inferred"
+    return [{**shown[n - 1], "how": how} for n in numbers], shown
 
 
 def ask(question: str, index, model, tokenizer, config: AskConfig | None = None, embedder=None,
@@ -128,5 +157,5 @@ def ask(question: str, index, model, tokenizer, config: AskConfig | None = None,
     messages = list(history or []) + [{"role": "user", "content": passages_turn(question, hits, config.max_passage_chars)}]
     prompt = render_prompt(messages, tokenizer, config.template, system=config.system)
     out = generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=config.max_new_tokens))[0]
-    cites, shown = cited(out.text, hits)
+    cites, shown = cited(out.text, hits, question)
     return RagAnswer(out.text.strip(), cites, shown, prompt)

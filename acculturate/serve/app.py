@@ -198,7 +198,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         build = protocol.chat_response if chat else protocol.text_response
         body = build(cid, parsed.model, served.version, completions, prompt_tokens)
         if retrieval is not None:
-            extra, per_choice = rag.response_fields(retrieval, [c.text for c in completions])
+            extra, per_choice = rag.response_fields(retrieval, [c.text for c in completions], retrieval.query)
             body.update(extra)
             for choice, numbers in zip(body["choices"], per_choice):
                 choice["citations"] = numbers
@@ -241,7 +241,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
                     return
                 await anyio.to_thread.run_sync(store.record_completions,
                                                records(cid, endpoint, served, prompts, parsed, completions))
-                extra, per_choice = (rag.response_fields(retrieval, [c.text for c in completions])
+                extra, per_choice = (rag.response_fields(retrieval, [c.text for c in completions], retrieval.query)
                                      if retrieval is not None else ({}, None))
                 for i, c in enumerate(completions):
                     final = chunk(i, finish=protocol.finish_reason(c))

@@ -32,6 +32,7 @@ class Retrieval:
     index: str
     config: object                  # acculturate.rag.RetrieveConfig
     hits: list | None = None
+    query: str = ""
 
 
 def parse_retrieval(body: dict) -> Retrieval | None:
@@ -85,7 +86,8 @@ def augment(messages: list[dict], retrieval: Retrieval, home: str | None) -> lis
     except RagIndexError:
         raise invalid(f"retrieval.index: no index named {retrieval.index!r} on this server",
                       param="retrieval.index", code="index_not_found") from None
-    retrieval.hits = retrieve(index, messages[last]["content"], retrieval.config)
+    retrieval.query = messages[last]["content"]
+    retrieval.hits = retrieve(index, retrieval.query, retrieval.config)
     out = [dict(m) for m in messages]
     out[last]["content"] = passages_turn(messages[last]["content"], retrieval.hits)
     if out[0]["role"] == "system":
@@ -95,11 +97,18 @@ def augment(messages: list[dict], retrieval: Retrieval, home: str | None) -> lis
     return out
 
 
-def response_fields(retrieval: Retrieval, texts: list[str]) -> tuple[dict, list[list[int]]]:
-    """The response's extra fields (``passages``, ``citations``) and each choice's cited numbers."""
-    from acculturate.rag.pipeline import citation, parse_citations
+def response_fields(retrieval: Retrieval, texts: list[str], question: str = "") -> tuple[dict, list[list[int]]]:
+    """The response's extra fields (``passages``, ``citations``) and each choice's cited numbers
+    (named in the answer, else inferred from the words it copies: each citation says ``how``)."""
+    from acculturate.rag.pipeline import cited
 
-    shown = [citation(n, h) for n, h in enumerate(retrieval.hits or [], 1)]
-    per_choice = [parse_citations(t, len(shown)) for t in texts]
+    per_choice, by_number, shown = [], {}, []
+    for text in texts:
+        cites, shown = cited(text, retrieval.hits or [], question)
+        per_choice.append([c["number"] for c in cites])
+        for c in cites:
+            by_number.setdefault(c["number"], c)
     union = list(dict.fromkeys(n for numbers in per_choice for n in numbers))
-    return {"passages": shown, "citations": [shown[n - 1] for n in union]}, per_choice
+    if not texts:
+        shown = cited("", retrieval.hits or [])[1]
+    return {"passages": shown, "citations": [by_number[n] for n in union]}, per_choice

@@ -24,3 +24,19 @@ def test_prompt_numbers_passages_with_their_context():
     assert passages_turn("Q?", []) == "Q?"
     long = format_passages([hit("word " * 100)], max_chars=30)
     assert len(long) < 60 and long.endswith("...")
+
+
+def test_citations_are_inferred_when_the_answer_names_none():
+    from acculturate.rag.pipeline import cited, infer_citations
+
+    hits = [hit("Fish and chips is eaten on Fridays."), hit("Families build altars with marigolds."),
+            hit("Altars and candles.")]
+    # New content words {altars, marigolds}: passage 2 holds 2/2, passage 3 1/2, passage 1 none.
+    assert infer_citations("They build altars with marigolds.", hits, "What do families build?") == [2, 3]
+    assert infer_citations("They build altars with marigolds.", hits, "What do families build?", 0.6) == [2]
+    assert infer_citations("Altars, candles", hits) == [3, 2]
+    assert infer_citations("What do families build?", hits, "What do families build?") == []  # adds nothing
+    cites, shown = cited("Altars with marigolds [3].", hits)
+    assert [(c["number"], c["how"]) for c in cites] == [(3, "cited")] and len(shown) == 3
+    cites, _ = cited("Marigolds.", hits)
+    assert [(c["number"], c["how"]) for c in cites] == [(2, "inferred")]

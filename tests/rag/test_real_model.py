@@ -57,10 +57,10 @@ def test_ask_answers_from_the_passages_and_returns_citations(rag_index, default_
     assert result.answer
     assert [p["number"] for p in result.passages] == [1, 2]
     assert "Day of the Dead" in result.passages[0]["text"]
-    numbers = [c["number"] for c in result.citations]
-    assert all(1 <= n <= 2 for n in numbers) and len(set(numbers)) == len(numbers)
-    # The model read the passage: its answer names what the passage says families build with.
+    # The model read the passage: its answer names what the passage says families build with, and
+    # the citation (named or inferred from the copied words) is the Mexican passage.
     assert any(w in result.answer.lower() for w in ("altar", "marigold", "sugar skull"))
+    assert result.citations and result.citations[0]["number"] == 1 and result.citations[0]["how"] in ("cited", "inferred")
 
 
 def test_rag_strategy_filters_by_the_questions_region(rag_index, default_model):
