@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompt", help="answer one question with a prompting strategy (cot, self_consistency...)")
     p.add_argument("question")
     p.add_argument("--strategy", default="zero_shot",
-                   help="zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine, program")
+                   help="zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine, program, "
+                        "rag (--set index=NAME)")
     p.add_argument("--task", default="blend", choices=["svamp", "blend"],
                    help="answer format and exemplar source: svamp (a number) or blend (a few words)")
     p.add_argument("--region", default=None, help="region the question is about (personas, exemplars)")
