@@ -327,12 +327,14 @@ def update_index(paths: list[str | os.PathLike], index: str | os.PathLike, confi
         pending_rows, pending_files = [], {}
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="indexing", unit="file", disable=not progress or not todo)
+        bar = tqdm(total=len(todo), desc="reading", unit="file", disable=not progress or not todo)
 
         def commit():
             nonlocal vectors
             if pending_rows:
-                new = embed([r["indexed_text"] for r in pending_rows], model, config.batch_size).numpy()
+                # A bar of its own: embedding is most of the time, and a file bar stands still during it.
+                new = embed([r["indexed_text"] for r in pending_rows], model, config.batch_size,
+                            progress=progress and len(pending_rows) > 10 * config.batch_size).numpy()
                 report.embedded += len(pending_rows)
                 passages.extend(pending_rows)
                 vectors.append(new)
