@@ -364,7 +364,8 @@ def _rag_ask(args) -> int:
     shown = result.citations or result.passages
     print("\ncited passages:" if result.citations else "\n(the answer cites no passage; retrieved passages:)")
     for c in shown:
-        print(f"  [{c['number']}] {c['source']}" + (f" > {c['heading']}" if c["heading"] else ""))
+        print(f"  [{c['number']}] {c['source']}" + (f" > {c['heading']}" if c["heading"] else "")
+              + (" (inferred: the answer copies its words)" if c.get("how") == "inferred" else ""))
     return 0
 
 
