@@ -94,6 +94,7 @@ class Index:
     passages: list[dict]
     vectors: object                # faiss.IndexFlatIP
     bm25: object | None            # bm25s.BM25, None for an empty index
+    cache: dict = field(default_factory=dict, repr=False)   # derived columns (metadata filters)
 
     def __len__(self) -> int:
         return len(self.passages)
