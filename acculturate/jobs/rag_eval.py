@@ -170,7 +170,7 @@ def run_rag_eval(config: RagEvalConfig, *, overwrite: bool = False, progress: bo
     """
     import shutil
 
-    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, TaskConfig, results_table, run_prompt_eval
+    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, TaskConfig, run_prompt_eval
     from acculturate.rag import open_index, update_index
 
     start = time.perf_counter()
