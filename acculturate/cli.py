@@ -361,6 +361,145 @@ def cmd_ppo(args) -> int:
     return 0
 
 
+# --- rag: index documents, search them, ask with citations, evaluate on BLEnD -------------------------
+
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"acculturate rag: error: {flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _retrieve_config(args):
+    from acculturate.rag import RetrieveConfig
+
+    return RetrieveConfig(k=args.k, mode=args.mode, candidates=max(args.candidates, args.k), rerank=args.rerank,
+                          reranker=args.reranker, filters=_key_values(args.filter, "--filter"))
+
+
+def cmd_rag(args) -> int:
+    from acculturate.config_loading import ConfigError
+    from acculturate.data import DataError
+
+    try:
+        return _RAG_ACTIONS[args.rag_verb](args)
+    except (ConfigError, DataError):
+        raise  # main() reports these
+    except (ValueError, ImportError) as e:  # RagIndexError, a bad retrieval setting, a missing extra
+        print(f"acculturate rag {args.rag_verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _rag_index(args) -> int:
+    from acculturate.rag import ChunkConfig, IndexConfig, update_index
+
+    config = IndexConfig(embedder=args.embedder, chunk=ChunkConfig(args.max_chars, args.overlap),
+                         text_field=args.text_field, device=args.device or "cpu")
+    r = update_index(args.paths, args.index, config, meta=_key_values(args.meta, "--meta") or None,
+                     rebuild=args.rebuild)
+    print(f"{r.path}: {r.passages} passages; files added {len(r.added)}, updated {len(r.updated)}, "
+          f"removed {len(r.removed)}, unchanged {r.unchanged}; embedded {r.embedded} passages in {r.seconds:.1f} s")
+    return 0
+
+
+def _rag_search(args) -> int:
+    from acculturate.rag import open_index, retrieve
+
+    hits = retrieve(open_index(args.index), args.query, _retrieve_config(args))
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "score": h.score, "dense_rank": h.dense_rank, "bm25_rank": h.bm25_rank,
+                           **{k: h.passage[k] for k in ("id", "source", "title", "heading", "text", "meta")}}
+                          for h in hits], ensure_ascii=False))
+        return 0
+    for h in hits:
+        print(f"[{h.rank}] {h.score:.4f} {h.passage['source']} > {h.passage['heading']}\n    {h.passage['text'][:300]}")
+    return 0
+
+
+def _rag_ask(args) -> int:
+    from acculturate.rag import AskConfig, ask, open_index
+
+    index = open_index(args.index)
+    loaded = _load_with_adapter(args)
+    result = ask(args.question, index, loaded.model, loaded.tokenizer,
+                 AskConfig(retrieve=_retrieve_config(args), max_new_tokens=args.max_new_tokens))
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        return 0
+    print(result.answer)
+    shown = result.citations or result.passages
+    print("\ncited passages:" if result.citations else "\n(the answer cites no passage; retrieved passages:)")
+    for c in shown:
+        print(f"  [{c['number']}] {c['source']}" + (f" > {c['heading']}" if c["heading"] else "")
+              + (" (inferred: the answer copies its words)" if c.get("how") == "inferred" else ""))
+    return 0
+
+
+def _rag_eval(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.rag_eval import RagEvalConfig, run_rag_eval
+
+    config = load_yaml(RagEvalConfig, args.config, args.set)
+    run_rag_eval(config, overwrite=args.restart)
+    out = Path(config.output_dir) / config.name
+    print((out / "report.md").read_text())
+    print(f"Results: {out}/report.md, {out}/metrics.json")
+    return 0
+
+
+_RAG_ACTIONS = {"index": _rag_index, "search": _rag_search, "ask": _rag_ask, "eval": _rag_eval}
+
+
+def _add_rag_parser(sub) -> None:
+    p = sub.add_parser("rag", help="retrieval-augmented generation: index documents, search, ask with citations")
+    rsub = p.add_subparsers(dest="rag_verb", required=True, metavar="ACTION")
+
+    def retrieval_args(q):
+        q.add_argument("--index", required=True, help="index name (under $ACCULTURATE_RAG_HOME) or directory")
+        q.add_argument("-k", type=int, default=4, help="passages to retrieve (default 4)")
+        q.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "bm25"])
+        q.add_argument("--candidates", type=int, default=50, help="candidates per retriever before fusion")
+        q.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                       help="only passages whose metadata matches, e.g. --filter region=UK (repeatable)")
+        q.add_argument("--rerank", default="none", choices=["none", "dense", "cross-encoder"])
+        q.add_argument("--reranker", default=None, help="local CrossEncoder model directory (--rerank cross-encoder)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+
+    q = rsub.add_parser("index", help="index (or re-index: only changed files) documents: .txt .md .html .pdf .jsonl")
+    q.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
+    q.add_argument("--index", required=True, help="index name (under $ACCULTURATE_RAG_HOME) or directory")
+    q.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata for these files' passages, e.g. --meta region=UK (repeatable)")
+    q.add_argument("--rebuild", action="store_true", help="start the index over (needed to change its settings)")
+    q.add_argument("--embedder", default=None, help="sentence-transformers model directory (default all-MiniLM-L6-v2)")
+    q.add_argument("--max-chars", type=int, default=800, help="passage length bound in characters")
+    q.add_argument("--overlap", type=int, default=120, help="characters repeated between neighbouring passages")
+    q.add_argument("--text-field", default="text", help="JSONL: the field holding the text")
+    q.add_argument("--device", default=None, help="where the embedder runs (default cpu)")
+    q.set_defaults(func=cmd_rag)
+
+    q = rsub.add_parser("search", help="the passages an index returns for a query (no generation)")
+    q.add_argument("query")
+    retrieval_args(q)
+    q.set_defaults(func=cmd_rag)
+
+    q = rsub.add_parser("ask", help="answer a question from an index's passages, with citations")
+    q.add_argument("question")
+    retrieval_args(q)
+    q.add_argument("--max-new-tokens", type=int, default=128)
+    _add_model_args(q)
+    q.set_defaults(func=cmd_rag)
+
+    q = rsub.add_parser("eval", help="recall@k, MRR and accuracy with vs without retrieval on BLEnD documents")
+    q.add_argument("config", help="YAML of RagEvalConfig fields, e.g. examples/rag_blend/config.yaml")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    q.set_defaults(func=cmd_rag)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -405,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompt", help="answer one question with a prompting strategy (cot, self_consistency...)")
     p.add_argument("question")
     p.add_argument("--strategy", default="zero_shot",
-                   help="zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine, program")
+                   help="zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine, program, "
+                        "rag (--set index=NAME)")
     p.add_argument("--task", default="blend", choices=["svamp", "blend"],
                    help="answer format and exemplar source: svamp (a number) or blend (a few words)")
     p.add_argument("--region", default=None, help="region the question is about (personas, exemplars)")
@@ -500,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set ppo.steps=5 --set 'reward={kind: http, url: http://...}'")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_ppo)
+
+    _add_rag_parser(sub)
     return parser
 
 

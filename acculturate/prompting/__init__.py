@@ -2,7 +2,8 @@
 
 ``run(model, tokenizer, task, example, config) -> StrategyResult``; ``STRATEGIES`` maps names to
 (run, config class): zero_shot, few_shot, cot, self_consistency, tree_of_thought, critique_refine,
-program (model-written Python run in :mod:`.sandbox`).
+program (model-written Python run in :mod:`.sandbox`), rag (passages retrieved from an
+:mod:`acculturate.rag` index, with citations).
 """
 
 from acculturate.prompting.extract import (ANSWER_KINDS, extract_choice, extract_number, extract_short_answer,

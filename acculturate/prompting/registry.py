@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from acculturate.data import Example
-from acculturate.prompting import (cot, critique_refine, few_shot, program, self_consistency, tree_of_thought,
+from acculturate.prompting import (cot, critique_refine, few_shot, program, rag, self_consistency, tree_of_thought,
                                    zero_shot)
 from acculturate.prompting.tasks import Task
 from acculturate.prompting.trace import StrategyResult
@@ -26,6 +26,7 @@ STRATEGIES: dict[str, Strategy] = {
     "tree_of_thought": Strategy(tree_of_thought.run, tree_of_thought.TreeOfThoughtConfig),
     "critique_refine": Strategy(critique_refine.run, critique_refine.CritiqueRefineConfig),
     "program": Strategy(program.run, program.ProgramConfig),
+    "rag": Strategy(rag.run, rag.RagConfig),
 }
 
 

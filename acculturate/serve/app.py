@@ -32,6 +32,7 @@ from acculturate.data import render_prompt
 from acculturate.decode.generate import encode_prompts
 from acculturate.feedback.store import CompletionRecord, FeedbackError, FeedbackStore
 from acculturate.serve import protocol
+from acculturate.serve import retrieval as rag
 from acculturate.serve.batching import Batcher, Cancelled, Job, Overloaded
 from acculturate.serve.config import ServeConfig
 from acculturate.serve.errors import (
@@ -188,20 +189,28 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         except ValueError as e:  # a config generate() refuses
             raise invalid(str(e)) from None
 
-    async def complete(request: Request, endpoint: str, parsed: protocol.ParsedRequest):
+    async def complete(request: Request, endpoint: str, parsed: protocol.ParsedRequest, retrieval=None):
+        if retrieval is not None:  # passages into the last user turn; the response gains citations
+            parsed.messages = await anyio.to_thread.run_sync(rag.augment, parsed.messages, retrieval, config.rag_home)
         served, prompts, prompt_tokens = prepare(parsed)
         chat = endpoint == "chat.completions"
         cid = protocol.new_id("chatcmpl" if chat else "cmpl")
         if parsed.stream:
-            return stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed)
+            return stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed, retrieval)
         job = submit(served, prompts, parsed)
         completions = await wait(job, request)
         await anyio.to_thread.run_sync(store.record_completions,
                                        records(cid, endpoint, served, prompts, parsed, completions))
         build = protocol.chat_response if chat else protocol.text_response
-        return JSONResponse(build(cid, parsed.model, served.version, completions, prompt_tokens))
+        body = build(cid, parsed.model, served.version, completions, prompt_tokens)
+        if retrieval is not None:
+            extra, per_choice = rag.response_fields(retrieval, [c.text for c in completions], retrieval.query)
+            body.update(extra)
+            for choice, numbers in zip(body["choices"], per_choice):
+                choice["citations"] = numbers
+        return JSONResponse(body)
 
-    def stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed) -> StreamingResponse:
+    def stream(request, endpoint, cid, served, prompts, prompt_tokens, parsed, retrieval=None) -> StreamingResponse:
         chat = endpoint == "chat.completions"
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue = asyncio.Queue()
@@ -238,8 +247,14 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
                     return
                 await anyio.to_thread.run_sync(store.record_completions,
                                                records(cid, endpoint, served, prompts, parsed, completions))
+                extra, per_choice = (rag.response_fields(retrieval, [c.text for c in completions], retrieval.query)
+                                     if retrieval is not None else ({}, None))
                 for i, c in enumerate(completions):
-                    yield event(chunk(i, finish=protocol.finish_reason(c)))
+                    final = chunk(i, finish=protocol.finish_reason(c))
+                    if retrieval is not None:
+                        final.update(extra)
+                        final["choices"][0]["citations"] = per_choice[i]
+                    yield event(final)
                 if parsed.include_usage:
                     use = protocol.usage(completions, prompt_tokens)
                     final = (protocol.chat_chunk(cid, parsed.model, served.version, None, usage_=use) if chat
@@ -284,7 +299,9 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api(request)
-        return await complete(request, "chat.completions", protocol.parse_chat(await read_json(request), limits))
+        body = await read_json(request)
+        parsed = protocol.parse_chat(body, limits)
+        return await complete(request, "chat.completions", parsed, rag.parse_retrieval(body))
 
     @app.post("/v1/completions")
     async def completions(request: Request):

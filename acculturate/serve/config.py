@@ -48,6 +48,9 @@ class ServeConfig:
     learn: str | None = None
     """A LearnConfig YAML (acculturate/configs/learn/): serve its current adapter version as its
     ``name`` and open /admin/learn, /admin/versions, /admin/rollback (acculturate/serve/learning.py)."""
+    rag_home: str | None = None
+    """Where the indexes a request's ``retrieval.index`` names live (default $ACCULTURATE_RAG_HOME or
+    ~/.cache/acculturate/rag); clients give names only, never paths."""
 
     def __post_init__(self):
         for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",

@@ -266,7 +266,7 @@ def test_few_shot_shows_exemplars_as_turns(scripted):
 
 def test_every_strategy_is_registered_with_a_config():
     assert set(STRATEGIES) == {"zero_shot", "few_shot", "cot", "self_consistency", "tree_of_thought",
-                               "critique_refine", "program"}
+                               "critique_refine", "program", "rag"}
     for name, strategy in STRATEGIES.items():
         assert isinstance(strategy_config(name), strategy.config)
 

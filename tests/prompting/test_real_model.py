@@ -19,6 +19,7 @@ TINY = {
                         "final_tokens": 6},
     "critique_refine": {"rounds": 1, "critique_tokens": 8, "revise_tokens": 12, "answer": {"max_new_tokens": 12}},
     "program": {"k": 2, "retries": 0, "max_new_tokens": 24},
+    "rag": {"k": 1, "max_new_tokens": 12},   # + the index of svamp_index
 }
 
 
@@ -27,11 +28,25 @@ def svamp():
     return load_svamp()
 
 
+@pytest.fixture(scope="module")
+def svamp_index(svamp, tmp_path_factory):
+    """A real (all-MiniLM-L6-v2) index of a few SVAMP problem texts, for the rag strategy."""
+    from acculturate.rag import update_index
+
+    root = tmp_path_factory.mktemp("svamp-rag")
+    (root / "docs").mkdir()
+    for ex in svamp.examples[:4]:
+        (root / "docs" / f"{ex.meta['id']}.txt").write_text(ex.meta["question"], encoding="utf-8")
+    update_index([root / "docs"], root / "index", progress=False)
+    return str(root / "index")
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_strategy_runs_on_the_real_model(default_model, svamp, name):
+def test_strategy_runs_on_the_real_model(default_model, svamp, name, request):
     model, tok = default_model
     example = svamp.examples[2]
-    result = run_strategy(name, model, tok, svamp, example, TINY[name])
+    config = TINY[name] if name != "rag" else {**TINY[name], "index": request.getfixturevalue("svamp_index")}
+    result = run_strategy(name, model, tok, svamp, example, config)
     calls = result.trace.calls
     assert calls and all(c.completion_tokens >= 1 and c.prompt_tokens > 0 for c in calls)
     assert all(example.meta["question"] in c.prompt or "Question:" in c.prompt for c in calls[-1:])
@@ -43,6 +58,8 @@ def test_strategy_runs_on_the_real_model(default_model, svamp, name):
         assert len(calls) == 3 and {c.batch for c in calls} == {0}
         assert sum(result.extra["votes"].values()) == sum(a is not None for a in result.extra["chains"])
         assert len({c.completion for c in calls}) > 1, "sampled chains should differ"
+    if name == "rag":  # the question's own problem text is the passage found
+        assert result.extra["passages"][0]["source"].endswith(f"{example.meta['id']}.txt")
     if name == "tree_of_thought":
         assert [c.step for c in calls][:2] == ["thought", "thought"]
         assert result.extra["tree"][0]["depth"] == 0 and len(result.extra["tree"]) >= 2
