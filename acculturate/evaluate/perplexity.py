@@ -1,0 +1,63 @@
+"""Perplexity per group of held-apart text, and a general-ability task score: the numbers of a
+continued-pre-training run's report (regional gain next to general loss)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+
+from acculturate.data import Example, render_prompt
+from acculturate.decode import GenerationConfig, generate
+from acculturate.evaluate.metrics import corpus_chrf
+from acculturate.train.loss import count_targets
+from acculturate.train.sft import TrainConfig, collate, evaluate_loss, prepare_rows
+
+
+def loss_and_perplexity(model: torch.nn.Module, features: Sequence[dict], config: TrainConfig, pad_id: int,
+                        device: torch.device | None = None) -> dict:
+    """Token-weighted mean next-token loss of ``features`` and its ``exp`` (perplexity).
+
+    The features are prepared as the training loop prepares them (truncated to ``max_length``,
+    packed when ``config.packing``), so the number is the one training optimises.
+
+    Returns:
+        ``{"loss", "perplexity", "tokens"}`` (None values when there is no target token).
+    """
+    device = device or next(model.parameters()).device
+    rows, _ = prepare_rows(features, config)
+    if not rows:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    tokens = sum(count_targets(collate(rows[i:i + config.batch_size], config, pad_id))
+                 for i in range(0, len(rows), config.batch_size))
+    loss = evaluate_loss(model, rows, config, pad_id, device)
+    return {"loss": round(loss, 6), "perplexity": round(math.exp(loss), 4), "tokens": tokens}
+
+
+def group_perplexity(model: torch.nn.Module, features: Sequence[dict], config: TrainConfig, pad_id: int) -> dict:
+    """:func:`loss_and_perplexity` of each ``feature["group"]`` (features without one: ``"all"``)."""
+    groups: dict[str, list[dict]] = {}
+    for f in features:
+        groups.setdefault(f.get("group", "all"), []).append(f)
+    return {name: loss_and_perplexity(model, rows, config, pad_id) for name, rows in groups.items()}
+
+
+def task_score(model: torch.nn.Module, tokenizer, examples: Sequence[Example], template: str,
+               max_new_tokens: int = 48, batch_size: int = 8) -> dict:
+    """Answer ``examples`` greedily and score the answers against their references with corpus chrF.
+
+    Returns:
+        ``{"chrf", "n", "seconds", "answers"}``; answers are the generated texts, in order.
+    """
+    if not examples:
+        return {"chrf": None, "n": 0, "seconds": 0.0, "answers": []}
+    start = time.perf_counter()
+    prompts = [render_prompt(ex, tokenizer, template) for ex in examples]
+    references = [ex.messages[-1]["content"] for ex in examples]
+    completions = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=max_new_tokens,
+                                                                       batch_size=batch_size))
+    answers = [c.text.strip() for c in completions]
+    return {"chrf": round(corpus_chrf(answers, references).score, 3), "n": len(examples),
+            "seconds": round(time.perf_counter() - start, 1), "answers": answers}
