@@ -180,6 +180,8 @@ def add_bpe_tokens(tokenizer, tokens: Sequence[str]) -> tuple[object, list[str],
                     intermediate.append(joined)
                     pieces_of[joined] = _base_pieces(backend, joined)
             left = joined
+    chosen = set(tokens)
+    intermediate = [t for t in intermediate if t not in chosen]   # a later token may be an earlier's link
     new = _with_backend(tokenizer, Tokenizer.from_str(json.dumps(data)))
     return new, intermediate, pieces_of
 
