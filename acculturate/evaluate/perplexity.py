@@ -59,5 +59,10 @@ def task_score(model: torch.nn.Module, tokenizer, examples: Sequence[Example], t
     completions = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=max_new_tokens,
                                                                        batch_size=batch_size))
     answers = [c.text.strip() for c in completions]
-    return {"chrf": round(corpus_chrf(answers, references).score, 3), "n": len(examples),
+    try:
+        chrf = corpus_chrf(answers, references).score
+    except ImportError as e:
+        raise ImportError("the general task score needs sacrebleu: pip install 'acculturate[eval]' "
+                          "(or set general.task_examples: 0)") from e
+    return {"chrf": round(chrf, 3), "n": len(examples),
             "seconds": round(time.perf_counter() - start, 1), "answers": answers}

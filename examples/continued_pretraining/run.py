@@ -2,7 +2,7 @@
 and with and without the KL regulariser; writes a table of regional and general numbers.
 
     python examples/continued_pretraining/run.py            # Javanese, ~6 min on a quiet 2-core CPU
-    python examples/continued_pretraining/run.py --language sundanese --epochs 2
+    python examples/continued_pretraining/run.py --language sundanese --set train.epochs=2
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/continued_pretraining")
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--kl-weight", type=float, default=1.0)
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of config.yaml for every run, e.g. --set train.max_steps=8")
     args = parser.parse_args()
     start = time.perf_counter()
     out = Path(args.output_dir)
-    base = load_yaml(FinetuneConfig, HERE / "config.yaml", [f"output_dir={out}"])
+    base = load_yaml(FinetuneConfig, HERE / "config.yaml", [f"output_dir={out}", *args.set])
     source = DataSource(path="shipped:nusax/valid.csv", columns={"text": args.language})
     ext_dir = out / f"vocab-{args.language}"
     extension = run_extend([source], ext_dir, model=base.model.name,
@@ -47,16 +48,14 @@ def main() -> None:
                          f"data.sources=[{{path: 'shipped:nusax/valid.csv', columns: {{text: {args.language}}}}}]"]
             if vocab == "extended":
                 overrides.append(f"model.name={ext_dir}")
-            if args.epochs:
-                overrides.append(f"train.epochs={args.epochs}")
-            config = load_yaml(FinetuneConfig, HERE / "config.yaml", overrides)
+            config = load_yaml(FinetuneConfig, HERE / "config.yaml", [*args.set, *overrides])
             t0 = time.perf_counter()
             m = run_finetune(config, overwrite=True, base_dir=HERE)
             rows.append({"variant": name, "vocab": vocab, "kl_weight": kl, "before": m["before"],
                          "after": m["after"], "steps": m["train"]["steps"],
                          "trainable": m["parameters"]["trainable"], "seconds": round(time.perf_counter() - t0, 1)})
             print(f"{name}: done in {rows[-1]['seconds']:.0f} s")
-    results = {"language": args.language, "extension": {k: extension[k] for k in
+    results = {"language": args.language, "overrides": args.set, "extension": {k: extension[k] for k in
                                                         ("new_ids", "old_vocab_size", "new_vocab_size", "fertility")},
                "runs": rows, "wall_time_s": round(time.perf_counter() - start, 1)}
     results["extension"]["new_tokens"] = len(extension["new_ids"])
