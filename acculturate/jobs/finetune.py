@@ -99,6 +99,10 @@ class FinetuneConfig:
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     general: cpt.GeneralConfig = field(default_factory=cpt.GeneralConfig)
 
+    def __post_init__(self):
+        if self.forgetting.group_dro and self.train.packing:
+            raise ValueError("forgetting.group_dro: needs train.packing false (a packed row mixes groups)")
+
 
 @dataclass
 class Datasets:
@@ -152,7 +156,7 @@ def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: Trai
     summary = _train_new_token_rows(loaded, method, summary)
     objective = None
     if forgetting is not None and forgetting.active:
-        if forgetting.group_dro and train_cfg.packing:
+        if forgetting.group_dro and train_cfg.packing:   # FinetuneConfig checks this at load too
             raise ConfigError("forgetting.group_dro: needs train.packing false (a packed row mixes groups)")
         groups = list(dict.fromkeys(f["group"] for f in datasets.train_features if "group" in f))
         objective = Objective(forgetting, general_features or [], groups, reference=reference,
