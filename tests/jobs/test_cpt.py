@@ -44,6 +44,7 @@ def tiny_dir(tmp_path_factory, tokenizer):
     return out
 
 
+@pytest.mark.slow   # the real tokenizer (the session fixture loads the default model)
 @pytest.mark.parametrize("method", ["full", "head", "lora", "qlora"])
 def test_text_training_with_kl_works_with_every_method(tmp_path, tiny_dir, method):
     metrics = run_finetune(_config(tmp_path, str(tiny_dir), method))

@@ -126,3 +126,21 @@ def test_lora_with_new_token_rows_round_trips_through_peft(extended, tmp_path):
     assert again.get_output_embeddings().weight is again.get_input_embeddings().weight
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, ours, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_tokenizer_extend_reports_fertility_on_both_parts(tmp_path, capsys):
+    import json
+
+    from acculturate.cli import main
+
+    assert main(["tokenizer", "extend", "--corpus", "shipped:nusax/valid.csv", "--column", "buginese",
+                 "--output", str(tmp_path / "bug"), "--new-tokens", "8", "--test-fraction", "0.2"]) == 0
+    record = json.loads((tmp_path / "bug" / "vocab_extension.json").read_text())
+    assert len(record["tokens"]) == 8 and record["new_vocab_size"] == 49152 + len(record["new_ids"])
+    assert record["fertility"]["train"]["after"] < record["fertility"]["train"]["before"]
+    assert record["fertility"]["test"]["words"] > 0
+    assert "fertility (tokens/word)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="ExtendConfig.new_tokens"):
+        main(["tokenizer", "extend", "--corpus", "shipped:nusax/valid.csv", "--column", "buginese",
+              "--output", str(tmp_path / "x"), "--new-tokens", "0"])
