@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -307,8 +306,3 @@ class Objective:
         if self.config.group_dro:
             out["dro_weights"] = {g: round(float(w), 4) for g, w in zip(self.groups, self.weights)}
         return out
-
-
-def perplexity(loss: float | None) -> float | None:
-    """``exp(loss)`` for a token-mean cross-entropy in nats (None stays None)."""
-    return None if loss is None else round(math.exp(loss), 4)
