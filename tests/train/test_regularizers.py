@@ -148,3 +148,26 @@ def test_group_dro_weights_follow_the_worse_group_and_resume(tmp_path):
 def test_objective_needs_general_data_for_kl():
     with pytest.raises(ValueError, match="needs general data"):
         Objective(ForgettingConfig(kl_weight=0.5), [])
+
+
+def test_mixing_averages_regional_and_general_tokens_together():
+    regional = tiny_features(3)
+    general = tiny_features(10)[5:]
+    objective = Objective(ForgettingConfig(general_share=0.5), general)
+    objective.start_step(0, [regional])
+    drawn = [objective.general[i] for i in objective._step_general[0]]
+    assert len(drawn) == 3                                    # half of the mixed batch
+    grads = []
+    for use_objective in (False, True):
+        model = tiny_model()
+        batch = pad_collate(regional, 0)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        if use_objective:
+            objective.backward(model, batch, n, 0, 1, torch.device("cpu"))
+        else:
+            s_r, n_r = loss_sum(model, batch, torch.device("cpu"))
+            s_g, n_g = loss_sum(model, pad_collate(drawn, 0), torch.device("cpu"))
+            ((s_r + s_g) / (n_r + n_g)).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
