@@ -44,6 +44,36 @@ def group_perplexity(model: torch.nn.Module, features: Sequence[dict], config: T
     return {name: loss_and_perplexity(model, rows, config, pad_id) for name, rows in groups.items()}
 
 
+@torch.no_grad()
+def target_log_probs(model: torch.nn.Module, features: Sequence[dict], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """Log-probabilities (N, V), fp32 on CPU, at every target position of ``features`` (in order),
+    in eval mode: kept before training to measure how far training moved the distribution."""
+    from acculturate.data.batching import pad_collate
+    from acculturate.train.regularizers import target_logits
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(features), batch_size):
+        batch = pad_collate([{"input_ids": f["input_ids"], "labels": f["labels"]}
+                             for f in features[start:start + batch_size]], pad_id)
+        logits, _, _ = target_logits(model, batch, device)
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def kl_from(reference_log_probs: torch.Tensor, model: torch.nn.Module, features: Sequence[dict], pad_id: int,
+            batch_size: int = 8) -> float | None:
+    """Mean KL(reference || model) per target position of ``features`` (None when there are none)."""
+    now = target_log_probs(model, features, pad_id, batch_size)
+    if now.shape != reference_log_probs.shape or now.numel() == 0:
+        return None
+    kl = torch.nn.functional.kl_div(now, reference_log_probs, reduction="sum", log_target=True)
+    return round(float(kl) / now.shape[0], 6)
+
+
 def task_score(model: torch.nn.Module, tokenizer, examples: Sequence[Example], template: str,
                max_new_tokens: int = 48, batch_size: int = 8) -> dict:
     """Answer ``examples`` greedily and score the answers against their references with corpus chrF.

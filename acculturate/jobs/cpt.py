@@ -9,8 +9,10 @@ measures, before and after training:
   extension changes the tokenizer (per-token perplexity does not: fewer, longer tokens each carry
   more information, so their perplexity is higher for the same model quality);
 - fertility (tokens per word) of the run's tokenizer on the training and held-apart text;
-- on held-apart general instructions: loss and perplexity on the responses, and a task score
-  (greedy answers vs the references, corpus chrF);
+- on held-apart general instructions: loss and perplexity on the responses, the KL from the
+  untrained model's next-token distribution there (how far training moved it: the direct measure
+  of drift, which the loss against the references can hide when some tokens get better and others
+  worse), and a task score (greedy answers vs the references, corpus chrF);
 
 and writes them to ``metrics.json`` and ``report.md``.
 """
@@ -120,9 +122,17 @@ def general_data(config: GeneralConfig, tokenizer, *, seed: int = 0, base_dir: P
 
 
 def measure(loaded, train_cfg, text_test: list[dict], test_docs: list[Document],
-            train_docs: list[Document], general: GeneralData | None, general_cfg: GeneralConfig) -> dict:
-    """The report's numbers for the model as it is now (see the module docstring)."""
-    from acculturate.evaluate.perplexity import group_perplexity, loss_and_perplexity, task_score
+            train_docs: list[Document], general: GeneralData | None, general_cfg: GeneralConfig,
+            reference: dict | None = None) -> dict:
+    """The report's numbers for the model as it is now (see the module docstring).
+
+    ``reference``: one dict shared by the before and the after call. The first call keeps the
+    general log-probabilities in it; the second reports ``kl_to_before``, the mean
+    KL(before || now) per response token of the held-apart general data: how far training moved
+    the model's general distribution (0 before training, by definition).
+    """
+    from acculturate.evaluate.perplexity import (group_perplexity, kl_from, loss_and_perplexity, target_log_probs,
+                                                 task_score)
     from acculturate.models.vocab import fertility
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -142,6 +152,12 @@ def measure(loaded, train_cfg, text_test: list[dict], test_docs: list[Document],
                             "test": fertility(tokenizer, [d.text for d in test_docs])["fertility"]}
     if general is not None:
         g = loss_and_perplexity(model, general.test_features, eval_cfg, pad)
+        if reference is not None:
+            if "general" not in reference:
+                reference["general"] = target_log_probs(model, general.test_features, pad)
+                g["kl_to_before"] = 0.0
+            else:
+                g["kl_to_before"] = kl_from(reference["general"], model, general.test_features, pad)
         if general_cfg.task_examples:
             score = task_score(model, tokenizer, general.test_examples[:general_cfg.task_examples],
                                general_cfg.template, general_cfg.max_new_tokens)
@@ -183,11 +199,14 @@ def render_report(name: str, method: str, before: dict, after: dict, train: dict
     if "general" in after:
         b, a = before.get("general", {}), after["general"]
         lines += ["## General ability (held-apart instructions): what the adaptation cost", "",
-                  "| | loss | perplexity | task chrF |", "|---|---|---|---|",
-                  f"| before | {_f(b.get('loss'))} | {_f(b.get('perplexity'), 2)} | {_f(b.get('task_chrf'), 1)} |",
-                  f"| after | {_f(a.get('loss'))} | {_f(a.get('perplexity'), 2)} | {_f(a.get('task_chrf'), 1)} |",
-                  "", f"Task score: greedy answers to {a.get('task_n', 0)} held-apart instructions, corpus "
-                      "chrF against the references.", ""]
+                  "| | loss | perplexity | KL to before | task chrF |", "|---|---|---|---|---|",
+                  f"| before | {_f(b.get('loss'))} | {_f(b.get('perplexity'), 2)} | 0 | {_f(b.get('task_chrf'), 1)} |",
+                  f"| after | {_f(a.get('loss'))} | {_f(a.get('perplexity'), 2)} | {_f(a.get('kl_to_before'), 4)} | "
+                  f"{_f(a.get('task_chrf'), 1)} |",
+                  "", "KL to before: mean KL(untrained || trained) per response token of the held-apart "
+                      "instructions, in nats (how far the general distribution moved).",
+                  f"Task score: greedy answers to {a.get('task_n', 0)} held-apart instructions, corpus "
+                  "chrF against the references.", ""]
     lines += [f"Training: {train['steps']} steps, final train loss {_f(train.get('train_loss'))}, "
               f"{train['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)

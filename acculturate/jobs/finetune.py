@@ -224,8 +224,11 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
     text_docs = (test_ex, train_ex) if config.data.kind == "text" else ([], [])
     text_test = datasets.test_features if config.data.kind == "text" else []
 
+    reference: dict = {}   # the untrained model's general log-probs, for the KL in the report
+
     def measure() -> dict:
-        return cpt.measure(loaded, config.train, text_test, *text_docs, general if report else None, config.general)
+        return cpt.measure(loaded, config.train, text_test, *text_docs, general if report else None,
+                           config.general, reference)
 
     before = measure() if report else {}
     summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume,

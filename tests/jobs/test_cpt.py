@@ -53,7 +53,8 @@ def test_text_training_with_kl_works_with_every_method(tmp_path, tiny_dir, metho
                .read_text().splitlines()]
     assert all("kl" in row for row in history if "loss" in row)
     report = (tmp_path / "runs" / f"cpt-{method}" / "report.md").read_text()
-    assert "| javanese |" in report and "General ability" in report
+    assert "| javanese |" in report and "General ability" in report and "KL to before" in report
+    assert metrics["after"]["general"]["kl_to_before"] > 0
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -75,6 +76,7 @@ def test_continued_pretraining_lowers_held_apart_perplexity_on_the_real_model(tm
         assert after["regional"][lang]["perplexity"] < before["regional"][lang]["perplexity"]
         assert after["regional"][lang]["bits_per_char"] < before["regional"][lang]["bits_per_char"]
     assert after["general"]["loss"] is not None and before["general"]["loss"] is not None
+    assert before["general"]["kl_to_before"] == 0 and after["general"]["kl_to_before"] > 0
     last = [json.loads(x) for x in (tmp_path / "runs" / "cpt-lora" / "train" / "metrics.jsonl")
             .read_text().splitlines() if '"loss"' in x][-1]
     assert set(last["dro_weights"]) == {"javanese", "sundanese"} and last["kl"] >= 0
