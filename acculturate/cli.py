@@ -500,6 +500,28 @@ def _add_rag_parser(sub) -> None:
     q.set_defaults(func=cmd_rag)
 
 
+def cmd_tokenizer_extend(args) -> int:
+    from acculturate.jobs.sources import DataSource
+    from acculturate.jobs.vocab import run_extend
+    from acculturate.models.vocab import ExtendConfig
+
+    try:
+        config = ExtendConfig(new_tokens=args.new_tokens, bpe_vocab_size=args.bpe_vocab_size,
+                              min_frequency=args.min_frequency, rank=args.rank)
+        sources = [DataSource(path=c, columns={"text": args.column} if args.column else None) for c in args.corpus]
+        r = run_extend(sources, args.output, model=args.model, config=config,
+                       test_fraction=args.test_fraction, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"acculturate tokenizer extend: error: {e}") from None
+    f = r["fertility"]
+    print(f"added {len(r['new_ids'])} tokens ({len(r['tokens'])} learned + {r['intermediate']} for their "
+          f"merges): vocabulary {r['old_vocab_size']} -> {r['new_vocab_size']}")
+    print(f"fertility (tokens/word): training text {f['train']['before']} -> {f['train']['after']}, "
+          f"held-apart text {f['test']['before']} -> {f['test']['after']}")
+    print(f"Saved: {r['output']} (an HF model directory; train on it with model.name: {r['output']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -619,6 +641,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute metrics.json and report.html from the saved outputs, without generating")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tokenizer", help="vocabulary tools: extend a model's tokenizer for a new language")
+    tsub = p.add_subparsers(dest="tokenizer_verb", required=True, metavar="ACTION")
+    q = tsub.add_parser("extend", help="learn tokens from a corpus, add them, init embeddings, report fertility")
+    q.add_argument("--corpus", action="append", required=True, metavar="PATH",
+                   help=".txt, .jsonl or .csv (or shipped:nusax/valid.csv); repeatable")
+    q.add_argument("--column", help="CSV column / JSONL key holding the text (e.g. javanese)")
+    q.add_argument("--output", required=True, help="where the extended HF model directory goes")
+    q.add_argument("--model", default="smollm2-135m")
+    q.add_argument("--new-tokens", type=int, default=200, help="learned tokens to add (default 200)")
+    q.add_argument("--bpe-vocab-size", type=int, default=2000, help="size of the BPE trained on the corpus")
+    q.add_argument("--min-frequency", type=int, default=2)
+    q.add_argument("--rank", default="split", choices=["split", "saved"],
+                   help="split: most-split tokens first; saved: most tokens saved on the corpus first")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="documents held apart (same split as acculturate train with this seed)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_tokenizer_extend)
 
     p = sub.add_parser("rate", help="serve a page for rating an eval run's answers 1-5, blind to the system")
     p.add_argument("run_dir", help="the folder `acculturate eval` wrote (e.g. runs/eval-all-tasks)")

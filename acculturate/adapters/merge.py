@@ -23,6 +23,7 @@ from acculturate.adapters.nf4 import nf4_modules
 from acculturate.adapters.peft_format import AdapterError, load_adapter, read_config_json
 from acculturate.adapters.prompt_tuning import prompt_embedding
 from acculturate.adapters.qlora import dequantize_model, quantize_lora_bases
+from acculturate.adapters.token_rows import remove_token_rows
 from acculturate.io import atomic_dir
 
 
@@ -56,6 +57,7 @@ def export_merged(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -> Pa
     if nf4_modules(model):
         dequantize_model(model, _model_dtype(model))
     merge_lora(model)
+    remove_token_rows(model, merge=True)   # trained new-vocabulary rows into the embedding (and tied head)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -28,6 +28,8 @@ from acculturate.adapters.lora import (
     PEFT_PREFIX, LoRAConfig, linear_names, lora_modules, lora_state_dict, matches_target, wrap_modules,
 )
 from acculturate.adapters.prompt_tuning import PromptTuningConfig, attach_prompt, prompt_embedding
+from acculturate.adapters.token_rows import (DELTA_KEY, apply_token_rows, token_rows_config,
+                                             token_rows_state_dict)
 from acculturate.io import atomic_dir, write_json
 
 CONFIG_FILE = "adapter_config.json"
@@ -41,17 +43,20 @@ _IGNORED_KEYS = {
     "peft_version", "init_lora_weights", "eva_config", "corda_config", "loftq_config", "lora_ga_config",
     "megatron_core", "qalora_group_size", "layers_pattern", "ensure_weight_tying",
 }
-_SUPPORTED_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora"}
+_SUPPORTED_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora",
+                   "trainable_token_indices"}
 
 
 class AdapterError(ValueError):
     """An adapter directory cannot be loaded; the message names the file and the field or key."""
 
 
-def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None) -> dict:
+def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None,
+                     trainable_token_indices: dict | None = None) -> dict:
     """The ``adapter_config.json`` content for ``config``: the keys peft 0.21 writes for a plain
     LoRA adapter, sorted as PEFT sorts them. ``peft_version`` is left out because PEFT did not
-    write this file; PEFT fills in its own version when it reads it."""
+    write this file; PEFT fills in its own version when it reads it. ``trainable_token_indices``
+    (``{"embed_tokens": [ids]}``) names embedding rows trained beside the adapter (token_rows.py)."""
     d = {
         "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None,
         "auto_mapping": None, "base_model_name_or_path": base_model_name_or_path, "bias": "none",
@@ -64,7 +69,7 @@ def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None) ->
         "modules_to_save": None, "monteclora_config": None, "peft_type": "LORA",
         "qalora_group_size": 16, "r": config.r, "rank_pattern": {}, "revision": None,
         "target_modules": list(config.targets), "target_parameters": None, "task_type": "CAUSAL_LM",
-        "trainable_token_indices": None, "use_bdlora": None, "use_dora": False, "use_qalora": False,
+        "trainable_token_indices": trainable_token_indices, "use_bdlora": None, "use_dora": False, "use_qalora": False,
         "use_rslora": config.use_rslora, "velora_config": None,
     }
     return dict(sorted(d.items()))
@@ -106,7 +111,8 @@ def save_lora_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | 
     state = lora_state_dict(model)
     if not state:
         raise AdapterError("the model has no LoRA layers to save; apply_lora() or load_adapter() it first")
-    return _write(out_dir, peft_config_dict(config, base_model_name_or_path), state)
+    state.update(token_rows_state_dict(model, PEFT_PREFIX))   # new-vocabulary rows, if any
+    return _write(out_dir, peft_config_dict(config, base_model_name_or_path, token_rows_config(model)), state)
 
 
 def save_prompt_tuning_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | None,
@@ -266,6 +272,7 @@ def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAC
 
     modules: dict[str, dict[str, torch.Tensor]] = {}
     bad = []
+    token_rows = {k: state.pop(k) for k in [k for k in state if k.endswith("." + DELTA_KEY)]}
     for key, tensor in state.items():
         m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.(lora_A|lora_B)(?:\.default)?\.weight", key)
         if m is None:
@@ -313,7 +320,41 @@ def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAC
             layer = model.get_submodule(name)
             layer.lora_A.weight.copy_(modules[name]["lora_A"])
             layer.lora_B.weight.copy_(modules[name]["lora_B"])
+    if token_rows or raw.get("trainable_token_indices"):
+        _load_token_rows(model, raw, token_rows, adapter_dir / CONFIG_FILE, weights_path)
     return config
+
+
+def _load_token_rows(model: nn.Module, raw: dict, rows: dict[str, torch.Tensor], config_path: Path,
+                     weights_path: Path) -> None:
+    """Apply PEFT's ``trainable_token_indices`` (embedding rows trained beside the adapter)."""
+    indices = raw.get("trainable_token_indices")
+    if isinstance(indices, dict):
+        if len(indices) != 1:
+            raise AdapterError(f"{config_path}: trainable_token_indices names {sorted(indices)}; acculturate "
+                               "loads rows of one layer, the input embedding")
+        (layer_name, ids), = indices.items()
+    else:
+        layer_name, ids = None, indices
+    embed_path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    if layer_name is not None and not (embed_path == layer_name or embed_path.endswith("." + layer_name)):
+        raise AdapterError(f"{config_path}: trainable_token_indices names {layer_name!r}, which is not the "
+                           f"model's input embedding ({embed_path})")
+    key = f"{PEFT_PREFIX}{embed_path}.{DELTA_KEY}"
+    if set(rows) != {key}:
+        raise AdapterError(f"{weights_path}: expected the token rows under {key}, got {_sample(rows) or 'none'}")
+    if not isinstance(ids, list) or tuple(rows[key].shape) != (len(ids), model.get_input_embeddings().weight.shape[1]):
+        raise AdapterError(f"{weights_path}: {key} has shape {tuple(rows[key].shape)}, expected "
+                           f"({len(ids) if isinstance(ids, list) else '?'}, hidden size) for trainable_token_indices")
+    if ids != sorted(set(ids)):
+        order = sorted(range(len(ids)), key=lambda i: ids[i])
+        ids, rows[key] = [ids[i] for i in order], rows[key][order]
+    try:
+        layer = apply_token_rows(model, ids)
+    except ValueError as e:
+        raise AdapterError(f"{config_path}: trainable_token_indices: {e} (is the base the extended model?)") from None
+    with torch.no_grad():
+        layer.rows.copy_(rows[key])
 
 
 def load_prompt_tuning_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> PromptTuningConfig:

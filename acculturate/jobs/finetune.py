@@ -15,9 +15,11 @@ from acculturate.adapters import LoRAConfig, PromptTuningConfig, export_merged, 
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, tokenize_examples, train_test_split
 from acculturate.io import write_json, write_text
+from acculturate.jobs import cpt
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import DEFAULT_MODEL, LoadedModel, load
 from acculturate.train import TrainConfig, TrainResult, train
+from acculturate.train.regularizers import ForgettingConfig, Objective, frozen_reference
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,16 @@ class DataConfig:
     stratify: str | None = None       # a meta field to stratify the split by (e.g. 'country')
     seed: int = 0                     # split and sampling seed
     skip_invalid: bool = False        # skip malformed rows (counted) instead of stopping
+    kind: str = "examples"            # 'examples' (instructions/chat: loss on responses) or 'text' (raw
+                                      # text, continued pre-training: packed rows of max_length, loss on every token)
+    text_packing: str = "stream"      # text: 'stream' (concatenate + cut) or 'document' (see data/text.py)
+    group_by: str | None = None       # examples: a meta field naming each example's group (group DRO)
 
     def __post_init__(self):
+        if self.kind not in cpt.KINDS:
+            raise ValueError(f"kind: expected one of {list(cpt.KINDS)}, got {self.kind!r}")
+        if self.text_packing not in ("stream", "document"):
+            raise ValueError(f"text_packing: expected 'stream' or 'document', got {self.text_packing!r}")
         if self.template not in ("chat", "alpaca"):
             raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -62,6 +72,9 @@ class MethodConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)   # 'lora' and 'qlora'
     head_blocks: int = 0   # 'head': also train the last N transformer blocks (0: only the output head)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)   # 'prompt_tuning'
+    # lora/qlora on a model from `acculturate tokenizer extend`: also train the added tokens' embedding
+    # rows (saved in the adapter as PEFT's trainable_token_indices). full/head train them anyway.
+    train_new_tokens: bool = True
 
     def __post_init__(self):
         from acculturate.adapters import METHODS
@@ -81,6 +94,14 @@ class FinetuneConfig:
         sources=[DataSource(path="shipped:instructions/instruction-data.json")]))
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Specialise without forgetting: KL to the base, general-data mixing, group DRO (off by default),
+    # and the general data they use and the report measures.
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    general: cpt.GeneralConfig = field(default_factory=cpt.GeneralConfig)
+
+    def __post_init__(self):
+        if self.forgetting.group_dro and self.train.packing:
+            raise ValueError("forgetting.group_dro: needs train.packing false (a packed row mixes groups)")
 
 
 @dataclass
@@ -125,14 +146,43 @@ def check_run_dir(out: Path, config, overwrite: bool) -> None:
 
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
-                      datasets: Datasets, out: Path, resume: bool) -> tuple[dict, TrainResult]:
+                      datasets: Datasets, out: Path, resume: bool, forgetting: ForgettingConfig | None = None,
+                      general_features: list[dict] | None = None) -> tuple[dict, TrainResult]:
+    reference = None
+    if forgetting is not None and forgetting.kl_weight > 0 and method.name not in ("lora", "qlora"):
+        reference = frozen_reference(loaded.model)   # no adapter to switch off: keep a frozen base copy
     summary = prepare_model(loaded.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
                             prompt_tuning=method.prompt_tuning, tokenizer=loaded.tokenizer)
+    summary = _train_new_token_rows(loaded, method, summary)
+    objective = None
+    if forgetting is not None and forgetting.active:
+        if forgetting.group_dro and train_cfg.packing:   # FinetuneConfig checks this at load too
+            raise ConfigError("forgetting.group_dro: needs train.packing false (a packed row mixes groups)")
+        groups = list(dict.fromkeys(f["group"] for f in datasets.train_features if "group" in f))
+        objective = Objective(forgetting, general_features or [], groups, reference=reference,
+                              max_length=train_cfg.max_length, seed=train_cfg.seed,
+                              pad_id=loaded.tokenizer.pad_token_id)
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", method.name,
              f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     result = train(loaded.model, datasets.train_features, datasets.test_features or None, train_cfg,
-                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id)
+                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id, objective=objective)
     return summary, result
+
+
+def _train_new_token_rows(loaded: LoadedModel, method: MethodConfig, summary: dict) -> dict:
+    """LoRA/QLoRA on a vocabulary-extended model: make the added tokens' rows trainable."""
+    from acculturate.adapters import count_parameters
+    from acculturate.adapters.token_rows import apply_token_rows
+    from acculturate.models.vocab import read_new_token_ids
+
+    new_ids = read_new_token_ids(loaded.path)
+    if not (new_ids and method.train_new_tokens and method.name in ("lora", "qlora")):
+        return summary
+    apply_token_rows(loaded.model, new_ids)
+    trainable, total = count_parameters(loaded.model)
+    log.info("training the %d added tokens' embedding rows beside the adapter", len(new_ids))
+    return {**summary, "trainable": trainable, "total": total, "new_token_rows": len(new_ids),
+            "percent": round(100.0 * trainable / total, 4)}
 
 
 def save_trained(loaded: LoadedModel, method: MethodConfig, out: Path, base_name: str) -> Path:
@@ -155,18 +205,66 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
     check_run_dir(out, config, overwrite)
     write_json(out / "config.json", to_dict(config))
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
+    if config.data.kind == "text":
+        try:
+            train_ex, test_ex, train_f, test_f = cpt.text_datasets(config.data, loaded.tokenizer,
+                                                                   config.data.max_length, base_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        datasets = Datasets(train_ex, test_ex, train_f, test_f)
+    else:
+        datasets = _example_datasets(config, loaded, base_dir)
+    train_ex, test_ex = datasets.train_examples, datasets.test_examples
+    report = config.general.report
+    if report is None:
+        report = config.data.kind == "text" or config.forgetting.active
+    general = None
+    if report or config.forgetting.needs_general:
+        general = cpt.general_data(config.general, loaded.tokenizer, seed=config.data.seed, base_dir=base_dir)
+    text_docs = (test_ex, train_ex) if config.data.kind == "text" else ([], [])
+    text_test = datasets.test_features if config.data.kind == "text" else []
+
+    reference: dict = {}   # the untrained model's general log-probs, for the KL in the report
+
+    def measure() -> dict:
+        return cpt.measure(loaded, config.train, text_test, *text_docs, general if report else None,
+                           config.general, reference)
+
+    before = measure() if report else {}
+    summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume,
+                                        forgetting=config.forgetting,
+                                        general_features=general.train_features if general else None)
+    after = measure() if report else {}
+    saved = save_trained(loaded, config.method, out, config.model.name)
+    metrics = {"method": config.method.name, "parameters": summary, "train": to_dict(result),
+               "saved": str(saved), "train_examples": len(train_ex), "test_examples": len(test_ex)}
+    if report:
+        metrics.update(data_kind=config.data.kind, before=before, after=after)
+    write_json(out / "metrics.json", metrics)
+    readme = f"# {config.name}\n\nSaved: `{saved}`\n\nSee metrics.json.\n"
+    if report:
+        readme = cpt.render_report(config.name, config.method.name, before, after, metrics["train"])
+        readme += f"\nSaved: `{saved}`. All numbers: metrics.json.\n"
+        write_text(out / "report.md", readme)
+    write_text(out / "README.md", readme)
+    return metrics
+
+
+def _example_datasets(config: FinetuneConfig, loaded: LoadedModel, base_dir: Path | None) -> Datasets:
     examples = [ex for src in config.data.sources
                 for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
                                       base_dir=base_dir)]
     if not examples:
         raise ConfigError("data.sources: no examples were read")
     train_ex, test_ex = split_examples(examples, config.data)
-    datasets = Datasets(train_ex, test_ex, tokenize(train_ex, loaded.tokenizer, config.data),
+    if not config.data.group_by:
+        return Datasets(train_ex, test_ex, tokenize(train_ex, loaded.tokenizer, config.data),
                         tokenize(test_ex, loaded.tokenizer, config.data))
-    summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume)
-    saved = save_trained(loaded, config.method, out, config.model.name)
-    metrics = {"method": config.method.name, "parameters": summary, "train": to_dict(result),
-               "saved": str(saved), "train_examples": len(train_ex), "test_examples": len(test_ex)}
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "README.md", f"# {config.name}\n\nSaved: `{saved}`\n\nSee metrics.json.\n")
-    return metrics
+    features, dropped = [], []
+    for exs in (train_ex, test_ex):
+        lost: list[int] = []
+        feats = tokenize_examples(exs, loaded.tokenizer, config.data.template, config.data.max_length,
+                                  system=config.data.system, progress=bool(exs), dropped=lost)
+        cpt.attach_groups(exs, feats, config.data.group_by, lost)
+        features.append(feats)
+    return Datasets(train_ex, test_ex, *features)

@@ -21,6 +21,8 @@ class DataSource:
 
     ``path`` is a file (Alpaca JSON/JSONL, chat JSONL or CSV), ``shipped:<file under resources/data>``
     (e.g. ``shipped:instructions/instruction-data.json``), or ``blend`` for the shipped BLEnD questions.
+    For raw text (``data.kind: text``): a ``.txt``, ``.jsonl`` or ``.csv`` file, with
+    ``columns: {text: <JSONL key or CSV column>}`` (see :mod:`acculturate.data.text`).
     """
 
     path: str
@@ -28,6 +30,8 @@ class DataSource:
     columns: dict | None = None          # CSV: {"instruction": "<column>", "input": ..., "output": ...}
     countries: list[str] | None = None   # blend only: which countries (default: all)
     limit: int | None = None             # keep N examples, chosen by a seeded shuffle
+    group: str | None = None             # text data: the documents' group (language, region) for
+                                         # per-group perplexity and group DRO (default: CSV column or file stem)
 
     def __post_init__(self):
         if not self.path:

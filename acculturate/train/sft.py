@@ -146,7 +146,7 @@ def prepare_rows(features: Sequence[dict], config: TrainConfig) -> tuple[list[di
         if all(label == -100 for label in labels[1:]):   # label 0 is never a target (no context)
             dropped += 1
             continue
-        kept.append({"input_ids": ids, "labels": labels})
+        kept.append({"input_ids": ids, "labels": labels, **({"group": f["group"]} if "group" in f else {})})
     rows = pack_features(kept, config.max_length) if config.packing else kept
     return rows, dropped
 
@@ -160,7 +160,10 @@ def epoch_batches(rows: Sequence[dict], config: TrainConfig, epoch: int) -> list
 
 
 def collate(rows: Sequence[dict], config: TrainConfig, pad_id: int) -> dict[str, torch.Tensor]:
-    return packed_collate(rows, pad_id) if config.packing else pad_collate(rows, pad_id)
+    batch = packed_collate(rows, pad_id) if config.packing else pad_collate(rows, pad_id)
+    if not config.packing and any("group" in r for r in rows):   # for group DRO (train/regularizers.py)
+        batch["group"] = [r.get("group") for r in rows]
+    return batch
 
 
 @torch.no_grad()
@@ -211,7 +214,7 @@ def _mixed_precision(model: torch.nn.Module, params: list[torch.nn.Parameter]) -
 
 def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features: Sequence[dict] | None,
           config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pad_id: int,
-          device: str | torch.device | None = None, progress: bool = True) -> TrainResult:
+          device: str | torch.device | None = None, progress: bool = True, objective=None) -> TrainResult:
     """Fine-tune the parameters of ``model`` that require grad on ``train_features``.
 
     AdamW, linear warm-up then cosine decay, gradient accumulation (the loss of a step is the sum
@@ -228,6 +231,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         pad_id: token id used for padding.
         device: move the model there first (default: where its parameters are).
         progress: show a tqdm bar with loss and LR.
+        objective: a :class:`acculturate.train.regularizers.Objective` (KL to the base, general-data
+            mixing, group DRO) that computes each micro-batch's loss instead; None: plain cross-entropy.
     Returns:
         :class:`TrainResult`. The model is left in eval mode on ``device``, its trainable
         parameters in the model's original dtype.
@@ -274,6 +279,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             raise ValueError(f"cannot resume from {found}: the training features differ from the run "
                              f"that wrote it (data hash {ckpt.progress['data']} vs {data_hash})")
         start_step, window, history = ckpt.progress["step"], ckpt.progress["window"], ckpt.metrics
+        if objective is not None:
+            objective.load_state_dict(ckpt.progress.get("objective"))
         log.info("resuming from %s at step %d of %d", found, start_step, total_steps)
     else:
         torch.manual_seed(config.seed)
@@ -283,6 +290,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         epoch, done = divmod(step, steps_per_epoch)
         progress_state = {"step": step, "epoch": epoch, "micro_batch": done * config.grad_accum,
                           "total_steps": total_steps, "window": window, "data": data_hash}
+        if objective is not None:
+            progress_state["objective"] = objective.state_dict()
         save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                         progress=progress_state, config=asdict(config), metrics=history)
 
@@ -305,9 +314,14 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             lr = scheduler.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for batch in group:
-                s, _ = loss_sum(model, batch, device, amp_dtype)
-                (s / n_targets).backward()
+            if objective is not None:
+                objective.start_step(step, [[rows[i] for i in idx] for idx in group_idx])
+            for micro, batch in enumerate(group):
+                if objective is None:
+                    s, _ = loss_sum(model, batch, device, amp_dtype)
+                    (s / n_targets).backward()
+                else:   # regularised loss; returns the plain loss sum for the log
+                    s = objective.backward(model, batch, n_targets, micro, len(group), device, amp_dtype)
                 step_loss += s.item()
             grad_norm = None
             if config.max_grad_norm:
@@ -334,6 +348,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                        "label_tokens_per_s": round(window_labels / (now - t_window), 2)}
                 if eval_loss is not None:
                     row["eval_loss"] = round(eval_loss, 6)
+                if objective is not None:
+                    row.update(objective.log_fields())
                 history.append(row)
                 append_jsonl(log_path, row)
                 tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
