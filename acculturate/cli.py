@@ -223,6 +223,23 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.tune import TuneConfig, run_tune
+
+    path = Path(args.config)
+    config = load_yaml(TuneConfig, path, args.set + ([f"study.n_trials={args.n_trials}"] if args.n_trials else []))
+    summary = run_tune(config, workers=args.workers, overwrite=args.restart, base_dir=path.parent)
+    print(Path(summary["files"]["trials"]).read_text())
+    final = summary["final"]
+    if "default" in final:
+        d, b = final["default"]["test"], final["best"]["test"]
+        print("held-apart test split: " + ", ".join(
+            f"{k} {d[k]:.4f} (default) -> {b[k]:.4f} (best)" for k in ("eval_loss", "accuracy") if k in d and k in b))
+    print("Results: " + ", ".join(f"{k} {v}" for k, v in summary["files"].items()))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from acculturate.config_loading import load_yaml
     from acculturate.jobs.evaluate import EvalConfig, rescore, run_eval
@@ -361,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set train.max_steps=5 --set 'methods=[{name: lora}]'")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) around a train config: best.yaml + report")
+    p.add_argument("config", help="YAML of TuneConfig fields, e.g. the shipped "
+                                  "acculturate/configs/tune/smollm2-135m_lora.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set study.storage=postgresql://host/db")
+    p.add_argument("--n-trials", type=int, default=None, help="trials to finish in all (study.n_trials)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the study (default: one per GPU, or 1 on CPU)")
+    p.add_argument("--restart", action="store_true", help="delete the study of this name and start over")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
     p.add_argument("--model", default="smollm2-135m")

@@ -97,6 +97,15 @@ def split_examples(examples: list[Example], data: DataConfig) -> tuple[list[Exam
     return train_test_split(examples, test_fraction=data.test_fraction, seed=data.seed, stratify=data.stratify)
 
 
+def read_sources(data: DataConfig, base_dir: Path | None = None) -> list[Example]:
+    """Every example of ``data.sources``, in order (each source's ``limit`` seeded by ``data.seed``)."""
+    examples = [ex for src in data.sources
+                for ex in read_source(src, seed=data.seed, skip_invalid=data.skip_invalid, base_dir=base_dir)]
+    if not examples:
+        raise ConfigError("data.sources: no examples were read")
+    return examples
+
+
 def tokenize(examples: list[Example], tokenizer, data: DataConfig) -> list[dict]:
     return tokenize_examples(examples, tokenizer, data.template, data.max_length, system=data.system,
                              progress=bool(examples))
@@ -125,13 +134,13 @@ def check_run_dir(out: Path, config, overwrite: bool) -> None:
 
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
-                      datasets: Datasets, out: Path, resume: bool) -> tuple[dict, TrainResult]:
+                      datasets: Datasets, out: Path, resume: bool, on_eval=None) -> tuple[dict, TrainResult]:
     summary = prepare_model(loaded.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
                             prompt_tuning=method.prompt_tuning, tokenizer=loaded.tokenizer)
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", method.name,
              f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     result = train(loaded.model, datasets.train_features, datasets.test_features or None, train_cfg,
-                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id)
+                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id, on_eval=on_eval)
     return summary, result
 
 
@@ -155,11 +164,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
     check_run_dir(out, config, overwrite)
     write_json(out / "config.json", to_dict(config))
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
-    examples = [ex for src in config.data.sources
-                for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
-                                      base_dir=base_dir)]
-    if not examples:
-        raise ConfigError("data.sources: no examples were read")
+    examples = read_sources(config.data, base_dir)
     train_ex, test_ex = split_examples(examples, config.data)
     datasets = Datasets(train_ex, test_ex, tokenize(train_ex, loaded.tokenizer, config.data),
                         tokenize(test_ex, loaded.tokenizer, config.data))

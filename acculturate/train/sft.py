@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -211,7 +211,8 @@ def _mixed_precision(model: torch.nn.Module, params: list[torch.nn.Parameter]) -
 
 def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features: Sequence[dict] | None,
           config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pad_id: int,
-          device: str | torch.device | None = None, progress: bool = True) -> TrainResult:
+          device: str | torch.device | None = None, progress: bool = True,
+          on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
     """Fine-tune the parameters of ``model`` that require grad on ``train_features``.
 
     AdamW, linear warm-up then cosine decay, gradient accumulation (the loss of a step is the sum
@@ -228,6 +229,9 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         pad_id: token id used for padding.
         device: move the model there first (default: where its parameters are).
         progress: show a tqdm bar with loss and LR.
+        on_eval: called as ``on_eval(step, eval_loss)`` after each periodic eval (``eval_every``),
+            once its row is logged; an exception it raises stops the run (hyperparameter search
+            prunes a trial this way, see :mod:`acculturate.train.hpo`).
     Returns:
         :class:`TrainResult`. The model is left in eval mode on ``device``, its trainable
         parameters in the model's original dtype.
@@ -340,6 +344,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                 window = {"loss": 0.0, "targets": 0, "steps": 0}
                 window_tokens = window_labels = 0
                 t_window = now
+            if eval_loss is not None and on_eval is not None:
+                on_eval(done, eval_loss)
             if config.save_every and done % config.save_every == 0 and done < total_steps:
                 checkpoint(done)
         bar.close()
