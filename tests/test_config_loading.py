@@ -79,6 +79,8 @@ def config_classes() -> dict:
         classes["compare"] = CompareConfig
     except ImportError:
         pass
+    from acculturate.jobs.tune import TuneConfig
+    classes["tune"] = TuneConfig
     return classes
 
 

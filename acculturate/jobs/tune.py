@@ -312,7 +312,7 @@ def storage_url(config: TuneConfig, run: Path) -> str:
 def open_study(config: TuneConfig, run: Path, worker: int = 0):
     """Create or load the study (the same call in every worker); quiet about experimental features."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = storage_url(config, run)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -320,8 +320,8 @@ def open_study(config: TuneConfig, run: Path, worker: int = 0):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=config.study.heartbeat_s,
                              grace_period=3 * config.study.heartbeat_s,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=2,
-                                                                            inherit_intermediate_values=True))
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                 max_retry=2, inherit_intermediate_values=True))
         # constant_liar: a running trial counts as a bad result, so parallel workers spread out
         sampler = optuna.samplers.TPESampler(seed=config.study.seed + worker, constant_liar=True,
                                              n_startup_trials=config.study.startup_trials)
