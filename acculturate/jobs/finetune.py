@@ -135,6 +135,9 @@ def check_run_dir(out: Path, config, overwrite: bool) -> None:
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
                       datasets: Datasets, out: Path, resume: bool, on_eval=None) -> tuple[dict, TrainResult]:
+    import torch
+
+    torch.manual_seed(train_cfg.seed)   # the same adapter initialisation in every run and on every rank
     summary = prepare_model(loaded.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
                             prompt_tuning=method.prompt_tuning, tokenizer=loaded.tokenizer)
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", method.name,
@@ -157,18 +160,50 @@ def save_trained(loaded: LoadedModel, method: MethodConfig, out: Path, base_name
     return out / "model"
 
 
+def _unsharded(loaded: LoadedModel, method: MethodConfig, model: ModelConfig, main: bool) -> LoadedModel | None:
+    """After FSDP training: the trained weights gathered from every rank into a plain copy of the
+    model on rank 0 (None on the other ranks), which ``save_trained`` saves as usual."""
+    from acculturate.train.distributed import full_trainable_state
+
+    state = full_trainable_state(loaded.model)   # collective: every rank takes part
+    if not main:
+        return None
+    plain = load(model.name, device="cpu", dtype=model.dtype)
+    prepare_model(plain.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
+                  prompt_tuning=method.prompt_tuning, tokenizer=plain.tokenizer)
+    params = dict(plain.model.named_parameters())
+    for name, tensor in state.items():
+        params[name].data.copy_(tensor.to(params[name].dtype))
+    return plain
+
+
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
                  base_dir: Path | None = None) -> dict:
-    """Run ``acculturate train``; returns the metrics written to ``<run>/metrics.json``."""
+    """Run ``acculturate train``; returns the metrics written to ``<run>/metrics.json``.
+
+    Under ``torchrun`` every process runs this; they train together (``train.distributed``: DDP or
+    FSDP2) and rank 0 alone writes the run folder."""
+    from acculturate.train import distributed
+
+    rank = 0
+    if distributed.world_size_from_env() > 1:
+        rank, _, device = distributed.init_from_env()
+        config.model.device = str(device)
     out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    if rank == 0:
+        check_run_dir(out, config, overwrite)
+        write_json(out / "config.json", to_dict(config))
+    distributed.Parallel(rank=rank, world=distributed.world_size_from_env()).barrier()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     examples = read_sources(config.data, base_dir)
     train_ex, test_ex = split_examples(examples, config.data)
     datasets = Datasets(train_ex, test_ex, tokenize(train_ex, loaded.tokenizer, config.data),
                         tokenize(test_ex, loaded.tokenizer, config.data))
     summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume)
+    if distributed.world_size_from_env() > 1 and config.train.distributed == "fsdp":
+        loaded = _unsharded(loaded, config.method, config.model, rank == 0)
+    if rank != 0:
+        return {"rank": rank, "train": to_dict(result)}
     saved = save_trained(loaded, config.method, out, config.model.name)
     metrics = {"method": config.method.name, "parameters": summary, "train": to_dict(result),
                "saved": str(saved), "train_examples": len(train_ex), "test_examples": len(test_ex)}
