@@ -370,9 +370,10 @@ def run_worker(config: TuneConfig, run: Path, worker: int = 0, *, base_dir: Path
     data = None
     ran = 0
     while True:
-        waiting = _count(study, TrialState.WAITING)
-        taken = _count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        if not waiting and taken >= config.study.n_trials:
+        finished = _count(study, TrialState.COMPLETE, TrialState.PRUNED)
+        running = _count(study, TrialState.RUNNING)
+        waiting = _count(study, TrialState.WAITING)   # the default trial, or re-runs of killed ones
+        if finished >= config.study.n_trials or (not waiting and finished + running >= config.study.n_trials):
             return ran
         if data is None:   # tokenize once per worker (the tokenizer is the base model's)
             data = tune_data(config, load(config.base.model.name, device="cpu").tokenizer, base_dir)

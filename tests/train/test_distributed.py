@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).with_name("distributed_script.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -67,3 +68,35 @@ def test_checkpoint_saved_by_two_fsdp_processes_resumes_in_one(single_run, tiny_
     resumed = _history(tmp_path, 1)
     assert resumed["resumed_from_step"] == 2
     _close(single_run, resumed["history"])             # as if never interrupted, on one process
+
+
+def test_acculturate_train_under_torchrun_saves_what_one_process_saves(tiny_model_dir, tmp_path):
+    """The whole `acculturate train` job with FSDP2 LoRA on 2 processes: rank 0 writes the run folder,
+    and the adapter (gathered from the shards) equals the one a single process trains."""
+    from safetensors.torch import load_file
+
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.finetune import FinetuneConfig, run_finetune
+
+    cfg = {"name": "dist", "output_dir": str(tmp_path / "two"), "model": {"name": str(tiny_model_dir)},
+           "data": {"sources": [{"path": "blend", "countries": ["UK"], "limit": 24}], "max_length": 48,
+                    "test_fraction": 0.25},
+           "method": {"name": "lora", "lora": {"r": 2, "alpha": 4, "dropout": 0.0}},
+           "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "save_every": 2, "log_every": 1,
+                     "max_length": 48, "distributed": "fsdp"}}
+    path = tmp_path / "ft.yaml"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "acculturate", "train", str(path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained lora") == 1                     # rank 0 reports
+    one = run_finetune(load_yaml(FinetuneConfig, path, [f"output_dir={tmp_path / 'one'}"]))
+    two = json.loads((tmp_path / "two" / "dist" / "metrics.json").read_text())
+    assert two["train"]["train_loss"] == pytest.approx(one["train"]["train_loss"], rel=1e-5)
+    a = load_file(str(tmp_path / "two" / "dist" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "dist" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(t.abs().sum() > 0 for k, t in b.items() if "lora_B" in k)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
