@@ -44,9 +44,10 @@ from typing import Any
 from acculturate.config_loading import ConfigError, from_dict, to_dict
 from acculturate.data import Example, train_test_split
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import (Datasets, FinetuneConfig, check_run_dir, prepare_and_train, read_sources,
+from acculturate.jobs.finetune import (Datasets, FinetuneConfig, MethodConfig, check_run_dir, prepare_and_train, read_sources,
                                        run_dir, save_trained, split_examples, tokenize)
 from acculturate.jobs.sources import SHIPPED_PREFIX, resolve_path
+from acculturate.train import TrainConfig
 from acculturate.train.hpo import Param, assign_devices, default_workers, pruning_hook, suggest, visible_gpus
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,10 @@ class TuneConfig:
             if not key.startswith(SEARCHABLE):
                 raise ConfigError(f"search.{key}: only train.* and method.* fields can be searched (the data "
                                   f"split and the model stay fixed so every trial is scored on the same examples)")
-            for value in param.values():
+            section, cls = (("train", TrainConfig) if key.startswith("train.") else ("method", MethodConfig))
+            for value in param.values():   # only the searched section is rebuilt: the data is left alone
                 try:
-                    from_dict(FinetuneConfig, _set(base, key, value))
+                    from_dict(cls, _set(base, key, value)[section], section)
                 except ConfigError as e:
                     raise ConfigError(f"search.{key}: the value {value!r} does not make a valid train config: {e}") from None
             if self.study.include_default and not param.contains(_get(base, key)):
