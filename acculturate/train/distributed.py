@@ -130,7 +130,10 @@ def setup(model: torch.nn.Module, strategy: str = "ddp", device: torch.device | 
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # broadcast_buffers=False: buffers (rotary tables, QLoRA's NF4 weights) are the same on every
+        # rank by construction; re-sending them before every forward would move the whole 4-bit base.
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)
         return Parallel(rank, world, "ddp", wrapped, model)
     _fully_shard(model, device)
     return Parallel(rank, world, "fsdp", model, model)
