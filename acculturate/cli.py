@@ -85,16 +85,38 @@ def cmd_train(args) -> int:
     from acculturate.config_loading import load_yaml
     from acculturate.jobs.finetune import FinetuneConfig, run_finetune
 
+    if args.gpus:
+        return _launch_torchrun(args.gpus)
     path = Path(args.config)
     config = load_yaml(FinetuneConfig, path, args.set)
     if args.skip_invalid:
         config.data.skip_invalid = True
     metrics = run_finetune(config, resume=args.resume, overwrite=args.restart, base_dir=path.parent)
+    if "rank" in metrics:   # a non-zero rank under torchrun: rank 0 reports
+        return 0
     t = metrics["train"]
     print(f"\ntrained {config.method.name}: {t['steps']} steps, train loss {t['train_loss']:.4f}"
           + (f", eval loss {t['eval_loss']:.4f}" if t.get("eval_loss") is not None else ""))
     print(f"Saved: {metrics['saved']}")
     return 0
+
+
+def _launch_torchrun(gpus: int) -> int:
+    """`acculturate train --gpus N`: run this same command under torchrun, one process per GPU."""
+    import subprocess
+
+    import torch
+
+    if gpus > torch.cuda.device_count():
+        raise SystemExit(f"acculturate train: error: --gpus {gpus}, but {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"are visible (on CPU run `torchrun --nproc-per-node {gpus} -m acculturate train ...`, gloo)")
+    argv = sys.argv[1:]
+    rest = [a for i, a in enumerate(argv) if a != "--gpus" and not a.startswith("--gpus=")
+            and (i == 0 or argv[i - 1] != "--gpus")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+           "-m", "acculturate", *rest]
+    print("launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
 
 
 def _render(tokenizer, text: str, template: str, system: str | None) -> str:
@@ -220,6 +242,32 @@ def cmd_compare(args) -> int:
     summary = run_compare(config, overwrite=args.restart, base_dir=path.parent)
     print(Path(summary["files"]["table"]).read_text())
     print(f"Results: {summary['files']['table']}, {summary['files']['plot']}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from acculturate.config_loading import load_yaml
+    from acculturate.jobs.tune import TuneConfig, run_tune
+
+    path = Path(args.config)
+    config = load_yaml(TuneConfig, path, args.set + ([f"study.n_trials={args.n_trials}"] if args.n_trials else []))
+    summary = run_tune(config, workers=args.workers, overwrite=args.restart, base_dir=path.parent)
+    print(Path(summary["files"]["trials"]).read_text())
+    final = summary["final"]
+    if "default" in final:
+        d, b = final["default"]["test"], final["best"]["test"]
+        print("held-apart test split: " + ", ".join(
+            f"{k} {d[k]:.4f} (default) -> {b[k]:.4f} (best)" for k in ("eval_loss", "accuracy") if k in d and k in b))
+    print("Results: " + ", ".join(f"{k} {v}" for k, v in summary["files"].items()))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from acculturate.jobs.export import export_vllm
+
+    result = export_vllm(args.model, args.adapter, args.output, merge=args.merge, quantized_base=args.qlora,
+                         dtype=args.dtype)
+    print(f"exported ({result['layout']}) to {args.output}; serve it with:\n  {result['command']}")
     return 0
 
 
@@ -545,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed data rows (each reported, then counted) instead of stopping")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
+    p.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="train on N GPUs of this machine (launches torchrun; DDP, or FSDP2 with "
+                        "--set train.distributed=fsdp)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate from one prompt or a JSONL file of prompts")
@@ -592,6 +643,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set train.max_steps=5 --set 'methods=[{name: lora}]'")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) around a train config: best.yaml + report")
+    p.add_argument("config", help="YAML of TuneConfig fields, e.g. the shipped "
+                                  "acculturate/configs/tune/smollm2-135m_lora.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set study.storage=postgresql://host/db")
+    p.add_argument("--n-trials", type=int, default=None, help="trials to finish in all (study.n_trials)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the study (default: one per GPU, or 1 on CPU)")
+    p.add_argument("--restart", action="store_true", help="delete the study of this name and start over")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("export", help="write a folder vLLM serves directly (merged model, or base + LoRA adapters)")
+    p.add_argument("--format", required=True, choices=["vllm"])
+    p.add_argument("--output", required=True, help="the folder to write (replaced whole)")
+    p.add_argument("--model", default="smollm2-135m", help="base model, or a fine-tuned full/head model directory")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a LoRA adapter (repeatable): served by name with vLLM's --enable-lora")
+    p.add_argument("--merge", action="store_true", help="fuse the one adapter into the weights instead")
+    p.add_argument("--qlora", action="store_true", help="with --merge: the adapter was trained with QLoRA")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="exported weights dtype")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
     p.add_argument("--model", default="smollm2-135m")

@@ -85,6 +85,8 @@ def config_classes() -> dict:
         pass
     from acculturate.jobs.learn import LearnConfig
     classes["learn"] = LearnConfig
+    from acculturate.jobs.tune import TuneConfig
+    classes["tune"] = TuneConfig
     return classes
 
 

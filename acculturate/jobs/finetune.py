@@ -118,6 +118,15 @@ def split_examples(examples: list[Example], data: DataConfig) -> tuple[list[Exam
     return train_test_split(examples, test_fraction=data.test_fraction, seed=data.seed, stratify=data.stratify)
 
 
+def read_sources(data: DataConfig, base_dir: Path | None = None) -> list[Example]:
+    """Every example of ``data.sources``, in order (each source's ``limit`` seeded by ``data.seed``)."""
+    examples = [ex for src in data.sources
+                for ex in read_source(src, seed=data.seed, skip_invalid=data.skip_invalid, base_dir=base_dir)]
+    if not examples:
+        raise ConfigError("data.sources: no examples were read")
+    return examples
+
+
 def tokenize(examples: list[Example], tokenizer, data: DataConfig) -> list[dict]:
     return tokenize_examples(examples, tokenizer, data.template, data.max_length, system=data.system,
                              progress=bool(examples))
@@ -147,7 +156,10 @@ def check_run_dir(out: Path, config, overwrite: bool) -> None:
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
                       datasets: Datasets, out: Path, resume: bool, forgetting: ForgettingConfig | None = None,
-                      general_features: list[dict] | None = None) -> tuple[dict, TrainResult]:
+                      general_features: list[dict] | None = None, on_eval=None) -> tuple[dict, TrainResult]:
+    import torch
+
+    torch.manual_seed(train_cfg.seed)   # the same adapter initialisation in every run and on every rank
     reference = None
     if forgetting is not None and forgetting.kl_weight > 0 and method.name not in ("lora", "qlora"):
         reference = frozen_reference(loaded.model)   # no adapter to switch off: keep a frozen base copy
@@ -165,7 +177,8 @@ def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: Trai
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", method.name,
              f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     result = train(loaded.model, datasets.train_features, datasets.test_features or None, train_cfg,
-                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id, objective=objective)
+                   out / "train", resume=resume, pad_id=loaded.tokenizer.pad_token_id, objective=objective,
+                   on_eval=on_eval)
     return summary, result
 
 
@@ -198,12 +211,40 @@ def save_trained(loaded: LoadedModel, method: MethodConfig, out: Path, base_name
     return out / "model"
 
 
+def _unsharded(loaded: LoadedModel, method: MethodConfig, model: ModelConfig, main: bool) -> LoadedModel | None:
+    """After FSDP training: the trained weights gathered from every rank into a plain copy of the
+    model on rank 0 (None on the other ranks), which ``save_trained`` saves as usual."""
+    from acculturate.train.distributed import full_trainable_state
+
+    state = full_trainable_state(loaded.model)   # collective: every rank takes part
+    if not main:
+        return None
+    plain = load(model.name, device="cpu", dtype=model.dtype)
+    prepare_model(plain.model, method.name, lora=method.lora, head_blocks=method.head_blocks,
+                  prompt_tuning=method.prompt_tuning, tokenizer=plain.tokenizer)
+    params = dict(plain.model.named_parameters())
+    for name, tensor in state.items():
+        params[name].data.copy_(tensor.to(params[name].dtype))
+    return plain
+
+
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
                  base_dir: Path | None = None) -> dict:
-    """Run ``acculturate train``; returns the metrics written to ``<run>/metrics.json``."""
+    """Run ``acculturate train``; returns the metrics written to ``<run>/metrics.json``.
+
+    Under ``torchrun`` every process runs this; they train together (``train.distributed``: DDP or
+    FSDP2) and rank 0 alone writes the run folder."""
+    from acculturate.train import distributed
+
+    rank = 0
+    if distributed.world_size_from_env() > 1:
+        rank, _, device = distributed.init_from_env()
+        config.model.device = str(device)
     out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    if rank == 0:
+        check_run_dir(out, config, overwrite)
+        write_json(out / "config.json", to_dict(config))
+    distributed.Parallel(rank=rank, world=distributed.world_size_from_env()).barrier()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     if config.data.kind == "text":
         try:
@@ -230,10 +271,14 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
         return cpt.measure(loaded, config.train, text_test, *text_docs, general if report else None,
                            config.general, reference)
 
-    before = measure() if report else {}
+    before = measure() if report and rank == 0 else {}
     summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume,
                                         forgetting=config.forgetting,
                                         general_features=general.train_features if general else None)
+    if distributed.world_size_from_env() > 1 and config.train.distributed == "fsdp":
+        loaded = _unsharded(loaded, config.method, config.model, rank == 0)
+    if rank != 0:
+        return {"rank": rank, "train": to_dict(result)}
     after = measure() if report else {}
     saved = save_trained(loaded, config.method, out, config.model.name)
     metrics = {"method": config.method.name, "parameters": summary, "train": to_dict(result),
@@ -251,11 +296,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
 
 
 def _example_datasets(config: FinetuneConfig, loaded: LoadedModel, base_dir: Path | None) -> Datasets:
-    examples = [ex for src in config.data.sources
-                for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
-                                      base_dir=base_dir)]
-    if not examples:
-        raise ConfigError("data.sources: no examples were read")
+    examples = read_sources(config.data, base_dir)
     train_ex, test_ex = split_examples(examples, config.data)
     if not config.data.group_by:
         return Datasets(train_ex, test_ex, tokenize(train_ex, loaded.tokenizer, config.data),

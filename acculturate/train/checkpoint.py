@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from acculturate.io import atomic_dir, write_json
+from acculturate.train.distributed import (full_optimizer_state, full_trainable_state, shard_like,
+                                           shard_optimizer_state)
 
 WEIGHTS = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -73,7 +75,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, progress: dict, config: dict, metrics: list[dict]) -> Path:
+                    scheduler: Any, progress: dict, config: dict, metrics: list[dict], write: bool = True) -> Path:
     """Write a checkpoint directory at ``path`` atomically (replacing an older one).
 
     Args:
@@ -83,14 +85,20 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         progress: JSON-able position in training (step, epoch, batch...).
         config: JSON-able run config.
         metrics: the log rows so far.
+        write: False on the ranks of a distributed run other than 0 (they only help gather).
     Returns:
         ``path``.
     """
     path = Path(path)
-    weights = {name: p.detach().to("cpu").contiguous() for name, p in trainable_state(model).items()}
+    # Whole tensors whatever the sharding (FSDP gathers them: every rank calls this), so the
+    # layout does not depend on the number of processes that wrote it.
+    weights = full_trainable_state(model)
+    optimizer_state = full_optimizer_state(optimizer)
+    if not write:
+        return path
     with atomic_dir(path) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": capture_rng_state()}, tmp / TRAINER_STATE)
         write_json(tmp / STATE, {"progress": progress, "config": config, "metrics": metrics})
     return path
@@ -143,9 +151,10 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             if saved[name].shape != p.shape:
                 raise CheckpointError(f"checkpoint {path / WEIGHTS}: {name} has shape "
                                       f"{tuple(saved[name].shape)}, the model expects {tuple(p.shape)}")
-            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
+            p.copy_(shard_like(saved[name].to(device=p.device, dtype=p.dtype), p))
     trainer = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])   # moves state to the parameters' device
+    # moves state to the parameters' device (and shards it like them under FSDP)
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, trainer["optimizer"]))
     scheduler.load_state_dict(trainer["scheduler"])
     if restore_rng:
         restore_rng_state(trainer["rng"])

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from acculturate.data.batching import (check_feature, length_grouped_batches, pack_features,
                                        packed_collate, pad_collate, shuffled_batches)
 from acculturate.io import append_jsonl, write_jsonl
+from acculturate.train import distributed
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from acculturate.train.loss import count_targets, loss_sum
 from acculturate.train.memory import PeakMemory
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Fields that only change how often the loop reports or saves, not the weights it ends with: a
 # resumed run may change them. Any other field must match the checkpoint's.
-_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every"}
+_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed"}
 
 
 @dataclass
@@ -72,6 +73,9 @@ class TrainConfig:
     """Batch examples of similar length together to cut padding (without packing)."""
     max_length: int = 512
     """Tokens per example (longer ones are truncated) or per packed row."""
+    distributed: str = "ddp"
+    """Under torchrun (several processes): 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded
+    parameters, gradients and optimizer state). ``batch_size`` stays the global micro-batch."""
 
     def __post_init__(self):
         def fail(name, expected):
@@ -101,6 +105,8 @@ class TrainConfig:
         for name in ("packing", "group_by_length"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
+        if self.distributed not in distributed.STRATEGIES:
+            fail("distributed", f"one of {list(distributed.STRATEGIES)}")
 
 
 @dataclass
@@ -168,16 +174,21 @@ def collate(rows: Sequence[dict], config: TrainConfig, pad_id: int) -> dict[str,
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, rows: Sequence[dict], config: TrainConfig, pad_id: int,
-                  device: torch.device, amp_dtype: torch.dtype | None = None) -> float | None:
-    """Token-weighted mean loss over ``rows`` (in order), in eval mode; None if there are none."""
+                  device: torch.device, amp_dtype: torch.dtype | None = None,
+                  parallel: distributed.Parallel | None = None) -> float | None:
+    """Token-weighted mean loss over ``rows`` (in order), in eval mode; None if there are none.
+    Under ``parallel`` each rank scores its share of every batch and the sums are added up."""
     if not rows:
         return None
+    par = parallel or distributed.Parallel(model=model)
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     for start in range(0, len(rows), config.batch_size):
-        s, k = loss_sum(model, collate(rows[start:start + config.batch_size], config, pad_id), device, amp_dtype)
-        total, n = total + s.item(), n + k
+        idx, weight = par.shard(list(range(start, min(start + config.batch_size, len(rows)))))
+        s, k = loss_sum(par.model, collate([rows[i] for i in idx], config, pad_id), device, amp_dtype)
+        total, n = total + s.item() * weight, n + k * weight
+    total, n = par.all_sum(total), par.all_sum(n)
     model.train(was_training)
     return total / max(n, 1)
 
@@ -214,7 +225,8 @@ def _mixed_precision(model: torch.nn.Module, params: list[torch.nn.Parameter]) -
 
 def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features: Sequence[dict] | None,
           config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pad_id: int,
-          device: str | torch.device | None = None, progress: bool = True, objective=None) -> TrainResult:
+          device: str | torch.device | None = None, progress: bool = True, objective=None,
+          on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
     """Fine-tune the parameters of ``model`` that require grad on ``train_features``.
 
     AdamW, linear warm-up then cosine decay, gradient accumulation (the loss of a step is the sum
@@ -233,6 +245,9 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         progress: show a tqdm bar with loss and LR.
         objective: a :class:`acculturate.train.regularizers.Objective` (KL to the base, general-data
             mixing, group DRO) that computes each micro-batch's loss instead; None: plain cross-entropy.
+        on_eval: called as ``on_eval(step, eval_loss)`` after each periodic eval (``eval_every``),
+            once its row is logged; an exception it raises stops the run (hyperparameter search
+            prunes a trial this way, see :mod:`acculturate.train.hpo`).
     Returns:
         :class:`TrainResult`. The model is left in eval mode on ``device``, its trainable
         parameters in the model's original dtype.
@@ -245,6 +260,13 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         raise ValueError("train: no parameter of the model requires grad (prepare it first: full, head or lora)")
     model_dtype = next(model.parameters()).dtype
     amp_dtype = _mixed_precision(model, params)
+    # Under torchrun: DDP/FSDP2 wrapping, this rank's share of each batch, sums over ranks.
+    par = distributed.setup(model, config.distributed, device)
+    params = [p for p in model.parameters() if p.requires_grad]   # FSDP2 replaced them with shards
+    progress = progress and par.is_main
+    if objective is not None and par.world > 1:
+        raise ValueError("train: the forgetting controls (KL to the base, general-data mixing, group DRO) "
+                         "run in one process only; launch without torchrun/--gpus or turn them off")
 
     rows, dropped = prepare_rows(train_features, config)
     if not rows:
@@ -284,7 +306,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         log.info("resuming from %s at step %d of %d", found, start_step, total_steps)
     else:
         torch.manual_seed(config.seed)
-    write_jsonl(log_path, history)   # drops rows a killed run logged after its last checkpoint
+    if par.is_main:
+        write_jsonl(log_path, history)   # drops rows a killed run logged after its last checkpoint
 
     def checkpoint(step: int) -> None:
         epoch, done = divmod(step, steps_per_epoch)
@@ -293,7 +316,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         if objective is not None:
             progress_state["objective"] = objective.state_dict()
         save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                        progress=progress_state, config=asdict(config), metrics=history)
+                        progress=progress_state, config=asdict(config), metrics=history, write=par.is_main)
 
     tokens_seen = labels_seen = 0
     last_train_loss = None
@@ -308,24 +331,28 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             if epoch != batches_epoch:
                 batches, batches_epoch = epoch_batches(rows, config, epoch), epoch
             group_idx = batches[k * config.grad_accum:(k + 1) * config.grad_accum]
-            group = [collate([rows[i] for i in idx], config, pad_id) for idx in group_idx]
+            shards = [par.shard(idx) for idx in group_idx]   # one process: (idx, 1.0)
+            group = [collate([rows[i] for i in idx], config, pad_id) for idx, _ in shards]
             window_tokens += sum(len(rows[i]["input_ids"]) for idx in group_idx for i in idx)
-            n_targets = sum(count_targets(b) for b in group)
+            n_targets = int(par.all_sum(sum(count_targets(b) * w for b, (_, w) in zip(group, shards))))
             lr = scheduler.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             if objective is not None:
                 objective.start_step(step, [[rows[i] for i in idx] for idx in group_idx])
-            for micro, batch in enumerate(group):
+            for j, (batch, (_, weight)) in enumerate(zip(group, shards)):
                 if objective is None:
-                    s, _ = loss_sum(model, batch, device, amp_dtype)
-                    (s / n_targets).backward()
-                else:   # regularised loss; returns the plain loss sum for the log
-                    s = objective.backward(model, batch, n_targets, micro, len(group), device, amp_dtype)
-                step_loss += s.item()
+                    with par.no_sync(last=j == len(group) - 1):
+                        s, _ = loss_sum(par.model, batch, device, amp_dtype)
+                        (s * (weight * par.grad_scale) / n_targets).backward()
+                else:   # regularised loss (one process only, checked above); returns the plain loss sum
+                    s = objective.backward(model, batch, n_targets, j, len(group), device, amp_dtype)
+                step_loss += s.item() * weight
+            step_loss = par.all_sum(step_loss)
             grad_norm = None
             if config.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                grad_norm = float(distributed.full_tensor(norm))
             optimizer.step()
             scheduler.step()
             window["loss"] += step_loss
@@ -338,7 +365,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             done = step + 1
             eval_loss = None
             if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-                eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype)
+                eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
             if done % config.log_every == 0 or done == total_steps or eval_loss is not None:
                 now = time.perf_counter()
                 last_train_loss = window["loss"] / max(window["targets"], 1)
@@ -351,21 +378,25 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                 if objective is not None:
                     row.update(objective.log_fields())
                 history.append(row)
-                append_jsonl(log_path, row)
+                if par.is_main:
+                    append_jsonl(log_path, row)
                 tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
                 window = {"loss": 0.0, "targets": 0, "steps": 0}
                 window_tokens = window_labels = 0
                 t_window = now
+            if eval_loss is not None and on_eval is not None:
+                on_eval(done, eval_loss)
             if config.save_every and done % config.save_every == 0 and done < total_steps:
                 checkpoint(done)
         bar.close()
         if start_step < total_steps:
             checkpoint(total_steps)
-        final_eval = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype)
+        final_eval = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
     if final_eval is not None:   # logged after the final checkpoint: a resume at the end re-evaluates
         row = {"step": total_steps, "eval_loss": round(final_eval, 6)}
         history.append(row)
-        append_jsonl(log_path, row)
+        if par.is_main:
+            append_jsonl(log_path, row)
     wall = time.perf_counter() - t0
     if amp_dtype is not None:
         for p in params:

@@ -1,0 +1,135 @@
+"""`acculturate export --format vllm`: a folder vLLM serves as it is.
+
+Two layouts (``vllm serve`` reads both without conversion):
+
+- **merged** (``--merge``, or a model with no adapter): ``model/`` is a plain Hugging Face model
+  directory (``config.json``, ``model.safetensors``, tokenizer files), the LoRA update fused into the
+  weights: ``vllm serve OUT/model``.
+- **multi-LoRA** (the default with ``--adapter``): ``base/`` is the base model's HF directory and
+  ``adapters/<name>/`` one PEFT-format LoRA adapter each (``adapter_config.json`` +
+  ``adapter_model.safetensors``), served side by side from one copy of the base with
+  ``vllm serve OUT/base --enable-lora --max-lora-rank R --lora-modules name=OUT/adapters/name ...``;
+  a request picks an adapter by its name in the ``model`` field (vLLM's OpenAI-compatible API).
+
+Both get ``serve.sh`` (the exact command) and ``README.md``. Prompt-tuning adapters cannot be
+served by vLLM (they are not LoRA) and are refused; QLoRA adapters are served as LoRA over the full
+precision base (merge them with ``--merge --qlora`` to get exactly the weights they trained against).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import torch
+
+from acculturate.adapters import (AdapterError, export_merged, load_adapter, merge_lora, read_adapter_config)
+from acculturate.adapters.registry import parse_adapter_spec
+from acculturate.io import atomic_dir, write_text
+
+# vLLM's --max-lora-rank accepts these values (vllm/config/lora.py); the default is 16.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _load_fp32(model: str):
+    from acculturate.models import load
+
+    return load(model, device="cpu", dtype="fp32")   # merge in fp32: the merge itself adds no rounding
+
+
+def _save_model(model, tokenizer, out: Path, dtype: torch.dtype) -> Path:
+    model.to(dtype)
+    return export_merged(model, tokenizer, out)   # no LoRA left: saves the model and tokenizer as they are
+
+
+def _max_lora_rank(ranks: list[int]) -> int:
+    need = max(ranks)
+    return next((r for r in VLLM_LORA_RANKS if r >= need), need)
+
+
+def export_vllm(model: str, adapters: list[str], output: str | Path, *, merge: bool = False,
+                quantized_base: bool = False, dtype: str = "bf16") -> dict:
+    """Write a vLLM-ready folder; returns ``{"layout", "command", "files"}``.
+
+    Args:
+        model: the base model (anything :func:`acculturate.models.load` takes), or a fine-tuned
+            full/head model directory.
+        adapters: ``[NAME=]DIR`` LoRA adapter specs (PEFT format, ours or PEFT's).
+        output: the folder to write (replaced whole).
+        merge: fuse the (single) adapter into the weights instead of serving it as a LoRA.
+        quantized_base: with ``merge``: the adapter was trained with QLoRA; merge into the
+            NF4-rounded weights it trained against.
+        dtype: weights dtype of the exported model: 'bf16' (vLLM's usual), 'fp16' or 'fp32'.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    specs = [parse_adapter_spec(s) for s in adapters]
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"adapter names must differ, got {names}")
+    configs = {}
+    for name, directory in specs:
+        raw_path = Path(directory) / "adapter_config.json"
+        raw = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
+        if raw.get("peft_type") not in (None, "LORA"):
+            raise AdapterError(f"{raw_path}: peft_type {raw.get('peft_type')!r}: vLLM serves LoRA adapters only")
+        configs[name] = read_adapter_config(directory)[0]   # validates the file (names the field)
+    if merge and len(specs) != 1:
+        raise ValueError(f"--merge fuses exactly one adapter into the weights, got {len(specs)}")
+    output = Path(output)
+    with atomic_dir(output) as tmp:
+        loaded = _load_fp32(model)
+        if merge or not specs:
+            if specs:
+                load_adapter(loaded.model, specs[0][1])
+                if quantized_base:
+                    from acculturate.adapters.qlora import quantize_lora_bases
+
+                    quantize_lora_bases(loaded.model)
+                merge_lora(loaded.model)
+            _save_model(loaded.model, loaded.tokenizer, tmp / "model", DTYPES[dtype])
+            layout, served = "merged", output / "model"
+            command = ["vllm", "serve", str(served), "--served-model-name", specs[0][0] if specs else "model",
+                       "--dtype", {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]]
+        else:
+            for name, directory in specs:   # each adapter must fit this base before it is exported
+                check = _load_fp32(model)
+                load_adapter(check.model, directory)
+                del check
+                target = tmp / "adapters" / name
+                target.mkdir(parents=True)
+                for f in ("adapter_config.json", "adapter_model.safetensors"):
+                    shutil.copy2(Path(directory) / f, target / f)
+            _save_model(loaded.model, loaded.tokenizer, tmp / "base", DTYPES[dtype])
+            layout, served = "multi-lora", output / "base"
+            command = ["vllm", "serve", str(served), "--dtype",
+                       {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype], "--enable-lora",
+                       "--max-lora-rank", str(_max_lora_rank([c.r for c in configs.values()])),
+                       "--max-loras", str(len(specs)), "--lora-modules",
+                       *[f"{name}={output / 'adapters' / name}" for name, _ in specs]]
+        cmd = " ".join(shlex.quote(c) for c in command)
+        write_text(tmp / "serve.sh", f"#!/usr/bin/env bash\n# Serve this export with vLLM (pip install vllm).\n"
+                                     f"exec {cmd} \"$@\"\n")
+        (tmp / "serve.sh").chmod(0o755)
+        write_text(tmp / "README.md", _readme(layout, cmd, names))
+    return {"layout": layout, "command": cmd, "files": sorted(str(p.relative_to(output)) for p in output.rglob("*")
+                                                              if p.is_file())}
+
+
+def _readme(layout: str, cmd: str, names: list[str]) -> str:
+    lines = ["# vLLM export (written by `acculturate export --format vllm`)", "", "Serve it:", "",
+             "```bash", cmd, "```", ""]
+    if layout == "multi-lora":
+        lines += [f"`base/` is the base model; `adapters/` holds {len(names)} LoRA adapter(s) in PEFT format: "
+                  + ", ".join(f"`{n}`" for n in names) + ". Pick one per request by name:", "",
+                  "```bash",
+                  "curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\",
+                  f"  -d '{{\"model\": \"{names[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+                  "```", "", "Requests naming the base model's path get the base model without an adapter.", ""]
+    else:
+        lines += ["`model/` is a plain Hugging Face model directory (the adapter, if any, merged into the weights).",
+                  ""]
+    return "\n".join(lines)
