@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from acculturate.data.batching import IGNORE_INDEX
+from acculturate.models.varlen import uses_varlen_attention, varlen_kwargs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # Above this many logits (targets x vocabulary) the loss is computed in chunks from the final
@@ -58,6 +59,8 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     if targets.numel() == 0:
         return torch.zeros((), device=device), 0
     inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+    if "position_ids" in inputs and "attention_mask" not in inputs and uses_varlen_attention(model):
+        inputs.update(varlen_kwargs(inputs["position_ids"]))   # packed rows: example boundaries
     amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
