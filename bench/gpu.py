@@ -21,7 +21,7 @@ hidden states through Liger's fused linear + cross-entropy), ``models.varlen`` f
 
 On the device machine (wheels carried in .whl/, see docs/benchmarks.md):
     python3 bench/gpu.py                 # every row, baseline and ours, then the table
-    python3 bench/gpu.py gen sc          # only some rows (names: see ROWS)
+    python3 bench/gpu.py gen sc          # only some rows (names: see ROWS); "gen:ours" skips its baseline
     python3 bench/gpu.py --table a.jsonl b.jsonl   # the table from saved results
 Each case runs in its own process (Liger patches classes globally; peak memory per case). Results
 go to $OUT/gpu.jsonl (one JSON line per case) as they come.
@@ -62,11 +62,12 @@ ROWS = {
     "1b-ckpt": ("1B LoRA, B8 S2048, checkpointing",
                 [["base", 1], ["base", 2]], [["train", "llama-1b", "lora", 8, 2048, "full"]]),
     "8b": ("8B LoRA, B4 S2048, checkpointing",
-           [["base", 4], ["base", 5]], [["train", "llama-8b", "lora", 4, 2048, "full"]]),
+           [["base", 4], ["base", 5]], [["train", "llama-8b", "lora", 4, 2048, "full"],
+                                         ["train", "llama-8b", "lora", 4, 2048, "full", "cudnn"]]),
     "8b-qlora": ("8B QLoRA (NF4), B4 S2048, checkpointing",
                  [["base", 6], ["base", 7]], [["train", "llama-8b", "qlora", 4, 2048, "full"]]),
-    "gen": ("generate, 1B, batch 1", [["base", 8]], [["gen", 1]]),
-    "gen32": ("generate, 1B, batch 32", [["base", 9]], [["gen", 32]]),
+    "gen": ("generate, 1B, batch 1", [["base", 8]], [["gen", 1], ["gen", 1, True], ["gen", 1, True, False]]),
+    "gen32": ("generate, 1B, batch 32", [["base", 9]], [["gen", 32], ["gen", 32, True], ["gen", 32, True, False]]),
     "sc": ("self-consistency k=8 vs 1 chain, 1B", [["sc", "hf"]], [["sc", "ours"]]),
     "packed": ("1B LoRA on real-length instruction data", [["packed", "hf"]], [["packed", "ours"]]),
 }
@@ -119,7 +120,7 @@ def _timed_steps(step, n_warmup: int, n_steps: int) -> float:
     return (time.perf_counter() - t) / n_steps
 
 
-def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str) -> dict:
+def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str = "default") -> dict:
     from acculturate.train.loss import loss_sum
 
     model, fused = build_ours(shape, mode)
@@ -137,10 +138,16 @@ def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str) -> dict:
         (total / n).backward()
         opt.step(); opt.zero_grad(set_to_none=True)
 
-    dt = _timed_steps(step, WARMUP, STEPS)
+    if attention == "cudnn":   # SDPA's cuDNN attention first (Hopper-tuned), FlashAttention-2 as fallback
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
+            dt = _timed_steps(step, WARMUP, STEPS)
+    else:
+        dt = _timed_steps(step, WARMUP, STEPS)
     n_lora = sum(p.numel() for p in params)
     tps = B * S / dt
     return dict(case="train", side="ours", shape=shape, mode=mode, gc=ckpt != "none", ckpt=ckpt, liger=fused,
+                attention=attention,
                 B=B, S=S, trainable=n_lora, tok_s=round(tps), step_s=round(dt, 4),
                 peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
                 mfu=round(tps * flops_per_token(SHAPES[shape], S, n_lora) / PEAK_FLOPS, 3))
@@ -156,23 +163,24 @@ def _random_model(shape: str):
         return LlamaForCausalLM(conf).to(torch.bfloat16).eval()
 
 
-def gen_ours(B: int) -> dict:
+def gen_ours(B: int, compiled: bool = False, kernels: bool = True) -> dict:
     from acculturate.decode.static import StaticDecoder
     from acculturate.models.kernels import use_fused_kernels
 
     model = _random_model("llama-1b")
-    fused = use_fused_kernels(model)
+    fused = use_fused_kernels(model) if kernels else False   # without: Inductor fuses the norms itself
     P, new = GEN["prompt"], GEN["new"]
     prompts = torch.randint(0, model.config.vocab_size, (B, P)).tolist()
-    decoder = StaticDecoder(model, B, P + new, temperature=GEN["temperature"], top_p=GEN["top_p"])
-    decoder.generate(prompts, 8)     # warm-up: captures the step's CUDA graph
+    decoder = StaticDecoder(model, B, P + new, temperature=GEN["temperature"], top_p=GEN["top_p"],
+                            compile=compiled)
+    decoder.generate(prompts, 8)     # warm-up: compiles (if asked) and captures the step's CUDA graph
     torch.cuda.synchronize(); t = time.perf_counter()
     out = decoder.generate(prompts, new)
     torch.cuda.synchronize(); dt = time.perf_counter() - t
     assert all(len(o) == new for o in out)
     tps = B * new / dt
     roof = 4.3e12 / weight_bytes(SHAPES["llama-1b"])   # tokens/s per row if only weights were read
-    return dict(case="generate", side="ours", shape="llama-1b", B=B, prompt=P, new=new, liger=fused,
+    return dict(case="generate", side="ours", shape="llama-1b", B=B, prompt=P, new=new, liger=fused, compiled=compiled,
                 tok_s=round(tps), step_ms=round(1000 * dt / new, 3),
                 roofline_frac=round(tps / B / roof, 3) if B == 1 else None)
 
@@ -366,7 +374,7 @@ def table(results: list[dict]) -> str:
         hf = pick("hf", preds[key])
         plain = next((r for r in hf if not r.get("liger")), None)
         liger = next((r for r in hf if r.get("liger")), None)
-        ours = next(iter(pick("ours", preds[key])), None)
+        ours = max(pick("ours", preds[key]), key=lambda r: r.get("tok_s") or 0, default=None)   # best variant
         if not (plain or liger or ours):
             continue
         tok = lambda r: r.get("tok_s") if r else None
@@ -376,8 +384,12 @@ def table(results: list[dict]) -> str:
         note = ""
         if key == "sc":
             note = " / ".join(f"{s}: k=8 takes {r['ratio']}x one chain" for s, r in (("HF", plain), ("ours", ours)) if r)
-        elif key == "gen" and ours and ours.get("roofline_frac"):
-            note = f"ours at {ours['roofline_frac']:.0%} of the weight-read roofline"
+        elif key in ("gen", "gen32") and ours:
+            how = ("compiled step" + (" + Liger" if ours.get("liger") else ", no Liger")) if ours.get("compiled") \
+                else "eager step + Liger"
+            note = f"ours: CUDA graph, {how}"
+            if ours.get("roofline_frac"):
+                note += f"; {ours['roofline_frac']:.0%} of the weight-read roofline"
         elif key == "packed":
             note = " / ".join(f"{s}: padding {r['padding_frac']:.0%}" for s, r in (("HF", plain), ("ours", ours)) if r)
         lines.append(f"| {label} | {fmt(tok(plain))} | {fmt(tok(liger))} | {fmt(tok(ours))} | {ratio(ours, plain)} | "
@@ -412,9 +424,10 @@ def main() -> None:
             sink.write(json.dumps(r) + "\n"); sink.flush()
 
     record(run_case(["env"], 120))
-    for name in names:
+    for name in names:   # "row:ours" runs only our side of a row
+        name, _, side = name.partition(":")
         label, base_cases, our_cases = ROWS[name]
-        for case in ([] if only_ours else base_cases) + our_cases:
+        for case in ([] if only_ours or side == "ours" else base_cases) + our_cases:
             left = budget - (time.perf_counter() - start)
             if left < 20:
                 record(dict(case=case, error="skipped: out of time in this call"))

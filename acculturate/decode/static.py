@@ -20,6 +20,7 @@ seeded row gets the same tokens here as there, up to float rounding of the logit
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -39,6 +40,30 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _apply_rope(q, k, cos, sin):
+    """Rotate-half RoPE; q (b, H, T, D), k (b, Hkv, T, D), cos/sin (b, T, D)."""
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _layer(layer, x, cos, sin, k_cache, v_cache, slots, mask, rope):
+    """One decoder layer over x (b, T, d), writing its keys/values into the cache (b, Hkv, S, D) at
+    ``slots``; ``mask`` as :func:`_attend` takes it."""
+    b, T, _ = x.shape
+    attn = layer.self_attn
+    n_kv, head_dim = k_cache.shape[1], k_cache.shape[-1]
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(b, T, -1, head_dim).transpose(1, 2)           # (b, H, T, D)
+    k = attn.k_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)         # (b, Hkv, T, D)
+    v = attn.v_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)
+    q, k = rope(q, k, cos, sin)
+    k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
+    v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
+    o = _attend(q, k_cache, v_cache, mask, attn.scaling)                  # (b, H, T, D)
+    x = x + attn.o_proj(o.transpose(1, 2).reshape(b, T, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
 class StaticDecoder:
     """Batched decoding of ``batch_size`` rows of at most ``max_length`` tokens (prompt + new).
 
@@ -49,10 +74,12 @@ class StaticDecoder:
         temperature, top_k, top_p: as in :class:`acculturate.decode.GenerationConfig`.
         cuda_graph: capture each step as a CUDA graph (default: whenever the model is on CUDA).
         check_every: on the graph path, steps replayed between host reads of the new tokens.
+        compile: ``torch.compile`` the decoding step's layer function (CUDA; costs a compilation).
     """
 
     def __init__(self, model, batch_size: int, max_length: int, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, cuda_graph: bool | None = None, check_every: int = 8):
+                 top_k: int = 0, top_p: float = 1.0, cuda_graph: bool | None = None, check_every: int = 8,
+                 compile: bool = False):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = base.config
         if getattr(config, "model_type", None) not in STATIC_MODEL_TYPES:
@@ -81,6 +108,12 @@ class StaticDecoder:
         self.uniforms = torch.zeros(max_length, batch_size, dtype=torch.float64, device=self.device)
         self.out = torch.zeros(batch_size, max_length, dtype=torch.long, device=self.device)  # (B, S)
         self.graph = None
+        # The model's own RoPE function (Liger's fused kernel once models.kernels patched it), else ours.
+        module = sys.modules.get(type(attn).__module__)
+        self.rope = getattr(module, "apply_rotary_pos_emb", None) or _apply_rope
+        # torch.compile the one-token layer step: Inductor fuses the small elementwise kernels between
+        # the matmuls (the graph then replays fewer, larger kernels). Prefill stays eager.
+        self._compiled_layer = torch.compile(_layer, dynamic=False) if compile else None
 
     # --- the model step -------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -90,26 +123,17 @@ class StaticDecoder:
         b, T = ids.shape
         x = self.decoder.embed_tokens(ids)                                   # (b, T, d)
         cos, sin = self.decoder.rotary_emb(x, positions)                     # (b, T, D) each
-        cos, sin = cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)  # (b, 1, T, D)
         # Key slot j is visible to the query in slot s when j <= s and j holds a real token; each
         # query also sees its own slot, so a padding query never has an all-masked row (NaN).
         slot_ids = torch.arange(self.max_length, device=self.device)
         causal = slot_ids[None, :] <= slots[:, None]                         # (T, S)
         mask = (self.valid[rows][:, None, None, :] & causal) | (slot_ids[None, :] == slots[:, None])  # (b, 1, T, S)
+        if T == 1:   # decoding: an additive fp32 bias, one row per (row, kv head), shared by the layers
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=self.device).masked_fill_(~mask, float("-inf"))
+            mask = bias.view(b, 1, -1).repeat_interleave(self.n_kv, dim=0)   # (b * Hkv, 1, S)
+        layer_fn = self._compiled_layer if (T == 1 and self._compiled_layer is not None) else _layer
         for i, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, T, -1, self.head_dim).transpose(1, 2)         # (b, H, T, D)
-            k = attn.k_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)  # (b, Hkv, T, D)
-            v = attn.v_proj(h).view(b, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            k_cache, v_cache = self.k[i, rows], self.v[i, rows]                       # (b, Hkv, S, D)
-            k_cache.index_copy_(2, slots, k.to(self.dtype))
-            v_cache.index_copy_(2, slots, v.to(self.dtype))
-            o = _attend(q, k_cache, v_cache, mask, attn.scaling)                      # (b, H, T, D)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, T, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = layer_fn(layer, x, cos, sin, self.k[i, rows], self.v[i, rows], slots, mask, self.rope)
         return self.head(self.decoder.norm(x[:, -1])).float()                         # (b, V)
 
     def _pick(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -262,16 +286,61 @@ class StaticDecoder:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of q (b, H, T, D) over the cache k/v (b, Hkv, S, D) with a bool mask (b, 1, T, S).
+    """Attention of q (b, H, T, D) over the cache k/v (b, Hkv, S, D).
 
-    One query per row (decoding) groups the H query heads by their kv head and uses two batched
-    matmuls, with no copy of the cache per query head; longer queries (prefill) use SDPA."""
+    Prefill (T > 1): SDPA with a bool ``mask`` (b, 1, T, S). Decoding (T = 1): ``mask`` is an
+    additive fp32 bias (b * Hkv, 1, S); the H query heads are grouped by their kv head, so two
+    batched matmuls read the cache once, with no copy of it per query head, and scores and softmax
+    stay in fp32 (as FlashAttention keeps them)."""
     b, H, T, D = q.shape
-    n_kv = k.shape[1]
+    n_kv, S = k.shape[1], k.shape[2]
     if T > 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=n_kv != H)
-    qg = q.reshape(b, n_kv, H // n_kv, D)                                   # (b, Hkv, rep, D)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale           # (b, Hkv, rep, S)
-    scores = scores.masked_fill(~mask[:, :, 0, None, :], float("-inf"))     # mask (b, 1, 1, S)
-    out = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)                # (b, Hkv, rep, D)
-    return out.reshape(b, H, 1, D)
+    qg = q.reshape(b * n_kv, H // n_kv, D)                                  # (b*Hkv, rep, D)
+    scores = torch.bmm(qg, k.reshape(b * n_kv, S, D).transpose(1, 2))       # (b*Hkv, rep, S)
+    probs = torch.add(mask, scores, alpha=scale).softmax(dim=-1)            # fp32
+    out = torch.bmm(probs.to(v.dtype), v.reshape(b * n_kv, S, D))           # (b*Hkv, rep, D)
+    return out.view(b, H, 1, D)
+
+
+def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_samples: int = 1,
+                    compile: bool = False) -> list:
+    """:func:`acculturate.decode.generate` through a :class:`StaticDecoder`: the same completions
+    (text, stop strings, finish reasons; seeded rows draw the same samples), one CUDA graph replay
+    per token on a GPU. ``num_samples`` completions per prompt, prompt-major, each prompt prefilled
+    once (self-consistency's k chains). ``config.batch_size`` bounds the rows decoded together.
+
+    Raises:
+        ValueError: a repetition penalty (not implemented here: use ``generate``), or a model type
+            outside ``STATIC_MODEL_TYPES``.
+    """
+    from acculturate.decode.detokenize import TextStream
+    from acculturate.decode.generate import (
+        Completion, GenerationConfig, _advance, _Row, _row_generator, encode_prompts, eos_token_ids,
+    )
+
+    config = config or GenerationConfig()
+    if config.repetition_penalty != 1:
+        raise ValueError("generate_static does not apply a repetition penalty; use decode.generate")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single str (wrap it in a list)")
+    encoded = encode_prompts(tokenizer, prompts)
+    eos = eos_token_ids(model, tokenizer)
+    per_batch = max(1, config.batch_size // num_samples)
+    completions = []
+    for start in range(0, len(encoded), per_batch):
+        chunk = encoded[start:start + per_batch]
+        first = start * num_samples   # generator index of the chunk's first row
+        rows = [_Row(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
+                     _row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
+        decoder = StaticDecoder(model, len(rows), max(map(len, chunk)) + config.max_new_tokens,
+                                config.temperature, config.top_k, config.top_p, compile=compile)
+        generators = [r.generator for r in rows] if rows[0].generator is not None else None
+        for row, tokens in zip(rows, decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)):
+            for token in tokens:
+                if _advance(row, token, eos, config.max_new_tokens, None):
+                    break
+            completions.append(Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
+                                          finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
+                                          completion_tokens=len(row.stream.token_ids)))
+    return completions
