@@ -140,7 +140,12 @@ def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str 
 
     if attention == "cudnn":   # SDPA's cuDNN attention first (Hopper-tuned), FlashAttention-2 as fallback
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
+        backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
+        try:
+            context = sdpa_kernel(backends, set_priority=True)
+        except TypeError:   # a PyTorch without priorities: cuDNN is then tried before flash anyway
+            context = sdpa_kernel(backends)
+        with context:
             dt = _timed_steps(step, WARMUP, STEPS)
     else:
         dt = _timed_steps(step, WARMUP, STEPS)
