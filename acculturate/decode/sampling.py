@@ -153,6 +153,18 @@ def _sample_per_row(probs: torch.Tensor, generators: list[torch.Generator]) -> t
         raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]} rows")
     u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64)
                    for g in generators]).to(probs.device)                 # (B,)
+    return sample_inverse_cdf(probs, u)
+
+
+def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-probability interval holds ``u * total mass``, per row.
+
+    Args:
+        probs: (B, V) non-negative, each row with positive mass.
+        u: (B,) uniforms in [0, 1) (float64 keeps the CDF exact enough for a 128k vocabulary).
+    Returns:
+        (B,) LongTensor of token ids; no host sync, so it can run inside a CUDA graph.
+    """
     cdf = probs.double().cumsum(dim=-1)                                   # (B, V)
     # x < total mass, so the first index with cdf > x is a token of probability > 0.
     x = (u * cdf[:, -1]).unsqueeze(-1)                                    # (B, 1)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from acculturate.data.batching import IGNORE_INDEX
+from acculturate.models.varlen import uses_varlen_attention, varlen_kwargs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # Above this many logits (targets x vocabulary) the loss is computed in chunks from the final
@@ -57,6 +59,8 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     if targets.numel() == 0:
         return torch.zeros((), device=device), 0
     inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+    if "position_ids" in inputs and "attention_mask" not in inputs and uses_varlen_attention(model):
+        inputs.update(varlen_kwargs(inputs["position_ids"]))   # packed rows: example boundaries
     amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -105,7 +109,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: 
 
     Each chunk's logits are recomputed in the backward pass (activation checkpointing) instead of
     being kept, so peak memory holds one chunk's logits, not all of them; the price is one more
-    vocabulary projection per chunk.
+    vocabulary projection per chunk. On CUDA with Liger-Kernel installed, Liger's fused linear +
+    cross-entropy runs instead (:func:`fused_linear_cross_entropy`): it computes the gradient
+    w.r.t. ``hidden`` chunk by chunk inside the forward pass, so the projection runs once, not twice.
 
     Args:
         hidden: (N, d) final hidden states at the target positions.
@@ -113,8 +119,33 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: 
         targets: (N,) token ids.
     """
     bias = getattr(head, "bias", None)
+    if hidden.is_cuda and fused_linear_ce_available():
+        return fused_linear_cross_entropy(hidden, head.weight, targets, bias)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
         total = total + checkpoint(_chunk_loss, hidden[start:start + chunk], head.weight, bias,
                                    targets[start:start + chunk], use_reentrant=False)
     return total
+
+
+def fused_linear_ce_available() -> bool:
+    """Whether Liger-Kernel's fused linear + cross-entropy can run (package installed, CUDA present)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets`` with Liger's fused
+    kernel: logits exist one chunk at a time, in the input's dtype, softmax and loss in fp32, and
+    the input gradient is formed in the same pass (no recomputation in backward).
+
+    Args:
+        hidden: (N, d) on CUDA; weight: (V, d); targets: (N,) ids (-100 ignored); bias: (V,) or None.
+    Returns:
+        A scalar fp32 tensor, differentiable w.r.t. ``hidden`` (and ``weight`` if it needs a gradient).
+    """
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    weight = weight.to(hidden.dtype) if weight.dtype != hidden.dtype else weight
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, targets, bias)
+    return loss.float()

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from acculturate.data.batching import (check_feature, length_grouped_batches, pack_features,
                                        packed_collate, pad_collate, shuffled_batches)
 from acculturate.io import append_jsonl, write_jsonl
+from acculturate.models.kernels import use_fused_kernels
+from acculturate.models.varlen import use_varlen_attention
 from acculturate.train import distributed
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from acculturate.train.loss import count_targets, loss_sum
@@ -250,11 +252,16 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             prunes a trial this way, see :mod:`acculturate.train.hpo`).
     Returns:
         :class:`TrainResult`. The model is left in eval mode on ``device``, its trainable
-        parameters in the model's original dtype.
+        parameters in the model's original dtype. On CUDA the model keeps Liger's fused kernels
+        (and, with packing, the varlen attention) afterwards: see :mod:`acculturate.models.kernels`.
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    if device.type == "cuda":   # the GPU fast paths (docs/gpu.md); both keep the model's outputs
+        use_fused_kernels(model)          # Liger RMSNorm/RoPE/SwiGLU, where liger-kernel is installed
+        if config.packing:
+            use_varlen_attention(model)   # FlashAttention varlen over the packed examples
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train: no parameter of the model requires grad (prepare it first: full, head or lora)")

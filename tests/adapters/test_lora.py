@@ -87,6 +87,31 @@ def test_half_precision_base_keeps_fp32_adapter():
     assert out.dtype == torch.bfloat16
 
 
+def test_half_precision_path_matches_fp32_reference():
+    """LoRA in the activations' bf16 (adapter weights cast down, scale folded into addmm) computes the
+    same layer and the same fp32 adapter gradients as the fp32 reference, to bf16 rounding."""
+    torch.manual_seed(0)
+    base = nn.Linear(64, 48, bias=True).to(torch.bfloat16)
+    layer = LoRALinear(base, r=4, alpha=8)
+    _randomize_b(layer)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 48)
+    weights = (layer.lora_A.weight, layer.lora_B.weight)
+    grads = torch.autograd.grad(out.float().square().sum(), (x, *weights))
+    # Reference: everything in fp32 from the same bf16 inputs and weights.
+    xr = x.detach().float().requires_grad_(True)
+    a, b = (w.detach().clone().requires_grad_(True) for w in weights)
+    ref = base.float()(xr) + layer.scale * (xr @ a.t() @ b.t())
+    ref_grads = torch.autograd.grad(ref.square().sum(), (xr, a, b))
+    rel = lambda u, v: float((u.float() - v).norm() / v.norm())
+    assert rel(out, ref) < 1e-2
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == want.dtype or got.dtype == torch.bfloat16
+        assert rel(got, want) < 2e-2
+    assert grads[1].dtype == torch.float32 and grads[2].dtype == torch.float32
+
+
 def test_dropout_only_in_training():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(16, 16), r=4, alpha=8, dropout=0.5)

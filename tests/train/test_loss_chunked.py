@@ -43,3 +43,23 @@ def test_loss_sum_chunked_path_matches_on_the_real_model(fresh_model):
     assert torch.allclose(s1, s2, rtol=1e-5)
     worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(g1, g2))
     assert worst < 1e-3, worst   # fp32 sums in another order through 30 layers (measured 2.3e-4)
+
+
+@pytest.mark.gpu
+def test_fused_linear_cross_entropy_matches_full_logits_on_gpu():
+    """Liger's fused linear + CE (the CUDA path of chunked_cross_entropy) against fp32 full logits."""
+    from acculturate.train.loss import fused_linear_ce_available
+    if not fused_linear_ce_available():
+        pytest.skip("liger-kernel is not installed")
+    torch.manual_seed(0)
+    head = torch.nn.Linear(256, 5000, bias=False, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    hidden = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 5000, (300,), device="cuda")
+    targets[::7] = -100
+    fused = chunked_cross_entropy(hidden, head, targets)
+    (g_fused,) = torch.autograd.grad(fused, [hidden])
+    h32 = hidden.detach().float().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(h32 @ head.weight.float().t(), targets, reduction="sum")
+    (g_ref,) = torch.autograd.grad(ref, [h32])
+    assert abs(float(fused) - float(ref)) / abs(float(ref)) < 1e-2
+    assert float((g_fused.float() - g_ref).norm() / g_ref.norm()) < 2e-2

@@ -168,3 +168,15 @@ def test_bf16_model_on_cuda_trains_under_autocast(tmp_path):
     assert r.eval_loss < before - 0.05
     assert r.peak_memory_kind == "cuda_max_allocated" and r.peak_memory_bytes > 0
     assert all(p.dtype == torch.bfloat16 and p.is_cuda for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_packed_training_on_cuda_uses_varlen_attention(tmp_path):
+    from acculturate.models.varlen import uses_varlen_attention
+    model = tiny_model().to("cuda", torch.bfloat16)
+    feats = tiny_features(16)
+    config = TrainConfig(epochs=4, batch_size=2, lr=1e-2, warmup_ratio=0.0, save_every=0, packing=True, max_length=64)
+    before = evaluate_loss(model, feats, TrainConfig(batch_size=2), 0, torch.device("cuda"))   # unpacked
+    r = train(model, feats, feats, config, tmp_path, pad_id=0, progress=False)
+    assert uses_varlen_attention(model)
+    assert r.eval_loss < before - 0.05

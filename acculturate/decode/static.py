@@ -1,0 +1,346 @@
+"""Decoding with a static KV cache, each step replayed as one CUDA graph.
+
+:func:`acculturate.decode.generate` calls the model's forward once per token: with a dynamic cache
+and eager kernels that is hundreds of small launches per token, and at batch 1 the GPU waits on the
+Python host most of the time. Here the cache is preallocated (layers, rows, kv heads, slots, head
+dim), every tensor a step touches lives at a fixed address, and the whole step (all layers, the LM
+head, temperature/top-k/top-p sampling and the bookkeeping for the next step) is captured once into
+a ``torch.cuda.CUDAGraph`` and replayed: one launch per token. The host reads the sampled tokens
+back only every ``check_every`` steps, to stop at EOS.
+
+The layer maths calls the model's own modules (norms, projections, MLP), so LoRA-wrapped layers and
+Liger's fused modules work unchanged; only attention over the cache is written here. Llama-style
+decoders only (``STATIC_MODEL_TYPES``). On the CPU the same code runs eagerly: that is the path the
+tests compare with :func:`acculturate.decode.generate` on the real model.
+
+Sampling draws one uniform per row and step from the row's own generator (as ``generate`` does with
+a seed) and picks by inverse CDF (:func:`acculturate.decode.sampling.sample_inverse_cdf`), so a
+seeded row gets the same tokens here as there, up to float rounding of the logits.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from acculturate.decode.sampling import (
+    GREEDY_TEMPERATURE, apply_temperature, filter_top_k, filter_top_p, sample_inverse_cdf,
+)
+
+# Decoder layers with input_layernorm, self_attn.{q,k,v,o}_proj (no q/k norms), mlp and
+# post_attention_layernorm, and standard rotate-half RoPE.
+STATIC_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(q, k, cos, sin):
+    """Rotate-half RoPE; q (b, H, T, D), k (b, Hkv, T, D), cos/sin (b, T, D)."""
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _layer(layer, x, cos, sin, k_cache, v_cache, slots, mask, rope):
+    """One decoder layer over x (b, T, d), writing its keys/values into the cache (b, Hkv, S, D) at
+    ``slots``; ``mask`` as :func:`_attend` takes it."""
+    b, T, _ = x.shape
+    attn = layer.self_attn
+    n_kv, head_dim = k_cache.shape[1], k_cache.shape[-1]
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(b, T, -1, head_dim).transpose(1, 2)           # (b, H, T, D)
+    k = attn.k_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)         # (b, Hkv, T, D)
+    v = attn.v_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)
+    q, k = rope(q, k, cos, sin)
+    k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
+    v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
+    o = _attend(q, k_cache, v_cache, mask, attn.scaling)                  # (b, H, T, D)
+    x = x + attn.o_proj(o.transpose(1, 2).reshape(b, T, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+class StaticDecoder:
+    """Batched decoding of ``batch_size`` rows of at most ``max_length`` tokens (prompt + new).
+
+    Args:
+        model: an HF causal LM of a type in ``STATIC_MODEL_TYPES`` (plain, LoRA-wrapped or PEFT).
+        batch_size: rows decoded together (prompts x samples).
+        max_length: cache slots per row: the longest prompt plus ``max_new_tokens`` must fit.
+        temperature, top_k, top_p: as in :class:`acculturate.decode.GenerationConfig`.
+        cuda_graph: capture each step as a CUDA graph (default: whenever the model is on CUDA).
+        check_every: on the graph path, steps replayed between host reads of the new tokens.
+        compile: ``torch.compile`` the decoding step's layer function (CUDA; costs a compilation).
+    """
+
+    def __init__(self, model, batch_size: int, max_length: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, cuda_graph: bool | None = None, check_every: int = 8,
+                 compile: bool = False):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = base.config
+        if getattr(config, "model_type", None) not in STATIC_MODEL_TYPES:
+            raise ValueError(f"StaticDecoder supports model types {STATIC_MODEL_TYPES}, "
+                             f"got {getattr(config, 'model_type', None)!r}; use decode.generate")
+        self.model, self.decoder, self.head = model, base.get_decoder(), base.get_output_embeddings()
+        self.batch_size, self.max_length = batch_size, max_length
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        attn = self.decoder.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.n_kv = config.num_key_value_heads
+        weight = self.decoder.embed_tokens.weight
+        self.device = weight.device
+        self.dtype = weight.dtype   # the activations' dtype (NF4 layers compute in it too)
+        shape = (len(self.decoder.layers), batch_size, self.n_kv, max_length, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)  # (L, B, Hkv, S, D)
+        self.v = torch.zeros_like(self.k)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=self.device)  # (B, S)
+        self.use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.check_every = max(1, check_every)
+        # Step state at fixed addresses (what the captured graph reads and advances).
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)       # (B,)
+        self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)  # (B, 1)
+        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)                   # (1,)
+        self.step = torch.zeros(1, dtype=torch.long, device=self.device)                   # (1,)
+        self.uniforms = torch.zeros(max_length, batch_size, dtype=torch.float64, device=self.device)
+        self.out = torch.zeros(batch_size, max_length, dtype=torch.long, device=self.device)  # (B, S)
+        self.graph = None
+        # The model's own RoPE function (Liger's fused kernel once models.kernels patched it), else ours.
+        module = sys.modules.get(type(attn).__module__)
+        self.rope = getattr(module, "apply_rotary_pos_emb", None) or _apply_rope
+        # torch.compile the one-token layer step: Inductor fuses the small elementwise kernels between
+        # the matmuls (the graph then replays fewer, larger kernels). Prefill stays eager.
+        self._compiled_layer = torch.compile(_layer, dynamic=False) if compile else None
+
+    # --- the model step -------------------------------------------------------------------------
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                 rows: slice = slice(None)) -> torch.Tensor:
+        """Run ``ids`` (b, T) at ``positions`` (b, T), writing their keys/values into cache ``slots``
+        (T,) of cache ``rows``; returns the last position's logits (b, V) in fp32."""
+        b, T = ids.shape
+        x = self.decoder.embed_tokens(ids)                                   # (b, T, d)
+        cos, sin = self.decoder.rotary_emb(x, positions)                     # (b, T, D) each
+        # Key slot j is visible to the query in slot s when j <= s and j holds a real token; each
+        # query also sees its own slot, so a padding query never has an all-masked row (NaN).
+        slot_ids = torch.arange(self.max_length, device=self.device)
+        causal = slot_ids[None, :] <= slots[:, None]                         # (T, S)
+        mask = (self.valid[rows][:, None, None, :] & causal) | (slot_ids[None, :] == slots[:, None])  # (b, 1, T, S)
+        if T == 1:   # decoding: an additive fp32 bias, one row per (row, kv head), shared by the layers
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=self.device).masked_fill_(~mask, float("-inf"))
+            mask = bias.view(b, 1, -1).repeat_interleave(self.n_kv, dim=0)   # (b * Hkv, 1, S)
+        layer_fn = self._compiled_layer if (T == 1 and self._compiled_layer is not None) else _layer
+        for i, layer in enumerate(self.decoder.layers):
+            x = layer_fn(layer, x, cos, sin, self.k[i, rows], self.v[i, rows], slots, mask, self.rope)
+        return self.head(self.decoder.norm(x[:, -1])).float()                         # (b, V)
+
+    def _pick(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Next tokens (b,) from logits (b, V): greedy, or temperature/top-k/top-p by inverse CDF."""
+        if self.temperature <= GREEDY_TEMPERATURE:
+            return logits.argmax(dim=-1)
+        scores = filter_top_p(filter_top_k(apply_temperature(logits, self.temperature), self.top_k), self.top_p)
+        return sample_inverse_cdf(scores.softmax(dim=-1), uniforms)
+
+    def _decode_step(self) -> None:
+        """One token for every row, reading and advancing only fixed-address state (graph-safe)."""
+        self.valid.index_fill_(1, self.slot, True)
+        logits = self._forward(self.tokens[:, None], self.positions, self.slot)
+        tokens = self._pick(logits, self.uniforms.index_select(0, self.step).squeeze(0))
+        self.out.index_copy_(1, self.step, tokens[:, None])
+        self.tokens.copy_(tokens)
+        self.positions.add_(1)
+        self.slot.add_(1)
+        self.step.add_(1)
+
+    def _capture(self) -> None:
+        saved = [t.clone() for t in (self.tokens, self.positions, self.slot, self.step, self.valid)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):   # warm-up outside the graph (allocator, cuBLAS handles)
+            for _ in range(2):
+                self._decode_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._decode_step()
+        for t, s in zip((self.tokens, self.positions, self.slot, self.step, self.valid), saved):
+            t.copy_(s)   # capture does not run the step, but the warm-up did
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, num_samples: int = 1,
+                 generators: Sequence[torch.Generator] | None = None,
+                 eos_ids: Sequence[int] = ()) -> list[list[int]]:
+        """Continue each prompt ``num_samples`` times.
+
+        Args:
+            prompt_ids: token ids of each prompt; prompts x num_samples must not exceed batch_size.
+                Each prompt is prefilled once and its cache copied to its samples' rows (for
+                self-consistency, k chains cost one prefill).
+            max_new_tokens: tokens generated per row at most (an EOS id ends a row early).
+            num_samples: rows per prompt.
+            generators: one CPU ``torch.Generator`` per row (prompt-major: prompt i's sample j is
+                row ``i * num_samples + j``), or None for torch's global RNG.
+            eos_ids: ids that end a row; kept as its last token.
+        Returns:
+            The generated ids of every row, prompt-major.
+        """
+        n = len(prompt_ids)
+        rows = n * num_samples
+        if not 0 < rows <= self.batch_size:
+            raise ValueError(f"{n} prompts x {num_samples} samples = {rows} rows; this decoder holds 1.."
+                             f"{self.batch_size}")
+        width = max(len(p) for p in prompt_ids)
+        if width + max_new_tokens > self.max_length:
+            raise ValueError(f"longest prompt ({width}) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_length={self.max_length}")
+        if generators is not None and len(generators) != rows:
+            raise ValueError(f"got {len(generators)} generators for {rows} rows")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._generate(prompt_ids, max_new_tokens, num_samples, generators, eos_ids, width, rows)
+        finally:
+            self.model.train(was_training)
+
+    def _generate(self, prompt_ids, max_new_tokens, num_samples, generators, eos_ids, width, rows):
+        self._prefill(prompt_ids, num_samples, width, max_new_tokens, generators)
+        done, results = [False] * rows, [None] * rows
+        eos = set(int(e) for e in eos_ids)
+        produced = 1   # the prefill picked each row's first token
+        if self.use_graph and self.graph is None:
+            self._capture()
+        while True:
+            finished = self._collect(produced, rows, eos, done, results, max_new_tokens)
+            if finished or produced >= max_new_tokens:
+                break
+            burst = min(self.check_every, max_new_tokens - produced)
+            for _ in range(burst):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._decode_step()
+            produced += burst
+        return [results[r] if results[r] is not None else self.out[r, :max_new_tokens].tolist()
+                for r in range(rows)]
+
+    def _prefill(self, prompt_ids, num_samples: int, width: int, max_new_tokens: int, generators) -> None:
+        n, B = len(prompt_ids), self.batch_size
+        ids = torch.zeros(n, width, dtype=torch.long)
+        valid = torch.zeros(n, width, dtype=torch.bool)
+        for i, p in enumerate(prompt_ids):   # left-padded: every row's next slot is `width`
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            valid[i, width - len(p):] = True
+        ids, valid = ids.to(self.device), valid.to(self.device)
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)              # (n, P)
+        self.valid.zero_()
+        self.valid[:n, :width] = valid
+        logits = self._forward(ids, positions, torch.arange(width, device=self.device), rows=slice(0, n))
+        if num_samples > 1:   # one prefill per prompt, its cache copied to the prompt's samples
+            for cache in (self.k, self.v):
+                cache[:, :n * num_samples, :, :width] = cache[:, :n, :, :width].repeat_interleave(num_samples, 1)
+            self.valid[:n * num_samples, :width] = valid.repeat_interleave(num_samples, 0)
+            logits = logits.repeat_interleave(num_samples, 0)
+            positions = positions.repeat_interleave(num_samples, 0)
+        rows = n * num_samples
+        if rows < B:   # spare rows decode a copy of row 0; their output is dropped
+            pad = B - rows
+            for cache in (self.k, self.v):
+                cache[:, rows:] = cache[:, :1]
+            self.valid[rows:] = self.valid[:1]
+            logits = torch.cat([logits, logits[:1].expand(pad, -1)])
+            positions = torch.cat([positions, positions[:1].expand(pad, -1)])
+        # One uniform per row and step, in each row's generator order (as generate() draws them).
+        steps = self.max_length
+        if generators is None:
+            u = torch.rand(steps, B, dtype=torch.float64)
+        else:
+            u = torch.rand(steps, B, dtype=torch.float64)   # spare rows: any draws
+            for r, g in enumerate(generators):
+                u[:max_new_tokens, r] = torch.rand(max_new_tokens, generator=g, dtype=torch.float64)
+        self.uniforms.copy_(u)
+        first = self._pick(logits, self.uniforms[0])
+        self.out.zero_()
+        self.out[:, 0] = first
+        self.tokens.copy_(first)
+        self.positions.copy_(positions[:, -1:] + 1)
+        self.slot.fill_(width)
+        self.step.fill_(1)
+
+    def _collect(self, produced: int, rows: int, eos: set[int], done: list, results: list,
+                 max_new_tokens: int) -> bool:
+        """Read the tokens made so far; finish rows that hit an EOS. True when every row is done."""
+        if not eos:
+            return False
+        out = self.out[:rows, :produced].tolist()
+        for r in range(rows):
+            if done[r]:
+                continue
+            for t, token in enumerate(out[r]):
+                if token in eos:
+                    done[r], results[r] = True, out[r][:t + 1]
+                    break
+        return all(done)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q (b, H, T, D) over the cache k/v (b, Hkv, S, D).
+
+    Prefill (T > 1): SDPA with a bool ``mask`` (b, 1, T, S). Decoding (T = 1): ``mask`` is an
+    additive fp32 bias (b * Hkv, 1, S); the H query heads are grouped by their kv head, so two
+    batched matmuls read the cache once, with no copy of it per query head, and scores and softmax
+    stay in fp32 (as FlashAttention keeps them)."""
+    b, H, T, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    if T > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=n_kv != H)
+    qg = q.reshape(b * n_kv, H // n_kv, D)                                  # (b*Hkv, rep, D)
+    scores = torch.bmm(qg, k.reshape(b * n_kv, S, D).transpose(1, 2))       # (b*Hkv, rep, S)
+    probs = torch.add(mask, scores, alpha=scale).softmax(dim=-1)            # fp32
+    out = torch.bmm(probs.to(v.dtype), v.reshape(b * n_kv, S, D))           # (b*Hkv, rep, D)
+    return out.view(b, H, 1, D)
+
+
+def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_samples: int = 1,
+                    compile: bool = False) -> list:
+    """:func:`acculturate.decode.generate` through a :class:`StaticDecoder`: the same completions
+    (text, stop strings, finish reasons; seeded rows draw the same samples), one CUDA graph replay
+    per token on a GPU. ``num_samples`` completions per prompt, prompt-major, each prompt prefilled
+    once (self-consistency's k chains). ``config.batch_size`` bounds the rows decoded together.
+
+    Raises:
+        ValueError: a repetition penalty (not implemented here: use ``generate``), or a model type
+            outside ``STATIC_MODEL_TYPES``.
+    """
+    from acculturate.decode.detokenize import TextStream
+    from acculturate.decode.generate import (
+        Completion, GenerationConfig, _advance, _Row, _row_generator, encode_prompts, eos_token_ids,
+    )
+
+    config = config or GenerationConfig()
+    if config.repetition_penalty != 1:
+        raise ValueError("generate_static does not apply a repetition penalty; use decode.generate")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single str (wrap it in a list)")
+    encoded = encode_prompts(tokenizer, prompts)
+    eos = eos_token_ids(model, tokenizer)
+    per_batch = max(1, config.batch_size // num_samples)
+    completions = []
+    for start in range(0, len(encoded), per_batch):
+        chunk = encoded[start:start + per_batch]
+        first = start * num_samples   # generator index of the chunk's first row
+        rows = [_Row(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
+                     _row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
+        decoder = StaticDecoder(model, len(rows), max(map(len, chunk)) + config.max_new_tokens,
+                                config.temperature, config.top_k, config.top_p, compile=compile)
+        generators = [r.generator for r in rows] if rows[0].generator is not None else None
+        for row, tokens in zip(rows, decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)):
+            for token in tokens:
+                if _advance(row, token, eos, config.max_new_tokens, None):
+                    break
+            completions.append(Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
+                                          finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
+                                          completion_tokens=len(row.stream.token_ids)))
+    return completions
