@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from acculturate.data.errors import DataError, describe
+from acculturate.data.errors import DataError, describe, load_yaml_data
 from acculturate.data.example import Example
 from acculturate.data.summary import example_id
 from acculturate.resources import ROOT as RESOURCES
@@ -82,7 +81,7 @@ def load_swap_list(name_or_path: str) -> SwapList:
         if not shipped.exists():
             raise ValueError(f"swap list {name_or_path!r}: no such file and no shipped list; shipped: {swap_list_names()}")
         path = shipped
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml_data(path) or {}
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list) or not data["pairs"]:
         raise DataError(path, None, "pairs", "a non-empty list of [term, term] pairs", describe(data.get("pairs") if isinstance(data, dict) else data))
     one_way = data.get("one_way") or {}

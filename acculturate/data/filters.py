@@ -17,9 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from acculturate.data.errors import DataError, describe
+from acculturate.data.errors import DataError, describe, load_yaml_data
 from acculturate.data.example import Example
 from acculturate.data.summary import PARTS, example_id, text_of
 from acculturate.resources import ROOT as RESOURCES
@@ -92,7 +91,7 @@ def load_blocklist(names: list[str] | str, extra_words: list[str] = (), extra_pa
 def _parse(path: str, chain: tuple[str, ...]):
     if path in chain:
         raise DataError(path, None, "inherit", "no cycle of inherited blocklists", " -> ".join(chain + (path,)))
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = load_yaml_data(path) or {}
     if not isinstance(data, dict):
         raise DataError(path, None, None, "a mapping with 'words' and/or 'patterns'", describe(data))
     unknown = sorted(set(data) - {"inherit", "words", "patterns", "description"})
