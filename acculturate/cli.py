@@ -292,6 +292,53 @@ def cmd_feedback_export(args) -> int:
     return 0
 
 
+DATA_STEPS = {
+    "dedupe": "drop exact and near duplicates (MinHash LSH)",
+    "length": "keep examples within word/character bounds",
+    "blocklist": "drop examples matching per-region blocklists or regexes",
+    "langid": "keep examples in the given languages (py3langid)",
+    "balance": "down-sample, up-sample or weight to a target group distribution",
+    "counterfactual": "add copies with gendered/group terms swapped",
+    "backtranslate": "paraphrase prompts by round-trip translation through a pivot language (model)",
+    "self-instruct": "generate new instruction/answer pairs from seed tasks (model)",
+    "pipeline": "run the steps of a YAML config in order",
+}
+
+
+def cmd_data(args) -> int:
+    from acculturate.config_loading import apply_overrides, from_dict, load_yaml
+    from acculturate.jobs import data as jobs_data
+
+    if args.step == "pipeline":
+        path = Path(args.paths[0]) if args.paths else None
+        if path is None or len(args.paths) != 1:
+            raise SystemExit("acculturate data pipeline: give one CONFIG.yaml")
+        config = load_yaml(jobs_data.DataPipelineConfig, path, args.set)
+        jobs_data.run_pipeline(config, base_dir=path.parent, restart=args.restart)
+        return 0
+    if args.settings:
+        print(jobs_data.describe_fields(args.step))
+        return 0
+    wants_input = args.step != "self-instruct"
+    if len(args.paths) not in ((2,) if wants_input else (1, 2)):
+        raise SystemExit(f"acculturate data {args.step}: give " + ("INPUT OUTPUT" if wants_input else "[INPUT] OUTPUT"))
+    *inputs, output = args.paths
+    cls = jobs_data.step_config_class(args.step)
+    config = (load_yaml(cls, args.config, args.set) if args.config
+              else from_dict(cls, apply_overrides({}, args.set)))
+    from acculturate.data.steps import STEPS, run_step
+    from acculturate.jobs.sources import resolve_path
+
+    source = resolve_path(inputs[0]) if inputs else None
+    columns = dict(item.split("=", 1) for item in args.columns.split(",")) if args.columns else None
+    if args.step in STEPS:
+        run_step(args.step, config, source, output, group=args.group, skip_invalid=args.skip_invalid, columns=columns)
+    else:
+        jobs_data.run_generator(args.step, config, source, output, args.model, skip_invalid=args.skip_invalid,
+                                columns=columns)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acculturate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -408,6 +455,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_rate)
+    p = sub.add_parser("data", help="data steps: dedupe, filters, langid, balance, counterfactual, "
+                                    "backtranslate, self-instruct, or a pipeline of them (docs/data.md)")
+    dsub = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    # Listed here rather than imported from acculturate.jobs.data: that import loads torch and
+    # transformers, which every other verb would then wait for.
+    for step, text in DATA_STEPS.items():
+        q = dsub.add_parser(step, help=text)
+        q.add_argument("paths", nargs="*", metavar="PATH",
+                       help="CONFIG.yaml" if step == "pipeline" else "[INPUT] OUTPUT (input: Alpaca, chat JSONL or CSV, "
+                            "or shipped:<file>; output: chat JSONL)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting, e.g. --set threshold=0.7 (--settings lists them)")
+        if step == "pipeline":
+            q.add_argument("--restart", action="store_true", help="delete the output folder first (generators start over)")
+        else:
+            q.add_argument("--settings", action="store_true", help="list this step's settings and defaults, then exit")
+            q.add_argument("--config", help="the settings as a YAML file")
+            q.add_argument("--group", help="report the balance of this field (a meta key or 'gender')")
+            q.add_argument("--model", default="smollm2-135m", help="the model of a generator step")
+            q.add_argument("--skip-invalid", action="store_true", help="skip malformed input rows instead of stopping")
+            q.add_argument("--columns", default=None, metavar="FIELD=COLUMN,...",
+                           help="CSV/JSON column names, e.g. instruction=indonesian,output=english")
+        q.set_defaults(func=cmd_data)
     return parser
 
 

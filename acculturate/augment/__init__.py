@@ -7,7 +7,7 @@ made and skipped on a rerun; the output file is written atomically at the end. E
 records how it was made in ``meta["provenance"]``.
 """
 
-from acculturate.augment.backtranslate import BackTranslateConfig, backtranslate
-from acculturate.augment.self_instruct import SelfInstructConfig, self_instruct
+from acculturate.augment.backtranslation import BackTranslateConfig, backtranslate
+from acculturate.augment.self_instruction import SelfInstructConfig, self_instruct
 
 __all__ = ["BackTranslateConfig", "SelfInstructConfig", "backtranslate", "self_instruct"]

@@ -54,10 +54,11 @@ STEPS: dict[str, Step] = {
 }
 
 
-def read_input(path: str | os.PathLike, format: str = "auto", skip_invalid: bool = False) -> list[Example]:
-    """Read a step's input: any format ``read_examples`` reads (Alpaca, chat, CSV)."""
+def read_input(path: str | os.PathLike, format: str = "auto", skip_invalid: bool = False,
+               columns: dict[str, str] | None = None) -> list[Example]:
+    """Read a step's input: any format ``read_examples`` reads (Alpaca, chat, CSV with ``columns``)."""
     errors: list[DataError] = []
-    examples = read_examples(path, format=format, skip_invalid=skip_invalid, errors=errors)
+    examples = read_examples(path, format=format, columns=columns, skip_invalid=skip_invalid, errors=errors)
     if errors:
         print(f"{path}: skipped {len(errors)} invalid rows; first: {errors[0]}")
     return examples
@@ -65,7 +66,7 @@ def read_input(path: str | os.PathLike, format: str = "auto", skip_invalid: bool
 
 def run_step(name: str, config, input_path: str | os.PathLike, output_path: str | os.PathLike,
              group: str | None = None, format: str = "auto", skip_invalid: bool = False,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, columns: dict[str, str] | None = None) -> dict:
     """Run step ``name`` on a file.
 
     Args:
@@ -75,6 +76,7 @@ def run_step(name: str, config, input_path: str | os.PathLike, output_path: str 
             atomically); ``<output>.report.json`` gets the summary and the step's report (which rows
             were removed and why).
         group: a field whose balance the summary reports (default: the balance step's group).
+        format, skip_invalid, columns: how the input is read (see ``read_examples``).
         quiet: do not print the summary.
 
     Returns:
@@ -84,7 +86,7 @@ def run_step(name: str, config, input_path: str | os.PathLike, output_path: str 
         raise ValueError(f"step: expected one of {sorted(STEPS)}, got {name!r}")
     if Path(input_path).resolve() == Path(output_path).resolve():
         raise ValueError(f"{name}: the output {output_path} must differ from the input (the input is kept as it was)")
-    examples = read_input(input_path, format, skip_invalid)
+    examples = read_input(input_path, format, skip_invalid, columns)
     group = group or getattr(config, "group", None)
     group_of = (lambda ex: group_value(ex, group)) if group else None
     before = summarize(examples, group, group_of)
