@@ -127,12 +127,21 @@ def cmd_generate(args) -> int:
         prompts = [args.prompt]
     rendered = [_render(loaded.tokenizer, p, args.template, args.system) for p in prompts]
     config = _generation_config(args)
-    if len(prompts) == 1 and not args.output:
+    filters = _output_filters(args)
+    if filters is not None:
+        from acculturate.decode.postprocess import generate_filtered
+
+        outs = generate_filtered(loaded.model, loaded.tokenizer, rendered, config, filters, progress=len(prompts) > 1)
+        if len(prompts) == 1 and not args.output:
+            print(outs[0].text)
+            return 0
+    elif len(prompts) == 1 and not args.output:
         outs = generate(loaded.model, loaded.tokenizer, rendered, config,
                         on_text=lambda i, delta: print(delta, end="", flush=True))
         print()
         return 0
-    outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
+    else:
+        outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
     results = [{"prompt": p, "completion": o.text, "finish_reason": o.finish_reason,
                 "completion_tokens": o.completion_tokens} for p, o in zip(prompts, outs)]
     if args.output:
@@ -142,6 +151,25 @@ def cmd_generate(args) -> int:
         for r in results:
             print(json.dumps(r, ensure_ascii=False))
     return 0
+
+
+def _output_filters(args):
+    """`acculturate generate`'s output filters: a YAML of OutputFilterConfig fields and/or flags."""
+    from acculturate.config_loading import from_dict, load_yaml
+    from acculturate.decode.postprocess import OutputFilterConfig
+
+    if not (args.filters or args.blocklist or args.best_of > 1):
+        return None
+    data = {}
+    if args.filters:
+        from acculturate.config_loading import to_dict
+
+        data = to_dict(load_yaml(OutputFilterConfig, args.filters))
+    if args.blocklist:
+        data["blocklist"] = list(data.get("blocklist", [])) + args.blocklist
+    if args.best_of > 1:
+        data.update(best_of=args.best_of, reward=args.reward or data.get("reward") or "mean_logprob")
+    return from_dict(OutputFilterConfig, data, "output filters")
 
 
 def cmd_chat(args) -> int:
@@ -370,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write completions as JSONL here")
     p.add_argument("--template", default="chat", choices=["chat", "alpaca", "raw"])
     p.add_argument("--system", default=None, help="system persona")
+    g = p.add_argument_group("output filters (docs/data.md)")
+    g.add_argument("--filters", metavar="YAML", help="OutputFilterConfig fields: blocklist, patterns, languages, best_of...")
+    g.add_argument("--blocklist", action="append", default=[], metavar="LIST",
+                   help="reject answers matching this blocklist (a region name or YAML file; repeatable)")
+    g.add_argument("--best-of", type=int, default=1, metavar="N", help="sample N candidates, return the best by --reward")
+    g.add_argument("--reward", default=None, help="reward for --best-of (default mean_logprob)")
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)

@@ -73,7 +73,10 @@ def config_classes() -> dict:
     from acculturate.jobs.evaluate import EvalConfig
     from acculturate.jobs.prompt_eval import PromptEvalConfig
 
-    classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig}
+    from acculturate.jobs.data import DataPipelineConfig
+
+    classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig,
+               "data": DataPipelineConfig}
     try:
         from acculturate.jobs.compare import CompareConfig
         classes["compare"] = CompareConfig
