@@ -41,7 +41,8 @@ class BackTranslateConfig:
     limit: int | None = None
     """Paraphrase only the first N examples (None: all)."""
     keep_originals: bool = True
-    """Write the originals followed by the accepted paraphrases; False: paraphrases only."""
+    """Write every original (also those past ``limit``) followed by the accepted paraphrases;
+    False: the paraphrases only."""
     max_new_tokens: int = 64
     batch_size: int = 8
     temperature: float = 0.0
@@ -137,7 +138,7 @@ def backtranslate(model, tokenizer, examples: list[Example], output: str | os.Pa
                 log_row(output, row)
                 done[ids[i]] = row
             bar.update(len(batch))
-    out = list(todo) if config.keep_originals else []
+    out = list(examples) if config.keep_originals else []   # every original, also those past ``limit``
     rejected: dict[str, int] = {}
     for ex, ident in zip(todo, ids):
         row = done[ident]

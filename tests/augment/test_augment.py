@@ -93,18 +93,19 @@ def _no_generate(*args, **kwargs):
 @pytest.mark.slow
 def test_backtranslate_real_model_and_resume(default_model, instructions, tmp_path, monkeypatch):
     model, tokenizer = default_model
-    sample = [ex for ex in instructions if len(ex.meta["instruction"].split()) <= 8][:2]
+    sample = [ex for ex in instructions if len(ex.meta["instruction"].split()) <= 8][:3]
     out = tmp_path / "bt.jsonl"
     config = BackTranslateConfig(pivot="French", pivot_code=None, max_new_tokens=20, batch_size=2,
-                                 min_similarity=0.0, max_similarity=1.0)
+                                 min_similarity=0.0, max_similarity=1.0, limit=2)
     result = backtranslate(model, tokenizer, sample, out, config, progress=False)
     log = [json.loads(line) for line in partial_path(out).read_text().splitlines()]
     assert log[0]["settings"]["pivot"] == "French" and len(log) == 3
     assert all(row["pivot_text"] for row in log[1:])      # the model did translate something
     assert result["considered"] == 2 and result["accepted"] + sum(result["rejected"].values()) == 2
     written = read_examples(out)
-    assert written[:2] == sample
-    for ex in written[2:]:
+    assert written[:3] == sample                          # every original, also the one past the limit
+    assert len(written) == 3 + result["accepted"]
+    for ex in written[3:]:
         p = ex.meta["provenance"]
         assert p["method"] == "backtranslate" and p["pivot"] == "French" and p["model"] == "smollm2-135m"
     monkeypatch.setattr(bt_module, "generate", _no_generate)
