@@ -74,3 +74,16 @@ def test_best_of_n_real_model(default_model):
         assert d["chosen"] == alive[max(range(len(alive)), key=lambda k: d["scores"][k])]
     assert "London" not in out[0].text
     assert out[0].text
+
+
+def test_generate_cli_builds_filters(tmp_path):
+    from acculturate.cli import _output_filters, build_parser
+
+    path = tmp_path / "filters.yaml"
+    path.write_text("languages: [id, en]\nblocklist: [default]\n")
+    args = build_parser().parse_args(["generate", "hi", "--filters", str(path), "--blocklist", "indonesia",
+                                      "--best-of", "3"])
+    filters = _output_filters(args)
+    assert filters.blocklist == ("default", "indonesia") and filters.languages == ("id", "en")
+    assert filters.best_of == 3 and filters.reward == "mean_logprob"
+    assert _output_filters(build_parser().parse_args(["generate", "hi"])) is None
