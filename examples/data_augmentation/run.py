@@ -6,7 +6,7 @@ budget, and score both (plus the untrained model) on the same held-out data.
 1. split the shipped instructions (seeded, 10% held out) -> runs/data_augmentation/split/
 2. `acculturate data pipeline pipeline.yaml`: dedupe, length, blocklist, langid, counterfactual,
    back-translation through Indonesian, Self-Instruct with an Indonesian persona
-3. `acculturate train train_base.yaml` and `acculturate train train_augmented.yaml` (30 steps each)
+3. `acculturate train train_base.yaml` and `acculturate train train_augmented.yaml` (20 steps each)
 4. score: eval loss and ROUGE-L of greedy answers on the held-out split, and BLEnD Indonesia accuracy
    -> runs/data_augmentation/results.md (a table) and results.json
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RUN = Path("runs/data_augmentation")
-ROUGE_PROMPTS = 24      # held-out prompts answered greedily per system
-BLEND_QUESTIONS = 30    # BLEnD Indonesia questions per system
+ROUGE_PROMPTS = 16      # held-out prompts answered greedily per system
+BLEND_QUESTIONS = 20    # BLEnD Indonesia questions per system
 
 
 def acculturate(*args: str) -> None:
@@ -64,11 +64,11 @@ def score(system: str, adapter: str | None) -> dict:
         load_adapter(model, adapter)
     model.eval()
     test = read_examples(RUN / "split" / "test.jsonl")
-    features = tokenize_examples(test, tokenizer, "alpaca", 256)
+    features = tokenize_examples(test, tokenizer, "alpaca", 128)
     loss = evaluate_loss(model, features, TrainConfig(batch_size=8), tokenizer.pad_token_id, torch.device("cpu"))
     sample = test[:ROUGE_PROMPTS]
     prompts = [render_prompt(ex, tokenizer, "alpaca") for ex in sample]
-    answers = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=48, stop=("\n\n###",)))
+    answers = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=40, stop=("\n\n###",)))
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = sum(scorer.score(ex.response, a.text.strip())["rougeL"].fmeasure for ex, a in zip(sample, answers)) / len(sample)
     blend = load_blend(countries=["Indonesia"])[:BLEND_QUESTIONS]
@@ -103,7 +103,7 @@ def main() -> int:
               f"BLEnD Indonesia {rows[-1]['blend_indonesia']}", flush=True)
     summary = (RUN / "data" / "summary.md").read_text()
     train_rows = {name: json.loads((RUN / "train" / name / "metrics.json").read_text()) for name in ("base", "augmented")}
-    lines = ["| system | training rows | steps | held-out eval loss | ROUGE-L (24 prompts) | BLEnD Indonesia (30 q.) |",
+    lines = [f"| system | training rows | steps | held-out eval loss | ROUGE-L ({ROUGE_PROMPTS} prompts) | BLEnD Indonesia ({BLEND_QUESTIONS} q.) |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         tr = train_rows.get(r["system"])
