@@ -119,12 +119,12 @@ def test_backtranslate_real_model_and_resume(default_model, instructions, tmp_pa
 def test_self_instruct_real_model_and_resume(default_model, tmp_path, monkeypatch):
     model, tokenizer = default_model
     out = tmp_path / "si.jsonl"
-    config = SelfInstructConfig(num_instructions=2, batch_size=3, max_rounds=1, max_new_tokens=32,
-                                answer_max_new_tokens=48, max_answer_words=60, rouge_threshold=0.7,
+    config = SelfInstructConfig(num_instructions=2, batch_size=2, max_rounds=1, max_new_tokens=24,
+                                answer_max_new_tokens=32, max_answer_words=60, rouge_threshold=0.7,
                                 region="Indonesia", persona="local", language=None)
     result = self_instruct(model, tokenizer, out, config, progress=False)
     log = [json.loads(line) for line in partial_path(out).read_text().splitlines()][1:]
-    assert result["proposed"] == len(log) == 3 and result["rounds"] == 1
+    assert result["proposed"] == len(log) == 2 and result["rounds"] == 1
     assert result["kept"] == sum(1 for r in log if r["rejected"] is None)
     assert all(r["instruction"] for r in log)
     for r in log:
