@@ -149,12 +149,21 @@ def cmd_generate(args) -> int:
         prompts = [args.prompt]
     rendered = [_render(loaded.tokenizer, p, args.template, args.system) for p in prompts]
     config = _generation_config(args)
-    if len(prompts) == 1 and not args.output:
+    filters = _output_filters(args)
+    if filters is not None:
+        from acculturate.decode.postprocess import generate_filtered
+
+        outs = generate_filtered(loaded.model, loaded.tokenizer, rendered, config, filters, progress=len(prompts) > 1)
+        if len(prompts) == 1 and not args.output:
+            print(outs[0].text)
+            return 0
+    elif len(prompts) == 1 and not args.output:
         outs = generate(loaded.model, loaded.tokenizer, rendered, config,
                         on_text=lambda i, delta: print(delta, end="", flush=True))
         print()
         return 0
-    outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
+    else:
+        outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
     results = [{"prompt": p, "completion": o.text, "finish_reason": o.finish_reason,
                 "completion_tokens": o.completion_tokens} for p, o in zip(prompts, outs)]
     if args.output:
@@ -164,6 +173,25 @@ def cmd_generate(args) -> int:
         for r in results:
             print(json.dumps(r, ensure_ascii=False))
     return 0
+
+
+def _output_filters(args):
+    """`acculturate generate`'s output filters: a YAML of OutputFilterConfig fields and/or flags."""
+    from acculturate.config_loading import from_dict, load_yaml
+    from acculturate.decode.postprocess import OutputFilterConfig
+
+    if not (args.filters or args.blocklist or args.best_of > 1):
+        return None
+    data = {}
+    if args.filters:
+        from acculturate.config_loading import to_dict
+
+        data = to_dict(load_yaml(OutputFilterConfig, args.filters))
+    if args.blocklist:
+        data["blocklist"] = list(data.get("blocklist", [])) + args.blocklist
+    if args.best_of > 1:
+        data.update(best_of=args.best_of, reward=args.reward or data.get("reward") or "mean_logprob")
+    return from_dict(OutputFilterConfig, data, "output filters")
 
 
 def cmd_chat(args) -> int:
@@ -567,6 +595,50 @@ def cmd_tokenizer_extend(args) -> int:
     print(f"fertility (tokens/word): training text {f['train']['before']} -> {f['train']['after']}, "
           f"held-apart text {f['test']['before']} -> {f['test']['after']}")
     print(f"Saved: {r['output']} (an HF model directory; train on it with model.name: {r['output']})")
+DATA_STEPS = {
+    "dedupe": "drop exact and near duplicates (MinHash LSH)",
+    "length": "keep examples within word/character bounds",
+    "blocklist": "drop examples matching per-region blocklists or regexes",
+    "langid": "keep examples in the given languages (py3langid)",
+    "balance": "down-sample, up-sample or weight to a target group distribution",
+    "counterfactual": "add copies with gendered/group terms swapped",
+    "backtranslate": "paraphrase prompts by round-trip translation through a pivot language (model)",
+    "self-instruct": "generate new instruction/answer pairs from seed tasks (model)",
+    "pipeline": "run the steps of a YAML config in order",
+}
+
+
+def cmd_data(args) -> int:
+    from acculturate.config_loading import apply_overrides, from_dict, load_yaml
+    from acculturate.jobs import data as jobs_data
+
+    if args.step == "pipeline":
+        path = Path(args.paths[0]) if args.paths else None
+        if path is None or len(args.paths) != 1:
+            raise SystemExit("acculturate data pipeline: give one CONFIG.yaml")
+        config = load_yaml(jobs_data.DataPipelineConfig, path, args.set)
+        jobs_data.run_pipeline(config, base_dir=path.parent, restart=args.restart)
+        return 0
+    if args.settings:
+        print(jobs_data.describe_fields(args.step))
+        return 0
+    wants_input = args.step != "self-instruct"
+    if len(args.paths) not in ((2,) if wants_input else (1, 2)):
+        raise SystemExit(f"acculturate data {args.step}: give " + ("INPUT OUTPUT" if wants_input else "[INPUT] OUTPUT"))
+    *inputs, output = args.paths
+    cls = jobs_data.step_config_class(args.step)
+    config = (load_yaml(cls, args.config, args.set) if args.config
+              else from_dict(cls, apply_overrides({}, args.set)))
+    from acculturate.data.steps import STEPS, run_step
+    from acculturate.jobs.sources import resolve_path
+
+    source = resolve_path(inputs[0]) if inputs else None
+    columns = dict(item.split("=", 1) for item in args.columns.split(",")) if args.columns else None
+    if args.step in STEPS:
+        run_step(args.step, config, source, output, group=args.group, skip_invalid=args.skip_invalid, columns=columns)
+    else:
+        jobs_data.run_generator(args.step, config, source, output, args.model, skip_invalid=args.skip_invalid,
+                                columns=columns)
     return 0
 
 
@@ -604,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write completions as JSONL here")
     p.add_argument("--template", default="chat", choices=["chat", "alpaca", "raw"])
     p.add_argument("--system", default=None, help="system persona")
+    g = p.add_argument_group("output filters (docs/data.md)")
+    g.add_argument("--filters", metavar="YAML", help="OutputFilterConfig fields: blocklist, patterns, languages, best_of...")
+    g.add_argument("--blocklist", action="append", default=[], metavar="LIST",
+                   help="reject answers matching this blocklist (a region name or YAML file; repeatable)")
+    g.add_argument("--best-of", type=int, default=1, metavar="N", help="sample N candidates, return the best by --reward")
+    g.add_argument("--reward", default=None, help="reward for --best-of (default mean_logprob)")
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
@@ -755,6 +833,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ppo)
 
     _add_rag_parser(sub)
+    p = sub.add_parser("data", help="data steps: dedupe, filters, langid, balance, counterfactual, "
+                                    "backtranslate, self-instruct, or a pipeline of them (docs/data.md)")
+    dsub = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    # Listed here rather than imported from acculturate.jobs.data: that import loads torch and
+    # transformers, which every other verb would then wait for.
+    for step, text in DATA_STEPS.items():
+        q = dsub.add_parser(step, help=text)
+        q.add_argument("paths", nargs="*", metavar="PATH",
+                       help="CONFIG.yaml" if step == "pipeline" else "[INPUT] OUTPUT (input: Alpaca, chat JSONL or CSV, "
+                            "or shipped:<file>; output: chat JSONL)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting, e.g. --set threshold=0.7 (--settings lists them)")
+        if step == "pipeline":
+            q.add_argument("--restart", action="store_true", help="delete the output folder first (generators start over)")
+        else:
+            q.add_argument("--settings", action="store_true", help="list this step's settings and defaults, then exit")
+            q.add_argument("--config", help="the settings as a YAML file")
+            q.add_argument("--group", help="report the balance of this field (a meta key or 'gender')")
+            q.add_argument("--model", default="smollm2-135m", help="the model of a generator step")
+            q.add_argument("--skip-invalid", action="store_true", help="skip malformed input rows instead of stopping")
+            q.add_argument("--columns", default=None, metavar="FIELD=COLUMN,...",
+                           help="CSV/JSON column names, e.g. instruction=indonesian,output=english")
+        q.set_defaults(func=cmd_data)
     return parser
 
 

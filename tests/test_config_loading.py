@@ -70,23 +70,18 @@ def test_overrides(tmp_path):
 
 def config_classes() -> dict:
     """The config class behind each folder of shipped configs (configs/<task>/<model>_<method>.yaml)."""
+    from acculturate.jobs.compare import CompareConfig
+    from acculturate.jobs.data import DataPipelineConfig
     from acculturate.jobs.evaluate import EvalConfig
-    from acculturate.jobs.prompt_eval import PromptEvalConfig
-
+    from acculturate.jobs.learn import LearnConfig
     from acculturate.jobs.ppo import PPOJobConfig
+    from acculturate.jobs.prompt_eval import PromptEvalConfig
     from acculturate.jobs.reward_model import RewardModelJobConfig
+    from acculturate.jobs.tune import TuneConfig
 
     classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig,
-               "ppo": PPOJobConfig, "reward_model": RewardModelJobConfig}
-    try:
-        from acculturate.jobs.compare import CompareConfig
-        classes["compare"] = CompareConfig
-    except ImportError:
-        pass
-    from acculturate.jobs.learn import LearnConfig
-    classes["learn"] = LearnConfig
-    from acculturate.jobs.tune import TuneConfig
-    classes["tune"] = TuneConfig
+               "compare": CompareConfig, "ppo": PPOJobConfig, "reward_model": RewardModelJobConfig,
+               "learn": LearnConfig, "tune": TuneConfig, "data": DataPipelineConfig}
     return classes
 
 

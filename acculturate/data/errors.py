@@ -48,3 +48,17 @@ def describe(value, limit: int = 40) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{name} ({text})"
+
+
+def load_yaml_data(path) -> object:
+    """Parse a YAML data file (blocklist, swap list...); a syntax error becomes a DataError with its line."""
+    import yaml
+
+    from pathlib import Path
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(path, mark.line + 1 if mark else None, None, "valid YAML",
+                        f"a YAML error ({getattr(e, 'problem', None) or e})") from None

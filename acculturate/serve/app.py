@@ -41,6 +41,7 @@ from acculturate.serve.errors import (
 )
 from acculturate.serve.learning import add_learning_routes, load_learner
 from acculturate.serve.models import ModelPool, ServedModel
+from acculturate.serve.output_filters import filters_for, submit_filtered
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,12 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         n = parsed.sampling.n
         # OpenAI's order for several prompts and n: prompt 0's n choices, then prompt 1's...
         job = Job(served, [p for p in prompts for _ in range(n)], parsed.sampling.generation_config(), on_text)
+        filters = filters_for(config.output_filters, parsed.region)
         try:
-            batcher.submit(job)
+            if filters is None:
+                batcher.submit(job)
+            else:
+                submit_filtered(batcher, job, filters)
         except Overloaded as e:
             raise overloaded(str(e)) from None
         return job

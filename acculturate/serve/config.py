@@ -51,6 +51,9 @@ class ServeConfig:
     rag_home: str | None = None
     """Where the indexes a request's ``retrieval.index`` names live (default $ACCULTURATE_RAG_HOME or
     ~/.cache/acculturate/rag); clients give names only, never paths."""
+    output_filters: dict = field(default_factory=dict)
+    """Region -> OutputFilterConfig (blocklist, languages, best_of, reward...; see
+    acculturate/serve/output_filters.py); "*" applies to requests of any other region. Empty: off."""
 
     def __post_init__(self):
         for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",
@@ -61,6 +64,7 @@ class ServeConfig:
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError(f"ServeConfig.default_max_tokens ({self.default_max_tokens}) must not exceed "
                              f"max_tokens_cap ({self.max_tokens_cap})")
+        self.output_filters = _output_filters(self.output_filters)
         if not self.batch_window_ms >= 0:
             raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
 
@@ -69,3 +73,23 @@ class ServeConfig:
 
     def resolved_api_token(self) -> str | None:
         return self.api_token or os.environ.get(API_TOKEN_ENV) or None
+
+
+def _output_filters(value) -> dict:
+    from acculturate.config_loading import ConfigError, from_dict
+    from acculturate.decode.postprocess import OutputFilterConfig
+
+    if not isinstance(value, dict):
+        raise ValueError(f"ServeConfig.output_filters must map regions to filter settings, got {value!r}")
+    out = {}
+    for region, filters in value.items():
+        if isinstance(filters, OutputFilterConfig):
+            out[str(region)] = filters
+            continue
+        if not isinstance(filters, dict):
+            raise ValueError(f"ServeConfig.output_filters[{region!r}] must be a mapping of filter settings, got {filters!r}")
+        try:
+            out[str(region)] = from_dict(OutputFilterConfig, filters, f"output_filters.{region}")
+        except ConfigError as e:
+            raise ValueError(f"ServeConfig.{e}") from None
+    return out

@@ -197,8 +197,11 @@ def new_id(prefix: str) -> str:
 
 
 def finish_reason(completion: Completion) -> str:
-    """OpenAI has "stop" for both the model's end token and a stop string, "length" for the cap."""
-    return "length" if completion.finish_reason == "length" else "stop"
+    """OpenAI has "stop" for both the model's end token and a stop string, "length" for the cap,
+    "content_filter" for an answer the output filters replaced."""
+    if completion.finish_reason in ("length", "content_filter"):
+        return completion.finish_reason
+    return "stop"
 
 
 def usage(completions: list[Completion], prompt_tokens: int) -> dict:
