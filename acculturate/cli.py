@@ -595,6 +595,9 @@ def cmd_tokenizer_extend(args) -> int:
     print(f"fertility (tokens/word): training text {f['train']['before']} -> {f['train']['after']}, "
           f"held-apart text {f['test']['before']} -> {f['test']['after']}")
     print(f"Saved: {r['output']} (an HF model directory; train on it with model.name: {r['output']})")
+    return 0
+
+
 DATA_STEPS = {
     "dedupe": "drop exact and near duplicates (MinHash LSH)",
     "length": "keep examples within word/character bounds",

@@ -336,11 +336,14 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
         decoder = StaticDecoder(model, len(rows), max(map(len, chunk)) + config.max_new_tokens,
                                 config.temperature, config.top_k, config.top_p, compile=compile)
         generators = [r.generator for r in rows] if rows[0].generator is not None else None
-        for row, tokens in zip(rows, decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)):
+        sampled = decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)
+        for j, (row, tokens) in enumerate(zip(rows, sampled)):
             for token in tokens:
                 if _advance(row, token, eos, config.max_new_tokens, None):
                     break
+            # A prompt is prefilled once for its num_samples rows: the others reuse its cache.
             completions.append(Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
                                           finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
-                                          completion_tokens=len(row.stream.token_ids)))
+                                          completion_tokens=len(row.stream.token_ids),
+                                          cached_tokens=len(row.prompt_ids) if j % num_samples else 0))
     return completions
