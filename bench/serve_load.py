@@ -7,11 +7,9 @@ writes the numbers as JSON, and stops the server. Nothing leaves the machine.
 
     python bench/serve_load.py --clients 16 --requests-per-client 4 --max-tokens 32
 
-Recorded (bench/results/serve_load.json): 2 shared CPU cores at load average ~10 from other jobs,
-16 tokens per request: 1 client 1.7 tokens/s (0.10 requests/s); 16 clients at once 3.3 tokens/s
-(0.21 requests/s), x2.0, in 2 batches (1 + 15: the first request started before the others arrived
-and ran alone). Our generate() alone at that time: 1.3 tokens/s for 1 prompt, 6.6 for 16 (x5), so
-the CPU contention, not the server, bounds these numbers; rerun on a quiet machine.
+Recorded (bench/results/serve_load.json, docs/benchmarks.md): on the quiet 2-core machine with continuous
+batching (2026-12-01), 1 client 0.49 requests/s (15.6 tokens/s), 16 clients 3.06 requests/s (97.5 tokens/s):
+x6.2, all 64 requests in one continuously refilled batch.
 """
 
 from __future__ import annotations
