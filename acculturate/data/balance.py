@@ -9,8 +9,8 @@ Modes:
 - ``upsample``: repeat rows of small groups (seeded draws) until the target proportions hold at the
   size of the largest group. Copies carry ``meta["copy_of"]``.
 - ``weight``: keep every row and record ``meta["weight"]`` = target share / observed share, so the
-  weighted counts follow the target. (``acculturate train`` does not read weights yet: use
-  ``upsample`` to change what it trains on.)
+  weighted counts follow the target. ``acculturate train`` multiplies each example's token losses
+  by its weight (:func:`acculturate.train.loss.loss_sum`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ with ``attention_mask=None`` *and* without a KV cache, so a packed batch must be
 built and the mask silently becomes a plain causal one across examples). ``tests/data/
 test_batching.py`` proves on the real model that a packed row gives the same logits as each example
 alone.
+
+A feature may carry ``"weight"`` (a float, from the example's ``meta.weight``): batches then also
+hold ``loss_weights`` (B, T), each token's example weight (0 on padding), which
+:func:`acculturate.train.loss.loss_sum` multiplies into the token losses.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def pad_collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor
         pad_id: token id written at padding positions (masked out of attention and loss).
     Returns:
         ``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels`` (-100 on padding),
-        each a LongTensor of shape (B, T) with T the longest feature.
+        each a LongTensor of shape (B, T) with T the longest feature; ``loss_weights`` (float, B x T)
+        when some feature has a ``weight`` (the others count 1).
     """
     if not features:
         raise ValueError("pad_collate: got no features (expected at least one)")
@@ -61,7 +66,13 @@ def pad_collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor
         input_ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
         labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if any("weight" in f for f in features):
+        weights = torch.zeros((len(features), longest), dtype=torch.float32)         # (B, T)
+        for row, f in enumerate(features):
+            weights[row, :len(f["input_ids"])] = float(f.get("weight", 1.0))
+        batch["loss_weights"] = weights
+    return batch
 
 
 def pack_features(features: Sequence[dict], max_length: int) -> list[dict]:
@@ -77,7 +88,8 @@ def pack_features(features: Sequence[dict], max_length: int) -> list[dict]:
         max_length: the most tokens in one packed row.
     Returns:
         Rows with ``input_ids``, ``labels``, ``position_ids`` (restarting at 0 for each example) and
-        ``seq_lens`` (the example lengths, in row order), all lists of ints. The packing is
+        ``seq_lens`` (the example lengths, in row order), all lists of ints, and ``loss_weights``
+        (each token's example weight) when some feature has a ``weight``. The packing is
         deterministic: the same features give the same rows.
     """
     if max_length < 1:
@@ -98,9 +110,12 @@ def pack_features(features: Sequence[dict], max_length: int) -> list[dict]:
         else:
             bins.append([i])
             free.append(max_length - lengths[i])
+    weighted = any("weight" in f for f in features)
     rows = []
     for members in bins:
         row = {"input_ids": [], "labels": [], "position_ids": [], "seq_lens": []}
+        if weighted:
+            row["loss_weights"] = []
         for i in members:
             n = lengths[i]
             labels = list(features[i]["labels"][:n])
@@ -109,6 +124,8 @@ def pack_features(features: Sequence[dict], max_length: int) -> list[dict]:
             row["labels"].extend(labels)
             row["position_ids"].extend(range(n))
             row["seq_lens"].append(n)
+            if weighted:
+                row["loss_weights"].extend([float(features[i].get("weight", 1.0))] * n)
         rows.append(row)
     return rows
 
@@ -123,8 +140,9 @@ def packed_collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]
         rows: rows from :func:`pack_features`.
         pad_id: token id for padding.
     Returns:
-        ``input_ids``, ``labels`` and ``position_ids``, LongTensors of shape (B, T). Run the model
-        on them with ``use_cache=False`` and no ``attention_mask``.
+        ``input_ids``, ``labels`` and ``position_ids``, LongTensors of shape (B, T), and
+        ``loss_weights`` (float, B x T) when the rows have them. Run the model on them with
+        ``use_cache=False`` and no ``attention_mask``.
     """
     if not rows:
         raise ValueError("packed_collate: got no rows (expected at least one)")
@@ -140,7 +158,14 @@ def packed_collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]
         labels[b, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
         position_ids[b, :n] = torch.as_tensor(r["position_ids"], dtype=torch.long)
         position_ids[b, n:] = torch.arange(longest - n)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if any("loss_weights" in r for r in rows):
+        weights = torch.zeros((len(rows), longest), dtype=torch.float32)            # (B, T)
+        for b, r in enumerate(rows):
+            n = len(r["input_ids"])
+            weights[b, :n] = torch.as_tensor(r["loss_weights"], dtype=torch.float32) if "loss_weights" in r else 1.0
+        batch["loss_weights"] = weights
+    return batch
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,

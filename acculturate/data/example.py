@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+WEIGHT_EXPECTED = "a finite number >= 0 (the example's loss weight)"
+
+
+def loss_weight(meta: dict) -> float | None:
+    """``meta["weight"]`` as a float (None when absent): the factor on the example's token losses in
+    training, as ``acculturate data balance`` (mode ``weight``) writes it.
+
+    Raises:
+        ValueError: the weight is not a finite number >= 0 (the message says what was found).
+    """
+    if "weight" not in meta:
+        return None
+    value = meta["weight"]
+    weight = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        weight = float(value)
+    elif isinstance(value, str):
+        try:
+            weight = float(value)
+        except ValueError:
+            pass
+    if weight is None or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"field 'meta.weight': expected {WEIGHT_EXPECTED}, got {value!r}")
+    return weight
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from acculturate.data.errors import DataError, describe
-from acculturate.data.example import ROLES, Example
+from acculturate.data.example import ROLES, WEIGHT_EXPECTED, Example, loss_weight
 from acculturate.io import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,13 @@ def read_examples(
         try:
             if isinstance(record, DataError):
                 raise record
-            if kind == "chat":
-                examples.append(_chat_example(record, columns, allow_no_response, path, line))
-            else:
-                examples.append(_alpaca_example(record, columns, allow_no_response, path, line))
+            make = _chat_example if kind == "chat" else _alpaca_example
+            example = make(record, columns, allow_no_response, path, line)
+            try:
+                loss_weight(example.meta)
+            except ValueError:
+                raise DataError(path, line, "meta.weight", WEIGHT_EXPECTED, describe(example.meta["weight"])) from None
+            examples.append(example)
         except DataError as err:
             if not skip_invalid:
                 raise

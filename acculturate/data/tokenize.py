@@ -7,7 +7,7 @@ import logging
 
 from tqdm.auto import tqdm
 
-from acculturate.data.example import Example
+from acculturate.data.example import Example, loss_weight
 from acculturate.data.templates import render_segments
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,13 @@ def tokenize_example(
 
     Returns:
         ``{"input_ids": [int], "labels": [int]}`` (python lists of equal length), or None when
-        truncation removed every response token (nothing left to learn from).
+        truncation removed every response token (nothing left to learn from). An example with
+        ``meta["weight"]`` (as ``acculturate data balance --mode weight`` writes) also gets
+        ``"weight"``: the factor on its tokens' loss in training (:func:`acculturate.train.loss.loss_sum`).
 
     Raises:
-        ValueError: the example has no assistant turn, or ``max_length`` < 1.
+        ValueError: the example has no assistant turn, its ``meta["weight"]`` is not a finite
+            number >= 0, or ``max_length`` < 1.
     """
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length: expected a positive integer or None, got {max_length!r}")
@@ -52,7 +55,12 @@ def tokenize_example(
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         return None
-    return {"input_ids": input_ids, "labels": labels}
+    feature = {"input_ids": input_ids, "labels": labels}
+    weight = loss_weight(example.meta)
+    if weight is not None:
+        feature["weight"] = weight
+    return feature
+
 
 
 def tokenize_examples(

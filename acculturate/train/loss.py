@@ -45,7 +45,10 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
 
     Args:
         model: a Hugging Face causal LM.
-        batch: ``input_ids``, ``labels`` and optionally ``attention_mask``/``position_ids`` (B, T).
+        batch: ``input_ids``, ``labels`` and optionally ``attention_mask``/``position_ids`` (B, T);
+            optionally ``loss_weights`` (float, B x T): each target's loss is multiplied by the
+            weight at its position (its example's ``meta.weight``). ``n_targets`` stays the plain
+            count, so weights that average 1 over the data keep the loss's scale.
         device: where the model runs.
         amp_dtype: run the forward under autocast to this dtype (None: no autocast).
         chunked_above: when targets x vocabulary exceeds this, compute the loss in chunks from the
@@ -58,6 +61,9 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     targets = labels[:, 1:][keep[:, :-1]]                 # (N,) row-major, like logits[keep] below
     if targets.numel() == 0:
         return torch.zeros((), device=device), 0
+    weights = None                                        # (N,) each target's example weight
+    if "loss_weights" in batch:
+        weights = batch["loss_weights"].to(device)[:, 1:][keep[:, :-1]]
     inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
     if "position_ids" in inputs and "attention_mask" not in inputs and uses_varlen_attention(model):
         inputs.update(varlen_kwargs(inputs["position_ids"]))   # packed rows: example boundaries
@@ -68,15 +74,28 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     if targets.numel() * vocab > chunked_above:
         hidden = final_hidden_states(model, inputs, amp)           # (B, T, d) or None
         if hidden is not None and hidden.shape[:2] == labels.shape:
+            hidden = hidden[keep]                                  # (N, d)
             with amp:
-                return chunked_cross_entropy(hidden[keep], head, targets), int(targets.numel())
+                if weights is None:
+                    return chunked_cross_entropy(hidden, head, targets), int(targets.numel())
+                # The fused/chunked paths return sums: one sum per distinct weight (a weighted
+                # dataset has one weight per group, so a handful), each scaled by its weight.
+                total = hidden.new_zeros((), dtype=torch.float32)
+                for w in torch.unique(weights).tolist():
+                    if w != 0.0:
+                        rows = weights == w
+                        total = total + w * chunked_cross_entropy(hidden[rows], head, targets[rows])
+                return total, int(targets.numel())
     positions = keep.any(dim=0).nonzero().squeeze(1)      # (K,) positions with a target in some row
     with amp:
         logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits   # (B, K, V)
     if logits.shape[1] != positions.numel():   # a model that ignored logits_to_keep: (B, T, V)
         logits = logits[:, positions]
     logits = logits[keep[:, positions]]                   # (N, V)
-    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
+    if weights is None:
+        return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")   # (N,)
+    return (losses * weights).sum(), int(targets.numel())
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict, amp) -> torch.Tensor | None:

@@ -253,6 +253,12 @@ class Objective:
         cfg = self.config
         logits, targets, rows = target_logits(model, batch, device, amp_dtype)
         token_ce = F.cross_entropy(logits.float(), targets, reduction="none")      # (N,)
+        if "loss_weights" in batch:   # examples' meta.weight, as in train.loss.loss_sum
+            if cfg.group_dro:
+                raise ValueError("group DRO re-weights groups itself: train on examples without "
+                                 "meta.weight (or set forgetting.group_dro: false)")
+            labels = batch["labels"].to(device)
+            token_ce = token_ce * batch["loss_weights"].to(device)[:, 1:][target_mask(labels)[:, :-1]]
         regional_sum = token_ce.sum()
         general_idx = self._step_general[micro_index] if self._step_general else []
         g_ce = g_kl = None

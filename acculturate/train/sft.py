@@ -132,11 +132,15 @@ class TrainResult:
 
 
 def fingerprint(rows: Sequence[dict]) -> str:
-    """A hash of the token ids and labels of ``rows``: a resumed run must see the same data."""
+    """A hash of the token ids, labels and loss weights of ``rows``: a resumed run must see the same
+    data. (Rows without weights hash as before weights existed, so older checkpoints still resume.)"""
     h = hashlib.sha256()
     for r in rows:
         h.update(np.asarray(r["input_ids"], dtype=np.int64).tobytes())
         h.update(np.asarray(r["labels"], dtype=np.int64).tobytes())
+        for key in ("weight", "loss_weights"):
+            if key in r:
+                h.update(key.encode() + np.asarray(r[key], dtype=np.float64).tobytes())
         h.update(b"|")
     return h.hexdigest()[:16]
 
@@ -154,7 +158,8 @@ def prepare_rows(features: Sequence[dict], config: TrainConfig) -> tuple[list[di
         if all(label == -100 for label in labels[1:]):   # label 0 is never a target (no context)
             dropped += 1
             continue
-        kept.append({"input_ids": ids, "labels": labels, **({"group": f["group"]} if "group" in f else {})})
+        kept.append({"input_ids": ids, "labels": labels,
+                     **{key: f[key] for key in ("group", "weight") if key in f}})
     rows = pack_features(kept, config.max_length) if config.packing else kept
     return rows, dropped
 
@@ -188,7 +193,9 @@ def evaluate_loss(model: torch.nn.Module, rows: Sequence[dict], config: TrainCon
     total, n = 0.0, 0
     for start in range(0, len(rows), config.batch_size):
         idx, weight = par.shard(list(range(start, min(start + config.batch_size, len(rows)))))
-        s, k = loss_sum(par.model, collate([rows[i] for i in idx], config, pad_id), device, amp_dtype)
+        batch = collate([rows[i] for i in idx], config, pad_id)
+        batch.pop("loss_weights", None)   # held-out loss is every token's plain mean, comparable across runs
+        s, k = loss_sum(par.model, batch, device, amp_dtype)
         total, n = total + s.item() * weight, n + k * weight
     total, n = par.all_sum(total), par.all_sum(n)
     model.train(was_training)
@@ -282,6 +289,11 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     if dropped:
         log.warning("dropped %d of %d training features with no target token within max_length=%d",
                     dropped, len(train_features), config.max_length)
+    weights = [float(f.get("weight", 1.0)) for f in train_features]
+    if any("weight" in f for f in train_features):
+        log.info("loss weights from meta.weight on %d of %d training examples (mean %.3f, min %.3g, "
+                 "max %.3g)", sum("weight" in f for f in train_features), len(weights),
+                 sum(weights) / len(weights), min(weights), max(weights))
     eval_rows, _ = prepare_rows(eval_features or [], config)
     micro_per_epoch = math.ceil(len(rows) / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)

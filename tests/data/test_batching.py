@@ -129,3 +129,14 @@ def test_packed_row_equals_examples_alone_on_real_model(default_model, attn):
         model.set_attn_implementation(previous)
     assert packed_targets == alone_targets
     assert packed_loss.item() == pytest.approx(alone_loss, abs=1e-3)
+
+
+def test_weighted_features_carry_loss_weights_through_padding_and_packing():
+    feats = [dict(feature([5, 6, 7], 1), weight=2.5), feature([8, 9])]
+    batch = pad_collate(feats, pad_id=0)
+    assert batch["loss_weights"].tolist() == [[2.5, 2.5, 2.5], [1.0, 1.0, 0.0]]
+    assert "loss_weights" not in pad_collate([feature([1, 2])], pad_id=0)
+    rows = pack_features(feats, max_length=8)
+    assert rows[0]["loss_weights"] == [2.5, 2.5, 2.5, 1.0, 1.0]
+    packed = packed_collate(rows + [{k: v for k, v in rows[0].items() if k != "loss_weights"}], pad_id=0)
+    assert packed["loss_weights"].tolist() == [[2.5, 2.5, 2.5, 1.0, 1.0], [1.0] * 5]

@@ -208,3 +208,14 @@ def test_bad_arguments_and_pickling():
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) == "d.jsonl:3: field 'output': expected a string, got int (1)"
     assert str(DataError("d.jsonl", None, None, "x", "y")) == "d.jsonl: expected x, got y"
+
+
+def test_meta_weight_is_checked_with_file_line_and_field(tmp_path):
+    path = tmp_path / "weighted.jsonl"
+    path.write_text('{"instruction": "a", "output": "b", "weight": 2}\n'
+                    '{"instruction": "c", "output": "d", "meta": {"weight": "heavy"}}\n')
+    with pytest.raises(DataError, match=r"weighted.jsonl:2: field 'meta.weight': expected a finite number >= 0"):
+        read_examples(path)
+    path.write_text('{"instruction": "a", "output": "b", "weight": 2}\n')
+    [example] = read_examples(path)
+    assert example.meta["weight"] == 2

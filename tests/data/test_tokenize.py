@@ -55,3 +55,11 @@ def test_examples_without_a_response_are_refused(tokenizer):
         tokenize_example(Example.from_alpaca("Hi"), tokenizer, "chat", max_length=64)
     with pytest.raises(ValueError, match="max_length"):
         tokenize_example(Example.from_alpaca("Hi", "", "Yo"), tokenizer, "chat", max_length=0)
+
+
+def test_meta_weight_becomes_the_features_loss_weight(tokenizer):
+    weighted = Example.from_alpaca("Say hi.", output="Hi!", weight=1.5)
+    assert tokenize_example(weighted, tokenizer)["weight"] == 1.5
+    assert "weight" not in tokenize_example(Example.from_alpaca("Say hi.", output="Hi!"), tokenizer)
+    with pytest.raises(ValueError, match=r"field 'meta.weight': expected a finite number >= 0 .*, got -1"):
+        tokenize_example(Example.from_alpaca("Say hi.", output="Hi!", weight=-1), tokenizer)

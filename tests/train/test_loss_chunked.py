@@ -63,3 +63,19 @@ def test_fused_linear_cross_entropy_matches_full_logits_on_gpu():
     (g_ref,) = torch.autograd.grad(ref, [h32])
     assert abs(float(fused) - float(ref)) / abs(float(ref)) < 1e-2
     assert float((g_fused.float() - g_ref).norm() / g_ref.norm()) < 2e-2
+
+
+def test_loss_weights_scale_each_examples_token_losses_on_every_path():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    feats = [{"input_ids": [3, 4, 5, 6], "labels": [-100, 4, 5, 6]},
+             {"input_ids": [7, 8, 9], "labels": [-100, -100, 9]}]
+    plain = [loss_sum(model, pad_collate([f], 0), torch.device("cpu"))[0] for f in feats]
+    weighted = pad_collate([dict(feats[0], weight=0.5), dict(feats[1], weight=3.0)], 0)
+    for threshold in (2 ** 62, 0):   # full logits, then the chunked path (one sum per distinct weight)
+        total, n = loss_sum(model, weighted, torch.device("cpu"), chunked_above=threshold)
+        assert n == 4   # the plain count: weights scale losses, not the normaliser
+        torch.testing.assert_close(total, 0.5 * plain[0] + 3.0 * plain[1])

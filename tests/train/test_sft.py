@@ -180,3 +180,20 @@ def test_packed_training_on_cuda_uses_varlen_attention(tmp_path):
     r = train(model, feats, feats, config, tmp_path, pad_id=0, progress=False)
     assert uses_varlen_attention(model)
     assert r.eval_loss < before - 0.05
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_meta_weight_scales_each_examples_share_of_the_gradient(tmp_path, monkeypatch, packing):
+    """An example weighted 0 contributes nothing; the others keep their plain token-mean share:
+    training on [A (weight 0), B] steps on N_B / (N_A + N_B) times the gradient of B alone."""
+    torch.set_num_threads(1)
+    a, b = tiny_features(2)
+    targets = [sum(x != -100 for x in f["labels"][1:]) for f in (a, b)]
+    seen = capture_grads(monkeypatch)
+    for name, feats in [("weighted", [dict(a, weight=0.0), dict(b, weight=1.0)]), ("alone", [b])]:
+        config = TrainConfig(max_steps=1, batch_size=2, log_every=1, save_every=0, packing=packing,
+                             max_grad_norm=1e9)
+        train(tiny_model(), feats, None, config, tmp_path / f"{name}-{packing}", pad_id=0, progress=False)
+    share = targets[1] / sum(targets)
+    for weighted, alone in zip(*seen):
+        torch.testing.assert_close(weighted, alone * share, atol=1e-7, rtol=1e-5)
