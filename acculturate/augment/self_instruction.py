@@ -9,7 +9,6 @@ An optional region persona (``acculturate/resources/personas.yaml``) steers both
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 from acculturate.augment.progress import log_row, read_partial
 from acculturate.data import DataError, Example, render_prompt, write_examples
 from acculturate.data.dedupe import normalize_text
+from acculturate.data.jsonl import read_jsonl_objects, text_field
 from acculturate.data.filters import load_blocklist
 from acculturate.decode import GenerationConfig, generate
 from acculturate.resources import resource_path
@@ -90,15 +90,8 @@ def load_seed_tasks(path: str | os.PathLike | None = None) -> list[dict]:
     """
     path = Path(path) if path else resource_path(SEED_TASKS)
     tasks = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, None, "one JSON object per line", f"malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
-            raise DataError(path, lineno, "instruction", "a non-empty string", repr(row.get("instruction") if isinstance(row, dict) else row)[:40])
+    for lineno, row in read_jsonl_objects(path):
+        text_field(path, lineno, row, "instruction")
         instances = row.get("instances") or [{}]
         if not isinstance(instances, list) or not isinstance(instances[0], dict):
             raise DataError(path, lineno, "instances", "a list of {input, output}", repr(instances)[:40])

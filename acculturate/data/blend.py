@@ -3,7 +3,6 @@ load them as Examples and score free-text answers against the annotators' answer
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from acculturate.data.errors import DataError, describe
 from acculturate.data.example import Example
+from acculturate.data.jsonl import read_jsonl_objects
 from acculturate.resources import resource_path
 
 BLEND_FILE = "data/blend/blend_saq_en.jsonl"
@@ -105,15 +105,7 @@ _FIELDS = {"id": str, "country": str, "topic": str, "question_en": str, "answers
 def _read_rows(path) -> list[tuple[int, dict]]:
     path = Path(path) if path is not None else resource_path(BLEND_FILE)
     rows = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, None, "one JSON object per line", f"malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(path, lineno, None, "a JSON object", describe(row))
+    for lineno, row in read_jsonl_objects(path):
         for name, kind in _FIELDS.items():
             if not isinstance(row.get(name), kind):
                 got = "nothing (the field is missing)" if name not in row else describe(row[name])

@@ -19,12 +19,12 @@ Two packings (``pack_documents``):
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from acculturate.data.errors import DataError
+from acculturate.data.jsonl import read_jsonl_objects
 
 TEXT_FORMATS = ("auto", "txt", "jsonl", "csv")
 PACKINGS = ("stream", "document")
@@ -79,16 +79,9 @@ def read_documents(path: str | Path, *, format: str = "auto", field: str | None 
     if kind == "jsonl":
         key = field or "text"
         docs = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_no, None, "a JSON object", f"invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                got = type(row.get(key)).__name__ if isinstance(row, dict) else type(row).__name__
-                raise DataError(path, line_no, key, "a string of text", got)
+        for line_no, row in read_jsonl_objects(path):
+            if not isinstance(row.get(key), str):
+                raise DataError(path, line_no, key, "a string of text", type(row.get(key)).__name__)
             if row[key].strip():
                 docs.append(Document(row[key].strip(), group or str(row.get("group", path.stem))))
         return docs

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from acculturate.adapters import LoRAConfig, adapter_registry, save_adapter
 from acculturate.data.errors import DataError, describe
+from acculturate.data.jsonl import read_jsonl_objects, text_field
 from acculturate.feedback.heads import ScalarHead, hidden_size, last_hidden, last_token_states
 from acculturate.feedback.order import cycle_indices
 from acculturate.io import append_jsonl, atomic_dir, write_json, write_jsonl
@@ -199,20 +200,8 @@ def read_preference_pairs(path: str | os.PathLike, tokenizer, template: str = "c
         except (json.JSONDecodeError, IndexError):
             head = {}
         if isinstance(head, dict) and "prompt" in head and "instruction" not in head:
-            for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, lineno, None, "one JSON object per line", f"malformed JSON ({e.msg})") from None
-                for key in ("prompt", "chosen", "rejected"):
-                    value = row.get(key) if isinstance(row, dict) else None
-                    if not isinstance(value, str) or not value.strip():
-                        raise DataError(path, lineno, key, "a non-empty string",
-                                        "nothing (the field is missing)" if not isinstance(row, dict) or key not in row
-                                        else describe(value))
-                pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+            for lineno, row in read_jsonl_objects(path, encoding="utf-8-sig"):
+                pairs.append({key: text_field(path, lineno, row, key) for key in ("prompt", "chosen", "rejected")})
             return pairs
     for i, example in enumerate(read_examples(path, format="alpaca", allow_no_response=True), start=1):
         for key in ("chosen", "rejected"):

@@ -12,7 +12,6 @@ Bad input raises :class:`acculturate.data.DataError` naming the file, the line a
 from __future__ import annotations
 
 import html.parser
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import yaml
 
 from acculturate.data import DataError
 from acculturate.data.errors import describe
+from acculturate.data.jsonl import read_jsonl_objects, text_field
 
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
             ".html": "html", ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl"}
@@ -261,28 +261,12 @@ def _read_pdf(path: Path) -> Document:
     return Document(str(path), title, blocks, {"pages": len(pages)})
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[Document]:
+def _read_jsonl(path: Path, field: str) -> list[Document]:
     docs = []
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(path, _line_of(raw, e.start), None, "UTF-8 text", f"undecodable bytes ({e.reason})") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, None, "one JSON object per line", f"malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(path, lineno, None, "a JSON object", describe(row))
-        body = row.get(text_field)
-        if not isinstance(body, str) or not body.strip():
-            got = "nothing (the field is missing)" if text_field not in row else describe(body)
-            raise DataError(path, lineno, text_field, "a non-empty string", got)
+    for lineno, row in read_jsonl_objects(path):
+        body = text_field(path, lineno, row, field)
         meta = {k: v for k, v in row.items()
-                if k != text_field and isinstance(v, (str, int, float, bool))}
+                if k != field and isinstance(v, (str, int, float, bool))}
         title = str(meta.pop("title", f"{path.stem}:{lineno}"))
         docs.append(Document(f"{path}:{lineno}", title, [Block(p, title) for p in _paragraphs(body)], meta))
     return docs

@@ -36,7 +36,7 @@ def test_bad_input_names_file_line_and_field(tmp_path, data_dir):
     with pytest.raises(DataError, match=r"x.jsonl:2: field 'text': expected a string of text, got int"):
         read_documents(jl)
     jl.write_text("{not json\n")
-    with pytest.raises(DataError, match=r"x.jsonl:1: expected a JSON object"):
+    with pytest.raises(DataError, match=r"x.jsonl:1: expected one JSON object per line, got malformed JSON"):
         read_documents(jl)
     with pytest.raises(DataError, match="field 'klingon'.*column of the header"):
         read_documents(data_dir / "nusax" / "valid.csv", field="klingon")
