@@ -8,7 +8,6 @@ what ``{kind: reward_model, path: runs/<name>/reward_model}`` loads), ``metrics.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import torch
 from acculturate.adapters import LoRAConfig, apply_lora
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import DataError, train_test_split
+from acculturate.data.errors import describe
+from acculturate.data.jsonl import MISSING, read_jsonl_objects, text_field
 from acculturate.feedback.reward_model import (RewardModelConfig, read_preference_pairs, save_reward_model,
                                                train_reward_model)
 from acculturate.feedback.rewards import feedback_rewards
@@ -76,19 +77,12 @@ class RewardModelJobConfig:
 def read_scored_rows(path: Path) -> list[dict]:
     """``{"prompt", "completion", "reward"}`` rows of a JSONL file; DataError names the line and field."""
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, None, "one JSON object per line", f"malformed JSON ({e.msg})") from None
-        for key, ok, words in (("prompt", lambda v: isinstance(v, str), "a string"),
-                               ("completion", lambda v: isinstance(v, str), "a string"),
-                               ("reward", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")):
-            if not isinstance(row, dict) or key not in row or not ok(row[key]):
-                got = "nothing (the field is missing)" if not isinstance(row, dict) or key not in row else repr(row[key])
-                raise DataError(path, lineno, key, words, got)
+    for lineno, row in read_jsonl_objects(path):
+        text_field(path, lineno, row, "prompt", allow_empty=True)
+        text_field(path, lineno, row, "completion", allow_empty=True)
+        reward = row.get("reward")
+        if not isinstance(reward, (int, float)) or isinstance(reward, bool):
+            raise DataError(path, lineno, "reward", "a number", MISSING if "reward" not in row else describe(reward))
         rows.append({"prompt": row["prompt"], "completion": row["completion"], "reward": float(row["reward"])})
     return rows
 

@@ -92,3 +92,19 @@ def test_config_errors_name_the_file_and_field(tmp_path):
     bad.write_text("train: {batch_size: 0}\n")
     proc = _cli("reward-model", "train", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "RewardModelConfig.batch_size" in proc.stderr
+
+
+def test_scored_rows_are_read_with_file_line_and_field_errors(tmp_path):
+    from acculturate.data import DataError
+    from acculturate.jobs.reward_model import read_scored_rows
+
+    path = tmp_path / "scored.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c", "reward": 1}\n\n{"prompt": "p", "completion": "", "reward": -0.5}\n')
+    assert read_scored_rows(path) == [{"prompt": "p", "completion": "c", "reward": 1.0},
+                                      {"prompt": "p", "completion": "", "reward": -0.5}]
+    path.write_text('{"prompt": "p", "completion": "c", "reward": true}\n')
+    with pytest.raises(DataError, match=r"scored.jsonl:1: field 'reward': expected a number, got bool"):
+        read_scored_rows(path)
+    path.write_text('{"prompt": "p", "reward": 1}\n')
+    with pytest.raises(DataError, match=r"scored.jsonl:1: field 'completion': expected a string, got nothing"):
+        read_scored_rows(path)
