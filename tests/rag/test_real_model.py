@@ -100,3 +100,22 @@ def test_cli_index_search_and_errors(tmp_path, capsys, rag_index):
     (docs / "bad.jsonl").write_text('{"text": 3}\n')
     assert main(["rag", "index", str(docs), "--index", where]) == 2
     assert "bad.jsonl:1: field 'text': expected a non-empty string" in capsys.readouterr().err
+
+
+def test_cross_encoder_rerank_orders_the_candidates_by_the_models_scores(rag_index):
+    """The cross-encoder path with a real sentence-transformers CrossEncoder. None ships offline, so
+    it is all-MiniLM-L6-v2's encoder with a fresh one-logit head: its scores carry no meaning here,
+    but the path is the real one (load, predict on (query, passage) pairs, reorder)."""
+    from acculturate.models.embedding import embedder_path
+    from acculturate.rag import RetrieveConfig, retrieve
+    from acculturate.rag.retrieve import load_cross_encoder
+
+    path = embedder_path()
+    query = "When do people set off fireworks in Britain?"
+    fused = retrieve(rag_index, query, RetrieveConfig(k=20, candidates=20))
+    reranked = retrieve(rag_index, query, RetrieveConfig(k=20, candidates=20, rerank="cross-encoder", reranker=path))
+    assert {h.passage["id"] for h in reranked} == {h.passage["id"] for h in fused}   # same candidates
+    model = load_cross_encoder(path)   # the cached instance retrieve used
+    expected = model.predict([(query, h.passage["indexed_text"]) for h in reranked], show_progress_bar=False)
+    assert [h.score for h in reranked] == pytest.approx([float(s) for s in expected], rel=1e-5, abs=1e-6)
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
