@@ -26,6 +26,11 @@ to the model, deactivating detaches them, so the model again runs exactly as loa
 module of the model, so it costs only its (n, d) vectors while inactive. It cannot be merged into
 weights or combined with LoRA adapters.
 
+A LoRA adapter trained with new-vocabulary rows (``method.train_new_tokens``, saved as PEFT's
+``trainable_token_indices``) keeps its :class:`TrainableTokenRows` embedding wrapper (and the tied
+head's) beside its LoRA layers: they wrap the model's embedding only while that adapter is active,
+so another adapter, or none, sees the base model's rows again.
+
 One model serves one adapter at a time: switching changes the model for every caller, so a server
 answering requests for different adapters concurrently must serialize them (:meth:`using` holds a
 lock for its block). Mixing adapters row by row inside one batch is not supported.
@@ -50,6 +55,7 @@ from acculturate.adapters.lora import (
 from acculturate.adapters.peft_format import load_adapter, save_adapter
 from acculturate.adapters.prompt_tuning import ATTRIBUTE as PROMPT_ATTRIBUTE
 from acculturate.adapters.prompt_tuning import PromptEmbedding, PromptTuningConfig, prompt_embedding
+from acculturate.adapters.token_rows import TiedTokenRowsHead, TrainableTokenRows
 
 NONE = "none"  # the name that selects the base model alone
 _ATTRIBUTE = "_acculturate_adapter_registry"  # where a model keeps its registry
@@ -71,6 +77,9 @@ class Adapter:
             empty for prompt tuning.
         source: the directory it was loaded from, if any.
         prompt: a prompt-tuning adapter's virtual tokens and hooks (attached only while active).
+        token_rows: trained new-vocabulary embedding rows saved with a LoRA adapter (PEFT's
+            ``trainable_token_indices``): the embedding wrapper and, for a tied head, the head's;
+            in the model only while the adapter is active, like ``layers``.
     """
 
     name: str
@@ -78,6 +87,7 @@ class Adapter:
     layers: dict[str, LoRALinear]
     source: Path | None = None
     prompt: PromptEmbedding | None = None
+    token_rows: tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None = None
 
     @property
     def kind(self) -> str:
@@ -87,8 +97,36 @@ class Adapter:
     def num_parameters(self) -> int:
         """The number of ``A``/``B`` entries, or of prompt-vector entries (the adapter's whole cost in memory)."""
         prompt = self.prompt.prompt_embeddings.weight.numel() if self.prompt is not None else 0
-        return prompt + sum(layer.lora_A.weight.numel() + layer.lora_B.weight.numel()
+        rows = self.token_rows[0].rows.numel() if self.token_rows is not None else 0
+        return prompt + rows + sum(layer.lora_A.weight.numel() + layer.lora_B.weight.numel()
                             for layer in self.layers.values())
+
+
+def _detach_token_rows(model: nn.Module) -> tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None:
+    """Take the model's trainable token rows (and tied head wrapper) out, leaving the bare embedding
+    and head; returns them (None if the model has none)."""
+    embed = model.get_input_embeddings()
+    if not isinstance(embed, TrainableTokenRows):
+        return None
+    head = model.get_output_embeddings()
+    head = head if isinstance(head, TiedTokenRowsHead) else None
+    model.set_input_embeddings(embed.base_layer)
+    if head is not None:
+        model.set_output_embeddings(head.base_layer)
+    return embed, head
+
+
+def _attach_token_rows(model: nn.Module, rows: tuple[TrainableTokenRows, TiedTokenRowsHead | None]) -> None:
+    """Put an adapter's token-row wrappers around the model's current (bare) embedding and head."""
+    embed, head = rows
+    embed.base_layer = model.get_input_embeddings()
+    device = _device_of(embed.base_layer)
+    if device is not None and embed.rows.device != device:   # the model was moved while inactive
+        embed.to(device)
+    model.set_input_embeddings(embed)
+    if head is not None:
+        head.base_layer = model.get_output_embeddings()
+        model.set_output_embeddings(head)
 
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -134,7 +172,12 @@ class AdapterRegistry:
             raise ValueError("the model has both LoRA layers and a prompt-tuning prompt; a registry adapter "
                              "is one or the other")
         if existing:
-            self._adapters[_check_name(adopt_name)] = Adapter(adopt_name, _infer_config(existing), existing)
+            rows = None
+            if isinstance(model.get_input_embeddings(), TrainableTokenRows):
+                head = model.get_output_embeddings()
+                rows = (model.get_input_embeddings(), head if isinstance(head, TiedTokenRowsHead) else None)
+            self._adapters[_check_name(adopt_name)] = Adapter(adopt_name, _infer_config(existing), existing,
+                                                              token_rows=rows)
             self._active = adopt_name
         elif prompt is not None:
             config = PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens)
@@ -219,13 +262,15 @@ class AdapterRegistry:
                 for path, layer in layers.items():
                     _set_module(self.model, path, layer.base_layer)
                 prompt = _detach_prompt(self.model)
+                rows = _detach_token_rows(self.model)
             finally:
                 if self.model_lora_paths():  # the loader failed half-way: leave the base bare again
                     for path, layer in lora_modules(self.model).items():
                         _set_module(self.model, path, layer.base_layer)
                 _detach_prompt(self.model)  # (a loader that failed after attaching its prompt)
+                _detach_token_rows(self.model)
                 self._restore(previous, was_merged)
-            adapter = Adapter(name, config, layers, source, prompt)
+            adapter = Adapter(name, config, layers, source, prompt, rows)
             self._adapters[name] = adapter
             if activate:
                 self.use(name)
@@ -293,6 +338,8 @@ class AdapterRegistry:
             for path, layer in current.layers.items():
                 _set_module(self.model, path, layer.base_layer)
             _detach_prompt(self.model)
+            if current.token_rows is not None:
+                _detach_token_rows(self.model)
             self._active = None
         if name is None:
             return
@@ -303,6 +350,8 @@ class AdapterRegistry:
                 prompt.to(device)  # the model was moved while this adapter was inactive
             setattr(self.model, PROMPT_ATTRIBUTE, prompt)
             prompt.attach(self.model)
+        if self._adapters[name].token_rows is not None:
+            _attach_token_rows(self.model, self._adapters[name].token_rows)
         for path, layer in self._adapters[name].layers.items():
             base = self.model.get_submodule(path)
             # The base is whatever the model holds now, so a base swapped while another adapter was

@@ -611,3 +611,47 @@ def test_generate_cli_with_two_adapters(trained, capsys):
     assert capsys.readouterr().out.strip() == expected.strip()
     with pytest.raises(SystemExit, match=r"no adapter named 'fr'; loaded adapters: 'uk', 'mx'"):
         main(["generate", PROMPT, "--adapter", str(out / "uk"), "--adapter", str(out / "mx"), "--use", "fr"])
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_new_vocabulary_rows_switch_with_their_adapter(make_llama, tmp_path, tiny_ids, tie):
+    """An adapter saved with trained embedding rows (trainable_token_indices) applies them only while
+    it is active: the base, and an adapter without rows, see the base embedding (and tied head)."""
+    from acculturate.adapters.token_rows import TrainableTokenRows, apply_token_rows
+
+    trained = make_llama(tie=tie)
+    apply_lora(trained, A_CONFIG)
+    rows = apply_token_rows(trained, [60, 61, 63])
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in lora_modules(trained).values():
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.5)
+        rows.rows.copy_(torch.randn(rows.rows.shape, generator=g))
+    save_adapter(trained, tmp_path / "rows", None, A_CONFIG)
+    plain_dir = _random_adapter(lambda: make_llama(tie=tie), tmp_path / "plain", B_CONFIG, 2)
+    ids = torch.cat([tiny_ids, torch.tensor([[60, 61, 63, 60]] * 2)], dim=1)
+    expected_rows = _logits(trained, ids)
+
+    model = make_llama(tie=tie)
+    base = _logits(model, ids)
+    registry = adapter_registry(model)
+    registry.add("rows", tmp_path / "rows")
+    registry.add("plain", plain_dir)
+    assert registry.get("rows").num_parameters() > registry.get("rows").layers["model.layers.0.self_attn.q_proj"].lora_A.weight.numel()
+    assert not isinstance(model.get_input_embeddings(), TrainableTokenRows)   # nothing active yet
+    torch.testing.assert_close(_logits(model, ids), base)
+    registry.use("rows")
+    torch.testing.assert_close(_logits(model, ids), expected_rows)
+    registry.use("plain")
+    assert not isinstance(model.get_input_embeddings(), TrainableTokenRows)
+    plain_alone = make_llama(tie=tie)
+    load_adapter(plain_alone, plain_dir)
+    torch.testing.assert_close(_logits(model, ids), _logits(plain_alone, ids))
+    with registry.using("rows"):
+        torch.testing.assert_close(_logits(model, ids), expected_rows)
+    registry.use(None)
+    torch.testing.assert_close(_logits(model, ids), base)
+    registry.save("rows", tmp_path / "resaved", None)   # saved while inactive: rows included
+    again = make_llama(tie=tie)
+    load_adapter(again, tmp_path / "resaved")
+    torch.testing.assert_close(_logits(again, ids), expected_rows)
