@@ -47,6 +47,11 @@ class OutputFilterConfig:
     """A judge's score must be at least this for the answer to be kept."""
     fallback: str = "I'm sorry, I can't answer that."
     """What is returned when every candidate is rejected."""
+    stream_holdback: int | None = 64
+    """Streaming in the server: characters of an answer held back while it is written, so a blocked
+    phrase up to this long is caught before any of it is sent (blocklist/patterns only, with
+    ``best_of`` 1 and no ``languages``: those decide on the whole answer, which then arrives as one
+    piece). None: always send a filtered answer as one piece at the end."""
 
     def __post_init__(self):
         self.blocklist, self.patterns, self.languages = tuple(self.blocklist), tuple(self.patterns), tuple(self.languages)
@@ -56,11 +61,19 @@ class OutputFilterConfig:
             raise ValueError(f"reward: expected one of {sorted(REWARDS)}, got {self.reward!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature!r}")
+        if self.stream_holdback is not None and (isinstance(self.stream_holdback, bool)
+                                                  or not isinstance(self.stream_holdback, int) or self.stream_holdback < 0):
+            raise ValueError(f"stream_holdback: expected None or an integer >= 0, got {self.stream_holdback!r}")
         if self.languages:
             from acculturate.data.langid import LangIdConfig
 
             LangIdConfig(languages=self.languages)  # unknown codes fail here, with the known ones listed
         self._blocklist = None
+
+    @property
+    def streams_incrementally(self) -> bool:
+        """Whether a streamed answer can be sent while it is written (see ``stream_holdback``)."""
+        return self.stream_holdback is not None and self.best_of == 1 and not self.languages
 
     @property
     def active(self) -> bool:

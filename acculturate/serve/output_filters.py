@@ -6,13 +6,22 @@
 
 A request's ``metadata.region`` picks its entry (else ``"*"``; no entry: no filtering). A filtered
 request generates ``best_of`` candidates per choice in the batcher, then the worker picks one per
-choice; a stream then gets each chosen answer as one delta (the text cannot be streamed before it
-has passed the filters). A rejected answer is ``fallback`` with finish_reason ``content_filter``.
+choice. A rejected answer is ``fallback`` with finish_reason ``content_filter``.
+
+Streaming: with blocklist/pattern filters only (``best_of`` 1, no ``languages``) a stream gets the
+answer as it is written, less its last ``stream_holdback`` characters, which are sent once the text
+after them shows they start no blocked phrase (:class:`HeldBackStream`). When a blocked phrase
+appears, the stream stops there with finish_reason ``content_filter``: the client has the clean
+text before it (or the ``fallback`` if nothing was sent yet), and that is what the feedback store
+records. Filters that judge the whole answer (languages, best-of-n) send it as one piece at the end.
 """
 
 from __future__ import annotations
 
-from acculturate.decode.postprocess import REWARDS, OutputFilterConfig, candidate_config, select
+from dataclasses import replace
+from typing import Callable
+
+from acculturate.decode.postprocess import FILTERED, REWARDS, OutputFilterConfig, candidate_config, select
 from acculturate.serve.batching import Job
 
 DEFAULT_REGION = "*"
@@ -25,6 +34,53 @@ def filters_for(output_filters: dict[str, OutputFilterConfig], region: str | Non
     return filters if filters is not None and filters.active else None
 
 
+class HeldBackStream:
+    """One streamed answer under a blocklist: ``add`` the generated text as it comes; everything but
+    its last ``holdback`` characters goes to ``emit`` as long as no blocked phrase has appeared.
+
+    A phrase is caught before any of it is sent when it is at most ``holdback`` characters long:
+    it is flagged as soon as one character follows it (:meth:`Blocklist.find_settled`), and by then
+    at most ``len(text) - 1 - holdback`` characters were sent before that character arrived.
+    """
+
+    def __init__(self, filters: OutputFilterConfig, emit: Callable[[str], None]):
+        self.blocklist = filters.compiled_blocklist()
+        self.holdback = filters.stream_holdback
+        self.emit = emit
+        self.text = ""
+        self.sent = 0
+        self.blocked = False
+
+    def add(self, delta: str) -> None:
+        if self.blocked:
+            return
+        self.text += delta
+        if self.blocklist.find_settled(self.text):
+            self.blocked = True
+            return
+        safe = len(self.text) - self.holdback
+        if safe > self.sent:
+            self.emit(self.text[self.sent:safe])
+            self.sent = safe
+
+    def finish(self, chosen, fallback: str):
+        """Send what is left of the checked answer ``chosen`` (a Completion); returns the Completion
+        as the client got it (cut at the blocked phrase when one appeared after text was sent)."""
+        blocked = self.blocked or chosen.finish_reason == FILTERED
+        if not blocked:
+            if chosen.text.startswith(self.text[:self.sent]):
+                rest = chosen.text[self.sent:]
+            else:   # the final text was cut (a stop string) before what was sent: nothing more to send
+                rest = ""
+            if rest:
+                self.emit(rest)
+            return chosen
+        if self.sent == 0:   # nothing shown yet: the client gets the fallback, as without streaming
+            self.emit(fallback)
+            return replace(chosen, text=fallback, finish_reason=FILTERED) if chosen.finish_reason != FILTERED else chosen
+        return replace(chosen, text=self.text[:self.sent], finish_reason=FILTERED)
+
+
 def submit_filtered(batcher, job: Job, filters: OutputFilterConfig) -> None:
     """Queue ``job`` so that its future gets the filtered, re-ranked completions.
 
@@ -32,8 +88,11 @@ def submit_filtered(batcher, job: Job, filters: OutputFilterConfig) -> None:
         Overloaded: from the batcher, as for an unfiltered job.
     """
     n = filters.best_of
+    streams = None
+    if job.on_text is not None and filters.streams_incrementally:   # n is 1: one candidate per choice
+        streams = [HeldBackStream(filters, lambda delta, i=i: job.on_text(i, delta)) for i in range(len(job.prompts))]
     inner = Job(job.served, [p for p in job.prompts for _ in range(n)], candidate_config(job.config, filters),
-                None, cancelled=job.cancelled)
+                (lambda i, delta: streams[i].add(delta)) if streams is not None else None, cancelled=job.cancelled)
     reward_fn = REWARDS[filters.reward](job.served.model, job.served.tokenizer) if filters.reward else None
 
     def finish(future) -> None:  # in the batcher's worker thread
@@ -45,7 +104,9 @@ def submit_filtered(batcher, job: Job, filters: OutputFilterConfig) -> None:
             grouped = [completions[i * n:(i + 1) * n] for i in range(len(job.prompts))]
             with job.served.active():  # the reward may run the model: as the same adapter
                 chosen = select(job.prompts, grouped, filters, reward_fn)
-            if job.on_text is not None:
+            if streams is not None:
+                chosen = [s.finish(c, filters.fallback) for s, c in zip(streams, chosen)]
+            elif job.on_text is not None:
                 for i, c in enumerate(chosen):
                     if c.text:
                         job.on_text(i, c.text)
