@@ -23,6 +23,7 @@ On the device machine (wheels carried in .whl/, see docs/benchmarks.md):
     python3 bench/gpu.py                 # every row, baseline and ours, then the table
     python3 bench/gpu.py gen sc          # only some rows (names: see ROWS); "gen:ours" skips its baseline
     python3 bench/gpu.py --table a.jsonl b.jsonl   # the table from saved results
+    python3 bench/gpu.py --cases '[["gen", 1, true, false, true]]'   # explicit cases (see one())
 Each case runs in its own process (Liger patches classes globally; peak memory per case). Results
 go to $OUT/gpu.jsonl (one JSON line per case) as they come.
 """
@@ -68,6 +69,8 @@ ROWS = {
                  [["base", 6], ["base", 7]], [["train", "llama-8b", "qlora", 4, 2048, "full"]]),
     # Ours: the eager step under a CUDA graph (no compile time), and the torch.compile'd step without
     # Liger (Inductor fuses the norms itself; H200 2026-12-01: 583 vs 563 tok/s with Liger inside).
+    # compile=True: at batch 1 the whole step with coordinate-descent tuning (801 tok/s, session 3);
+    # at batch 32 the layer function.
     "gen": ("generate, 1B, batch 1", [["base", 8]], [["gen", 1], ["gen", 1, True, False]]),
     "gen32": ("generate, 1B, batch 32", [["base", 9]], [["gen", 32], ["gen", 32, True, False]]),
     "sc": ("self-consistency k=8 vs 1 chain, 1B", [["sc", "hf"]], [["sc", "ours"]]),
@@ -122,9 +125,35 @@ def _timed_steps(step, n_warmup: int, n_steps: int) -> float:
     return (time.perf_counter() - t) / n_steps
 
 
-def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str = "default") -> dict:
+def kernel_profile(fn, n: int = 3, top: int = 40) -> dict:
+    """GPU time per kernel name over ``n`` calls of ``fn`` (torch.profiler, CUPTI): total ms per
+    call, kernel count per call and the ``top`` kernels by time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+    except Exception as e:   # a profile is extra: never lose the timing for it
+        return dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+    rows = [(e.key, e.count, getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0))
+            for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    rows.sort(key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    return dict(gpu_ms_per_call=round(total / n / 1000, 3), kernels_per_call=round(sum(r[1] for r in rows) / n, 1),
+                top=[[k[:100], round(c / n, 1), round(t / n / 1000, 4)] for k, c, t in rows[:top]])
+
+
+def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str = "default",
+               lora_order: str = "frozen_base_last", profile: bool = False) -> dict:
+    from acculturate.adapters.lora import LoRALinear
     from acculturate.train.loss import loss_sum
 
+    # Ablation: "base_first" is the LoRA forward before session 3 (base matmul, then the adapter).
+    LoRALinear.frozen_base_last = lora_order == "frozen_base_last"
     model, fused = build_ours(shape, mode)
     torch.cuda.reset_peak_memory_stats()
     if ckpt == "full":
@@ -153,10 +182,12 @@ def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str 
         dt = _timed_steps(step, WARMUP, STEPS)
     n_lora = sum(p.numel() for p in params)
     tps = B * S / dt
+    peak = torch.cuda.max_memory_allocated()
+    prof = kernel_profile(step, n=1) if profile else None
     return dict(case="train", side="ours", shape=shape, mode=mode, gc=ckpt != "none", ckpt=ckpt, liger=fused,
-                attention=attention,
+                attention=attention, lora_order=lora_order, profile=prof,
                 B=B, S=S, trainable=n_lora, tok_s=round(tps), step_s=round(dt, 4),
-                peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
+                peak_gib=round(peak / 2 ** 30, 2),
                 mfu=round(tps * flops_per_token(SHAPES[shape], S, n_lora) / PEAK_FLOPS, 3))
 
 
@@ -170,7 +201,7 @@ def _random_model(shape: str):
         return LlamaForCausalLM(conf).to(torch.bfloat16).eval()
 
 
-def gen_ours(B: int, compiled: bool = False, kernels: bool = True) -> dict:
+def gen_ours(B: int, compiled: bool | str = False, kernels: bool = True, profile: bool = False) -> dict:
     from acculturate.decode.static import StaticDecoder
     from acculturate.models.kernels import use_fused_kernels
 
@@ -180,14 +211,26 @@ def gen_ours(B: int, compiled: bool = False, kernels: bool = True) -> dict:
     prompts = torch.randint(0, model.config.vocab_size, (B, P)).tolist()
     decoder = StaticDecoder(model, B, P + new, temperature=GEN["temperature"], top_p=GEN["top_p"],
                             compile=compiled)
+    t = time.perf_counter()
     decoder.generate(prompts, 8)     # warm-up: compiles (if asked) and captures the step's CUDA graph
+    warm_s = time.perf_counter() - t
     torch.cuda.synchronize(); t = time.perf_counter()
     out = decoder.generate(prompts, new)
     torch.cuda.synchronize(); dt = time.perf_counter() - t
+    prof = None
+    if profile:   # kernels of graph replays, and of the same step run outside a graph
+        def rewind():   # back to the first decoding step (the cache has max_length slots)
+            decoder.positions.fill_(P); decoder.slot.fill_(P); decoder.step.fill_(1)
+        with torch.inference_mode():
+            rewind()
+            prof = dict(graph=kernel_profile(decoder.graph.replay, n=20, top=30))
+            rewind()
+            prof["no_graph"] = kernel_profile(decoder._step, n=20, top=30)
     assert all(len(o) == new for o in out)
     tps = B * new / dt
     roof = 4.3e12 / weight_bytes(SHAPES["llama-1b"])   # tokens/s per row if only weights were read
     return dict(case="generate", side="ours", shape="llama-1b", B=B, prompt=P, new=new, liger=fused, compiled=compiled,
+                warmup_s=round(warm_s, 1), profile=prof,
                 tok_s=round(tps), step_ms=round(1000 * dt / new, 3),
                 roofline_frac=round(tps / B / roof, 3) if B == 1 else None)
 
@@ -418,7 +461,8 @@ def main() -> None:
         return
     budget = float(os.environ.get("BENCH_BUDGET_S", 570))   # stay inside one device call
     only_ours = "--ours" in args
-    names = [a for a in args if not a.startswith("--")] or list(ROWS)
+    cases = json.loads(args[args.index("--cases") + 1]) if "--cases" in args else None   # explicit case list
+    names = [] if cases else [a for a in args if not a.startswith("--")] or list(ROWS)
     start = time.perf_counter()
     out_dir = os.environ.get("OUT")
     sink = open(os.path.join(out_dir, "gpu.jsonl"), "a") if out_dir else None
@@ -431,6 +475,9 @@ def main() -> None:
             sink.write(json.dumps(r) + "\n"); sink.flush()
 
     record(run_case(["env"], 120))
+    for case in cases or []:
+        left = budget - (time.perf_counter() - start)
+        record(run_case(case, left) if left >= 20 else dict(case=case, error="skipped: out of time in this call"))
     for name in names:   # "row:ours" runs only our side of a row
         name, _, side = name.partition(":")
         label, base_cases, our_cases = ROWS[name]

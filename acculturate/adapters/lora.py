@@ -86,6 +86,12 @@ class LoRALinear(nn.Module):
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
     """
 
+    # Half-precision forward over a frozen nn.Linear: adapter product first, base matmul last with
+    # nothing saved for backward (_FrozenAddmm), so activation checkpointing's early stop skips the
+    # base matmul of a layer's last projection (down_proj) when it recomputes the layer. False: the
+    # base matmul first (the order before 2026-12-01 session 3), kept for bench/gpu.py's ablation.
+    frozen_base_last = True
+
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False):
         super().__init__()
@@ -126,16 +132,23 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_B.weight @ self.lora_A.weight)  # (out, r) @ (r, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
-        out = self.base_layer(x)  # (..., out)
+        a, b = self.lora_A.weight, self.lora_B.weight
+        half = x.dtype in (torch.float16, torch.bfloat16) and a.dtype != x.dtype
+        base = self.base_layer
+        if (half and not self.merged and self.frozen_base_last and type(base) is nn.Linear
+                and base.weight.dtype == x.dtype and not base.weight.requires_grad
+                and (base.bias is None or not base.bias.requires_grad)
+                and not (base._forward_hooks or base._forward_pre_hooks)):
+            return self._half_forward(x, None, a, b)
+        out = base(x)  # (..., out)
         if self.merged:  # the update is already inside base_layer.weight
             return out
-        a, b = self.lora_A.weight, self.lora_B.weight
-        if x.dtype in (torch.float16, torch.bfloat16) and out.dtype == x.dtype and a.dtype != x.dtype:
+        if half and out.dtype == x.dtype:
             return self._half_forward(x, out, a, b)
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
         return out + (self.scale * update).to(out.dtype)
 
-    def _half_forward(self, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    def _half_forward(self, x: torch.Tensor, out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
                       ) -> torch.Tensor:
         """LoRA in the activations' half dtype: cast the tiny fp32 adapter weights (r x in, out x r)
         to ``x.dtype`` instead of casting the big activation ``x`` (tokens x in) to fp32, and fold
@@ -143,12 +156,27 @@ class LoRALinear(nn.Module):
         arrive through the cast), so optimizer updates keep full precision, as in PEFT.
 
         Why: the fp32 path writes and reads an fp32 copy of every projection's input and runs the
-        two small matmuls in fp32; bench/gpu.py measures what this path buys on a GPU."""
-        lead = out.shape[:-1]
-        xa = F.linear(self.lora_dropout(x), a.to(x.dtype))                    # (..., r)
+        two small matmuls in fp32; bench/gpu.py measures what this path buys on a GPU.
+
+        ``out`` is None when the base is a frozen ``nn.Linear`` (see :meth:`forward`): then the
+        adapter's product comes first and the base matmul last, saving nothing for backward
+        (:class:`_LoRAIn` + :class:`_LoRAOut` without dropout, else :class:`_FrozenAddmm`)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])                                        # (n, in)
         bt = (b * self.scale).to(x.dtype).t()                                  # (r, out)
-        return torch.addmm(out.reshape(-1, out.shape[-1]), xa.reshape(-1, xa.shape[-1]),
-                           bt).view(*lead, out.shape[-1]).to(out.dtype)
+        if out is None:
+            base = self.base_layer
+            grad = torch.is_grad_enabled() and (x2.requires_grad or a.requires_grad or b.requires_grad)
+            if grad and isinstance(self.lora_dropout, nn.Identity):
+                a16 = a.to(x.dtype)
+                y = _LoRAOut.apply(_LoRAIn.apply(x2, a16), x2, a16, bt.t(), base.weight, base.bias)
+                return y.view(*lead, y.shape[-1])
+            xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                # (n, r)
+            lora = torch.mm(xa, bt) if base.bias is None else torch.addmm(base.bias, xa, bt)   # (n, out)
+            y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else torch.addmm(lora, x2, base.weight.t())
+            return y.view(*lead, y.shape[-1])
+        xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                    # (n, r)
+        return torch.addmm(out.reshape(-1, out.shape[-1]), xa, bt).view(*lead, out.shape[-1]).to(out.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -188,6 +216,68 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
+
+
+class _FrozenAddmm(torch.autograd.Function):
+    """``c + x @ weight.T`` for a frozen ``weight``, saving no tensor for backward.
+
+    The input gradient ``dy @ weight`` needs only the weight, which the context holds as a plain
+    attribute (a frozen parameter: nothing to version-check, no activation memory). Autograd's own
+    ``addmm`` would save ``weight.T`` through the saved-tensor hooks, and non-reentrant activation
+    checkpointing (``torch.utils.checkpoint``, early stop on) recomputes a layer's forward until
+    every saved tensor is back: a layer's last op saving nothing is then not recomputed at all. In
+    a Llama layer that op is down_proj's base matmul, 27% of the layer's matmul FLOPs at the 8B
+    shape (d=4096, f=14336); skipping it took 8B LoRA (B4 S2048, full checkpointing) from 10,904
+    to 11,814 tokens/s on an H200 (2026-12-01, session 3).
+    """
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.weight = weight                                   # (out, in), frozen
+        return torch.addmm(c, x, weight.t())                  # (n, out)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        dx = dy.mm(ctx.weight.to(dy.dtype)) if ctx.needs_input_grad[1] else None   # (n, in)
+        return (dy if ctx.needs_input_grad[0] else None), dx, None
+
+
+class _LoRAIn(torch.autograd.Function):
+    """``xa = x @ a.T`` (n, r), the adapter's first product. Saves ``x``; its backward gives only
+    ``a``'s gradient: the adapter's share of ``x``'s gradient is added by :class:`_LoRAOut`, inside
+    the base matmul's, so autograd sums no second (n, in) gradient (one add of a 64-224 MB tensor
+    less per projection at the 8B shape, B4 S2048)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.mm(a.t())                                                     # (n, r)
+
+    @staticmethod
+    def backward(ctx, dxa: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return None, (dxa.t().mm(x) if ctx.needs_input_grad[1] else None)     # da: (r, in)
+
+
+class _LoRAOut(torch.autograd.Function):
+    """``x @ weight.T + xa @ bs.T (+ bias)`` for a frozen ``weight``, saving no tensor for backward
+    (see :class:`_FrozenAddmm` for why the last op of a checkpointed layer must save none). The
+    small ``xa`` (n, r) and the cast adapter weights are held as context attributes: outside
+    checkpointing's recomputation, about 57 MB for all 224 projections of the 8B shape at B4 S2048.
+    Backward: ``dx = dy @ weight + (dy @ bs) @ a`` as one GEMM plus an in-place rank-r update."""
+
+    @staticmethod
+    def forward(ctx, xa, x, a, bs, weight, bias):   # xa (n, r), x (n, in), a (r, in), bs (out, r)
+        ctx.xa, ctx.a, ctx.bs, ctx.weight = xa, a, bs, weight
+        out = x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())   # (n, out)
+        return out.addmm_(xa, bs.t())
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        dxa = dy.mm(ctx.bs)                                                    # (n, r)
+        dbs = dy.t().mm(ctx.xa) if ctx.needs_input_grad[3] else None           # (out, r)
+        dx = dy.mm(ctx.weight.to(dy.dtype)).addmm_(dxa, ctx.a) if ctx.needs_input_grad[1] else None
+        return dxa, dx, None, dbs, None, None
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:

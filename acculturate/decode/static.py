@@ -2,7 +2,7 @@
 
 :func:`acculturate.decode.generate` calls the model's forward once per token: with a dynamic cache
 and eager kernels that is hundreds of small launches per token, and at batch 1 the GPU waits on the
-Python host most of the time. Here the cache is preallocated (layers, rows, kv heads, slots, head
+Python host most of the time. Here the cache is preallocated (per layer: rows, kv heads, slots, head
 dim), every tensor a step touches lives at a fixed address, and the whole step (all layers, the LM
 head, temperature/top-k/top-p sampling and the bookkeeping for the next step) is captured once into
 a ``torch.cuda.CUDAGraph`` and replayed: one launch per token. The host reads the sampled tokens
@@ -74,12 +74,17 @@ class StaticDecoder:
         temperature, top_k, top_p: as in :class:`acculturate.decode.GenerationConfig`.
         cuda_graph: capture each step as a CUDA graph (default: whenever the model is on CUDA).
         check_every: on the graph path, steps replayed between host reads of the new tokens.
-        compile: ``torch.compile`` the decoding step's layer function (CUDA; costs a compilation).
+        compile: ``torch.compile`` the one-token step (costs a compilation, tens of seconds): True
+            compiles the whole step (layers, final norm, LM head, sampling, bookkeeping) with
+            Inductor's coordinate-descent tuning, under which a batch-1 matmul becomes a Triton
+            GEMV reduction that the norm before it fuses into; ``"layer"`` compiles only the layer
+            function with default settings (the first version, kept for bench/gpu.py's ablation).
+            At batch > 1 True also compiles the layer function only (see ``__init__``).
     """
 
     def __init__(self, model, batch_size: int, max_length: int, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, cuda_graph: bool | None = None, check_every: int = 8,
-                 compile: bool = False):
+                 compile: bool | str = False):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = base.config
         if getattr(config, "model_type", None) not in STATIC_MODEL_TYPES:
@@ -94,9 +99,13 @@ class StaticDecoder:
         weight = self.decoder.embed_tokens.weight
         self.device = weight.device
         self.dtype = weight.dtype   # the activations' dtype (NF4 layers compute in it too)
-        shape = (len(self.decoder.layers), batch_size, self.n_kv, max_length, self.head_dim)
-        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)  # (L, B, Hkv, S, D)
-        self.v = torch.zeros_like(self.k)
+        # One (B, Hkv, S, D) tensor per layer, not slices of one (L, ...) tensor: the compiled
+        # whole step that wrote into slices of one graph input ran extra full-size copy kernels
+        # each step (H200 profile, 2026-12-01); separate inputs are updated in place. With the
+        # sampler's searchsorted fallback this took batch 1 from 613 to 801 tokens/s.
+        shape = (batch_size, self.n_kv, max_length, self.head_dim)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.decoder.layers]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=self.device)  # (B, S)
         self.use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.check_every = max(1, check_every)
@@ -111,9 +120,19 @@ class StaticDecoder:
         # The model's own RoPE function (Liger's fused kernel once models.kernels patched it), else ours.
         module = sys.modules.get(type(attn).__module__)
         self.rope = getattr(module, "apply_rotary_pos_emb", None) or _apply_rope
-        # torch.compile the one-token layer step: Inductor fuses the small elementwise kernels between
-        # the matmuls (the graph then replays fewer, larger kernels). Prefill stays eager.
-        self._compiled_layer = torch.compile(_layer, dynamic=False) if compile else None
+        if compile not in (False, True, "layer"):
+            raise ValueError(f"compile must be False, True or 'layer', got {compile!r}")
+        # torch.compile the one-token step: Inductor fuses the small elementwise kernels between the
+        # matmuls (the graph then replays fewer, larger kernels). Prefill stays eager.
+        self._compiled_layer = torch.compile(_layer, dynamic=False) if compile == "layer" else None
+        self._step = self._decode_step
+        if compile is True and batch_size > 1:
+            # Batched matmuls stay cuBLAS GEMMs anyway, and the whole step with coordinate-descent
+            # tuning hit an Inductor codegen error at batch 32 (torch 2.11, H200, 2026-12-01).
+            self._compiled_layer = torch.compile(_layer, dynamic=False)
+        elif compile is True:
+            self._step = torch.compile(self._decode_step, dynamic=False,
+                                       options={"coordinate_descent_tuning": True})
 
     # --- the model step -------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -133,7 +152,8 @@ class StaticDecoder:
             mask = bias.view(b, 1, -1).repeat_interleave(self.n_kv, dim=0)   # (b * Hkv, 1, S)
         layer_fn = self._compiled_layer if (T == 1 and self._compiled_layer is not None) else _layer
         for i, layer in enumerate(self.decoder.layers):
-            x = layer_fn(layer, x, cos, sin, self.k[i, rows], self.v[i, rows], slots, mask, self.rope)
+            k, v = (self.k[i], self.v[i]) if rows == slice(None) else (self.k[i][rows], self.v[i][rows])
+            x = layer_fn(layer, x, cos, sin, k, v, slots, mask, self.rope)
         return self.head(self.decoder.norm(x[:, -1])).float()                         # (b, V)
 
     def _pick(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -160,11 +180,11 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):   # warm-up outside the graph (allocator, cuBLAS handles)
             for _ in range(2):
-                self._decode_step()
+                self._step()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._decode_step()
+            self._step()
         for t, s in zip((self.tokens, self.positions, self.slot, self.step, self.valid), saved):
             t.copy_(s)   # capture does not run the step, but the warm-up did
 
@@ -221,7 +241,7 @@ class StaticDecoder:
                 if self.graph is not None:
                     self.graph.replay()
                 else:
-                    self._decode_step()
+                    self._step()
             produced += burst
         return [results[r] if results[r] is not None else self.out[r, :max_new_tokens].tolist()
                 for r in range(rows)]
@@ -239,16 +259,16 @@ class StaticDecoder:
         self.valid[:n, :width] = valid
         logits = self._forward(ids, positions, torch.arange(width, device=self.device), rows=slice(0, n))
         if num_samples > 1:   # one prefill per prompt, its cache copied to the prompt's samples
-            for cache in (self.k, self.v):
-                cache[:, :n * num_samples, :, :width] = cache[:, :n, :, :width].repeat_interleave(num_samples, 1)
+            for cache in self.k + self.v:
+                cache[:n * num_samples, :, :width] = cache[:n, :, :width].repeat_interleave(num_samples, 0)
             self.valid[:n * num_samples, :width] = valid.repeat_interleave(num_samples, 0)
             logits = logits.repeat_interleave(num_samples, 0)
             positions = positions.repeat_interleave(num_samples, 0)
         rows = n * num_samples
         if rows < B:   # spare rows decode a copy of row 0; their output is dropped
             pad = B - rows
-            for cache in (self.k, self.v):
-                cache[:, rows:] = cache[:, :1]
+            for cache in self.k + self.v:
+                cache[rows:] = cache[:1]
             self.valid[rows:] = self.valid[:1]
             logits = torch.cat([logits, logits[:1].expand(pad, -1)])
             positions = torch.cat([positions, positions[:1].expand(pad, -1)])

@@ -167,3 +167,16 @@ def test_temperature_scales():
 def test_bad_arguments_name_what_is_wrong(call, message):
     with pytest.raises(ValueError, match=message if message != "shape" else r"\(batch, vocab\)"):
         call()
+
+
+
+def test_top_p_takes_tied_logits_in_vocabulary_order():
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])   # four tied tokens of 1/4.25 each
+    assert torch.isfinite(filter_top_p(logits, 0.3)).tolist() == [[False, True, True, False, False]]
+
+def test_inverse_cdf_at_the_top_of_the_unit_interval_picks_a_token_with_mass():
+    from acculturate.decode.sampling import sample_inverse_cdf
+    probs = torch.tensor([[0.2, 0.0, 0.8, 0.0, 0.0]])
+    u = torch.tensor([1 - 2 ** -53], dtype=torch.float64)
+    assert sample_inverse_cdf(probs, u).tolist() == [2]
+    assert sample_inverse_cdf(probs, torch.tensor([0.1], dtype=torch.float64)).tolist() == [0]

@@ -95,3 +95,24 @@ def test_compiled_step_equals_eager_step_on_gpu():
     eager = StaticDecoder(model, batch_size=2, max_length=40).generate(prompt, 30)
     compiled = StaticDecoder(model, batch_size=2, max_length=40, compile=True).generate(prompt, 30)
     assert [row[:10] for row in compiled] == [row[:10] for row in eager]
+
+
+@pytest.mark.gpu
+def test_compiled_whole_step_at_batch_one_equals_eager_step_on_gpu():
+    """compile=True at batch 1 compiles the whole step (layers, head, top-p sampling) with
+    coordinate-descent tuning: greedy and seeded top-p tokens follow the eager step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+    model = LlamaForCausalLM(config).cuda().eval()   # fp32
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    prompt = [[5, 6, 7, 8, 9]]
+    for kw in (dict(), dict(temperature=0.7, top_p=0.9)):
+        outs = []
+        for compile in (False, True):
+            decoder = StaticDecoder(model, batch_size=1, max_length=40, compile=compile, **kw)
+            gens = [torch.Generator().manual_seed(3)]
+            outs.append(decoder.generate(prompt, 30, generators=gens))
+        assert outs[1][0][:10] == outs[0][0][:10]
