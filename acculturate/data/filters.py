@@ -49,13 +49,15 @@ class Blocklist:
             return []
         return [m.group(0) for m in self._regex.finditer(text)]
 
-    def find_settled(self, text: str) -> list[str]:
+    def find_settled(self, text: str, start: int = 0) -> list[str]:
         """The matches of ``text`` that end before its last character, for text still being written:
         a word's boundary check looks one character ahead, so a match touching the end may still
-        vanish ("ass" in "assess"), while one followed by a character stays whatever comes next."""
+        vanish ("ass" in "assess"), while one followed by a character stays whatever comes next.
+        ``start``: only matches beginning there or later (the boundary check still sees the
+        characters before it)."""
         if self._regex is None:
             return []
-        return [m.group(0) for m in self._regex.finditer(text) if m.end() < len(text)]
+        return [m.group(0) for m in self._regex.finditer(text, start) if m.end() < len(text)]
 
 
 def blocklist_names() -> list[str]:

@@ -55,7 +55,9 @@ class HeldBackStream:
         if self.blocked:
             return
         self.text += delta
-        if self.blocklist.find_settled(self.text):
+        # A phrase that settles now starts after what was sent (see the class docstring), so only
+        # the unsent tail is scanned: each token costs O(holdback), not O(answer).
+        if self.blocklist.find_settled(self.text, max(0, self.sent - self.holdback)):
             self.blocked = True
             return
         safe = len(self.text) - self.holdback
