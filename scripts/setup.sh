@@ -36,4 +36,14 @@ if [[ ",$extras," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
     echo "setup: /usr/bin/chromium missing (install Debian's chromium as root); the browser tests will be skipped"
   fi
 fi
+# The feedback store's PostgreSQL test starts a throw-away server with Debian's binaries.
+if [[ ",$extras," == *",test,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing postgresql for the feedback-store test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || echo "setup: could not install postgresql; its test will be skipped"
+  else
+    echo "setup: PostgreSQL's initdb missing (install Debian's postgresql as root); its test will be skipped"
+  fi
+fi
 echo "setup: done (.venv)"

@@ -1,7 +1,8 @@
 """The feedback store on a real PostgreSQL server (``--db postgresql+psycopg://...``).
 
 A throw-away server is started for this module with Debian's PostgreSQL binaries (initdb + pg_ctl),
-listening on a Unix socket only (no TCP port), and removed afterwards. Skipped where the binaries or
+listening on a Unix socket only (no TCP port), and removed afterwards. scripts/setup.sh installs the
+binaries as root (Debian's postgresql); the test is skipped, with the reason, where the binaries or
 psycopg are missing.
 """
 
