@@ -86,18 +86,26 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_appended_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The rows of a JSONL file this project appends to as work finishes (``append_jsonl``); none
+    if it does not exist. A line cut short by a kill mid-write is skipped, so that work is redone.
+    (Users' input files go through :func:`acculturate.data.jsonl.read_jsonl_objects`, which refuses
+    bad lines instead.)"""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def read_jsonl_by_key(path: str | os.PathLike, key: str = "id") -> dict[Any, dict]:
     """Rows of a JSONL results file by ``row[key]`` (the last row wins), for resuming a run.
 
     A line cut short by a kill mid-write is skipped, so that row is simply redone.
     """
-    done: dict[Any, dict] = {}
-    path = Path(path)
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[row[key]] = row
-    return done
+    return {row[key]: row for row in read_appended_jsonl(path)}

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from acculturate.io import append_jsonl
+from acculturate.io import append_jsonl, read_appended_jsonl
 
 
 def partial_path(output: str | os.PathLike) -> Path:
@@ -22,13 +22,7 @@ def read_partial(output: str | os.PathLike, settings: dict) -> list[dict]:
             the message names the settings that differ.
     """
     path = partial_path(output)
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that work is simply redone
+    rows = read_appended_jsonl(path)   # a line cut short by a kill is skipped: that work is redone
     if not rows:
         append_jsonl(path, {"settings": settings})
         return []

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from acculturate.io import read_appended_jsonl
+
 RATINGS_FILE = "ratings.sqlite"
 
 
@@ -52,13 +54,7 @@ def rating_items(run_dir: str | Path) -> list[RatingItem]:
             continue
         for system in config.get("systems", []):
             path = run_dir / "outputs" / task["name"] / f"{system['name']}.jsonl"
-            if not path.exists():
-                continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+            for row in read_appended_jsonl(path):
                 items.append(RatingItem(item_key(task["name"], system["name"], row["id"]), task["name"],
                                         system["name"], row["id"], row["prompt"], row["output"]))
     return items
