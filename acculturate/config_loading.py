@@ -18,6 +18,16 @@ import yaml
 T = TypeVar("T")
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML's ``true`` would pass ``isinstance(value, int)``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names the field."""
 

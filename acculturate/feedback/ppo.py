@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acculturate.adapters import adapter_registry
+from acculturate.config_loading import is_int, is_number
 from acculturate.decode import GenerationConfig, generate
 from acculturate.feedback.heads import ScalarHead, hidden_size, last_hidden
 from acculturate.feedback.order import cycle_indices
@@ -113,12 +114,6 @@ class PPOConfig:
         def fail(name, expected):
             raise ValueError(f"PPOConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -132,19 +127,19 @@ class PPOConfig:
         if self.mini_batch_size > self.batch_size or self.batch_size % self.mini_batch_size:
             fail("mini_batch_size", f"a divisor of batch_size={self.batch_size}")
         for name in ("lr", "value_lr", "clip_range", "clip_range_value", "temperature"):
-            if not is_num(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 fail(name, "a number > 0")
         for name in ("kl_coef", "vf_coef", "entropy_coef"):
-            if not is_num(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "a number >= 0")
         for name in ("gamma", "lam"):
-            if not is_num(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
+            if not is_number(getattr(self, name)) or not 0 <= getattr(self, name) <= 1:
                 fail(name, "a number in [0, 1]")
-        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             fail("top_p", "a number in (0, 1]")
         for name in ("max_grad_norm", "score_clip", "target_kl"):
             value = getattr(self, name)
-            if value is not None and (not is_num(value) or value < 0):
+            if value is not None and (not is_number(value) or value < 0):
                 fail(name, "None or a number >= 0")
         if not isinstance(self.whiten_advantages, bool):
             fail("whiten_advantages", "true or false")

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acculturate.adapters import LoRAConfig, adapter_registry, save_adapter
+from acculturate.config_loading import is_int, is_number
 from acculturate.data.errors import DataError, describe
 from acculturate.data.jsonl import read_jsonl_objects, text_field
 from acculturate.feedback.heads import ScalarHead, hidden_size, last_hidden, last_token_states
@@ -88,12 +89,6 @@ class RewardModelConfig:
         def fail(name, expected):
             raise ValueError(f"RewardModelConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
         for name in ("epochs", "batch_size", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
@@ -105,14 +100,14 @@ class RewardModelConfig:
         if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
             fail("max_steps", "None or an integer >= 1")
         for name in ("lr", "head_lr"):
-            if not is_num(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 fail(name, "a number > 0")
         for name in ("weight_decay", "pair_weight", "regression_weight"):
-            if not is_num(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "a number >= 0")
-        if not is_num(self.warmup_ratio) or not 0 <= self.warmup_ratio <= 1:
+        if not is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio <= 1:
             fail("warmup_ratio", "a number in [0, 1]")
-        if self.max_grad_norm is not None and (not is_num(self.max_grad_norm) or self.max_grad_norm < 0):
+        if self.max_grad_norm is not None and (not is_number(self.max_grad_norm) or self.max_grad_norm < 0):
             fail("max_grad_norm", "None or a number >= 0")
         if self.pair_weight == 0 and self.regression_weight == 0:
             fail("pair_weight", "a number > 0 when regression_weight is 0")
