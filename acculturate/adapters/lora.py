@@ -91,6 +91,10 @@ class LoRALinear(nn.Module):
     # base matmul of a layer's last projection (down_proj) when it recomputes the layer. False: the
     # base matmul first (the order before 2026-12-01 session 3), kept for bench/gpu.py's ablation.
     frozen_base_last = True
+    # q/k/v (and gate/up) of one layer read the same input: computed together, one adapter product
+    # x @ [A_q; A_k; A_v].T and one input gradient for the three (see SiblingGroup). False: each
+    # alone, kept for bench/gpu.py's ablation.
+    fuse_siblings = True
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False):
@@ -113,6 +117,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self.merged = False
+        self._siblings: SiblingGroup | None = None   # set by group_siblings()
 
     @property
     def in_features(self) -> int:
@@ -134,13 +139,9 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         a, b = self.lora_A.weight, self.lora_B.weight
         half = x.dtype in (torch.float16, torch.bfloat16) and a.dtype != x.dtype
-        base = self.base_layer
-        if (half and not self.merged and self.frozen_base_last and type(base) is nn.Linear
-                and base.weight.dtype == x.dtype and not base.weight.requires_grad
-                and (base.bias is None or not base.bias.requires_grad)
-                and not (base._forward_hooks or base._forward_pre_hooks)):
+        if half and self._frozen_half_path(x):
             return self._half_forward(x, None, a, b)
-        out = base(x)  # (..., out)
+        out = self.base_layer(x)  # (..., out)
         if self.merged:  # the update is already inside base_layer.weight
             return out
         if half and out.dtype == x.dtype:
@@ -148,35 +149,51 @@ class LoRALinear(nn.Module):
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
         return out + (self.scale * update).to(out.dtype)
 
+    def _frozen_half_path(self, x: torch.Tensor) -> bool:
+        """Whether the half-precision path with the base matmul last applies: the base is a plain
+        frozen ``nn.Linear`` in ``x``'s dtype, without hooks, and the adapter is not merged."""
+        base = self.base_layer
+        return (self.frozen_base_last and not self.merged and type(base) is nn.Linear
+                and base.weight.dtype == x.dtype and not base.weight.requires_grad
+                and (base.bias is None or not base.bias.requires_grad)
+                and not (base._forward_hooks or base._forward_pre_hooks))
+
     def _half_forward(self, x: torch.Tensor, out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
                       ) -> torch.Tensor:
         """LoRA in the activations' half dtype: cast the tiny fp32 adapter weights (r x in, out x r)
         to ``x.dtype`` instead of casting the big activation ``x`` (tokens x in) to fp32, and fold
-        the scale and the residual add into one ``addmm``. The weights stay fp32 (their gradients
+        the scale and the residual add into the matmuls. The weights stay fp32 (their gradients
         arrive through the cast), so optimizer updates keep full precision, as in PEFT.
 
         Why: the fp32 path writes and reads an fp32 copy of every projection's input and runs the
         two small matmuls in fp32; bench/gpu.py measures what this path buys on a GPU.
 
         ``out`` is None when the base is a frozen ``nn.Linear`` (see :meth:`forward`): then the
-        adapter's product comes first and the base matmul last, saving nothing for backward
-        (:class:`_LoRAIn` + :class:`_LoRAOut` without dropout, else :class:`_FrozenAddmm`)."""
+        adapter's product comes first, written into the output, and the base matmul accumulates onto
+        it last, saving nothing for backward (:class:`_LoRAIn` + :class:`_LoRAOut` without dropout,
+        for this layer alone or with its siblings, else :class:`_FrozenAddmm`)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])                                        # (n, in)
-        bt = (b * self.scale).to(x.dtype).t()                                  # (r, out)
         if out is None:
             base = self.base_layer
             grad = torch.is_grad_enabled() and (x2.requires_grad or a.requires_grad or b.requires_grad)
             if grad and isinstance(self.lora_dropout, nn.Identity):
-                a16 = a.to(x.dtype)
-                y = _LoRAOut.apply(_LoRAIn.apply(x2, a16), x2, a16, bt.t(), base.weight, base.bias)
+                y = self._siblings.forward(self, x, x2) if self._siblings is not None else None
+                if y is None:
+                    y = _lora_out([self], x2)[0]
                 return y.view(*lead, y.shape[-1])
+            bt = (b * self.scale).to(x.dtype).t()                              # (r, out)
             xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                # (n, r)
             lora = torch.mm(xa, bt) if base.bias is None else torch.addmm(base.bias, xa, bt)   # (n, out)
-            y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else torch.addmm(lora, x2, base.weight.t())
+            y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else lora.addmm_(x2, base.weight.t())
             return y.view(*lead, y.shape[-1])
+        bt = (b * self.scale).to(x.dtype).t()                                  # (r, out)
         xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                    # (n, r)
         return torch.addmm(out.reshape(-1, out.shape[-1]), xa, bt).view(*lead, out.shape[-1]).to(out.dtype)
+
+    def _half_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` (r, in) and ``scale * B`` (out, r) cast to ``dtype`` (differentiable casts)."""
+        return self.lora_A.weight.to(dtype), (self.lora_B.weight * self.scale).to(dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -219,7 +236,8 @@ class LoRALinear(nn.Module):
 
 
 class _FrozenAddmm(torch.autograd.Function):
-    """``c + x @ weight.T`` for a frozen ``weight``, saving no tensor for backward.
+    """``c + x @ weight.T`` for a frozen ``weight``, accumulated into ``c`` in place and saving no
+    tensor for backward.
 
     The input gradient ``dy @ weight`` needs only the weight, which the context holds as a plain
     attribute (a frozen parameter: nothing to version-check, no activation memory). Autograd's own
@@ -228,13 +246,16 @@ class _FrozenAddmm(torch.autograd.Function):
     every saved tensor is back: a layer's last op saving nothing is then not recomputed at all. In
     a Llama layer that op is down_proj's base matmul, 27% of the layer's matmul FLOPs at the 8B
     shape (d=4096, f=14336); skipping it took 8B LoRA (B4 S2048, full checkpointing) from 10,904
-    to 11,814 tokens/s on an H200 (2026-12-01, session 3).
+    to 11,814 tokens/s on an H200 (2026-12-01, session 3). In place because an out-of-place
+    ``addmm(c, ...)`` first copies ``c`` into a new tensor (one device copy per call: the 417
+    ``Memcpy DtoD`` a step of that profile).
     """
 
     @staticmethod
     def forward(ctx, c: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.weight = weight                                   # (out, in), frozen
-        return torch.addmm(c, x, weight.t())                  # (n, out)
+        ctx.mark_dirty(c)                                     # c (the adapter's product) is ours to overwrite
+        return c.addmm_(x, weight.t())                        # (n, out)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -243,10 +264,10 @@ class _FrozenAddmm(torch.autograd.Function):
 
 
 class _LoRAIn(torch.autograd.Function):
-    """``xa = x @ a.T`` (n, r), the adapter's first product. Saves ``x``; its backward gives only
-    ``a``'s gradient: the adapter's share of ``x``'s gradient is added by :class:`_LoRAOut`, inside
-    the base matmul's, so autograd sums no second (n, in) gradient (one add of a 64-224 MB tensor
-    less per projection at the 8B shape, B4 S2048)."""
+    """``xa = x @ a.T`` (n, r), the adapter's first product (``a`` may stack the ``A`` of several
+    siblings). Saves ``x``; its backward gives only ``a``'s gradient: the adapter's share of ``x``'s
+    gradient is added by :class:`_LoRAOut`, inside the base matmul's, so autograd sums no second
+    (n, in) gradient (one add of a 64-224 MB tensor less per projection at the 8B shape, B4 S2048)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -260,24 +281,124 @@ class _LoRAIn(torch.autograd.Function):
 
 
 class _LoRAOut(torch.autograd.Function):
-    """``x @ weight.T + xa @ bs.T (+ bias)`` for a frozen ``weight``, saving no tensor for backward
-    (see :class:`_FrozenAddmm` for why the last op of a checkpointed layer must save none). The
-    small ``xa`` (n, r) and the cast adapter weights are held as context attributes: outside
-    checkpointing's recomputation, about 57 MB for all 224 projections of the 8B shape at B4 S2048.
-    Backward: ``dx = dy @ weight + (dy @ bs) @ a`` as one GEMM plus an in-place rank-r update."""
+    """``y_i = xa_i @ bs_i.T (+ bias_i) + x @ weight_i.T`` for one or more projections of the same
+    input ``x`` (frozen ``weight_i``; ``xa_i`` is member i's column block of ``xa``), saving no
+    tensor for backward (see :class:`_FrozenAddmm` for why the last op of a checkpointed layer
+    must save none). The small ``xa`` (n, r) and the cast adapter weights are context attributes:
+    outside checkpointing's recomputation, about 57 MB for all 224 projections of the 8B shape at
+    B4 S2048.
+
+    Each output is first written by its rank-r product, then the base GEMM accumulates onto it
+    (beta = 1): the read of ``y`` happens in the epilogue of a compute-bound GEMM, where the order
+    "base GEMM, then a rank-r ``addmm_``" reads and writes every output once more in a
+    memory-bound kernel. Backward the same way: ``dx = dxa @ a``, then ``dx += dy_i @ weight_i`` for
+    each member, so siblings' input gradients are summed inside their GEMMs, not by autograd."""
 
     @staticmethod
-    def forward(ctx, xa, x, a, bs, weight, bias):   # xa (n, r), x (n, in), a (r, in), bs (out, r)
-        ctx.xa, ctx.a, ctx.bs, ctx.weight = xa, a, bs, weight
-        out = x.mm(weight.t()) if bias is None else torch.addmm(bias, x, weight.t())   # (n, out)
-        return out.addmm_(xa, bs.t())
+    def forward(ctx, xa, x, a, *members):   # xa (n, R), x (n, in), a (R, in); members: (bs, weight, bias) each
+        ctx.xa, ctx.a = xa, a
+        ctx.members = [members[i:i + 3] for i in range(0, len(members), 3)]
+        outs, lo = [], 0
+        for bs, weight, bias in ctx.members:                                   # bs (out, r)
+            xa_i = xa[:, lo:lo + bs.shape[1]]
+            lo += bs.shape[1]
+            y = xa_i.mm(bs.t()) if bias is None else torch.addmm(bias, xa_i, bs.t())   # (n, out)
+            outs.append(y.addmm_(x, weight.t()))
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        dxa = dy.mm(ctx.bs)                                                    # (n, r)
-        dbs = dy.t().mm(ctx.xa) if ctx.needs_input_grad[3] else None           # (out, r)
-        dx = dy.mm(ctx.weight.to(dy.dtype)).addmm_(dxa, ctx.a) if ctx.needs_input_grad[1] else None
-        return dxa, dx, None, dbs, None, None
+    def backward(ctx, *dys):
+        dxa = torch.cat([dy.mm(bs) for dy, (bs, _, _) in zip(dys, ctx.members)], dim=1)   # (n, R)
+        grads, lo = [], 0
+        for i, (dy, (bs, _, _)) in enumerate(zip(dys, ctx.members)):
+            need = ctx.needs_input_grad[3 + 3 * i]
+            grads += [dy.t().mm(ctx.xa[:, lo:lo + bs.shape[1]]) if need else None, None, None]   # dbs (out, r)
+            lo += bs.shape[1]
+        dx = None
+        if ctx.needs_input_grad[1]:
+            dx = dxa.mm(ctx.a)                                                 # (n, in)
+            for dy, (_, weight, _) in zip(dys, ctx.members):
+                dx.addmm_(dy, weight.to(dy.dtype))
+        return (dxa, dx, None, *grads)
+
+
+def _lora_out(members: list[LoRALinear], x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The outputs of ``members`` (frozen plain-Linear bases, no dropout) for the same ``x2``
+    (n, in): one ``_LoRAIn`` over their stacked ``A`` and one ``_LoRAOut``."""
+    halves = [m._half_weights(x2.dtype) for m in members]
+    a = halves[0][0] if len(halves) == 1 else torch.cat([h[0] for h in halves])   # (R, in)
+    flat = []
+    for m, (_, bs) in zip(members, halves):
+        flat += [bs, m.base_layer.weight, m.base_layer.bias]
+    return _LoRAOut.apply(_LoRAIn.apply(x2, a), x2, a, *flat)
+
+
+class SiblingGroup:
+    """LoRA layers of one module that the model calls one after the other on the same input (a
+    layer's q/k/v projections, its gate/up projections): the first one (the leader) computes all
+    their outputs in one :func:`_lora_out` and hands the others theirs when they are called with that
+    very tensor. What that saves at the 8B shape: two of the three reads of ``x`` by the rank-r
+    products, two small GEMMs, and the sums of the siblings' input gradients (bench/gpu.py).
+
+    A follower called with another input than the leader's, or not called at all before the leader
+    runs again, turns the grouping off for good (e.g. a cross-attention whose k/v read another tensor): every layer
+    then computes alone, as without the group. Only the training path (gradients on, no dropout)
+    groups; inference calls each layer alone.
+    """
+
+    def __init__(self, members: list[LoRALinear]):
+        self.members = members
+        self.enabled = True
+        self._pending: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None   # (x, outputs by index)
+
+    def forward(self, layer: LoRALinear, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor | None:
+        """``layer``'s (n, out) output for ``x`` (x2 = x as (n, in)), or None: compute it alone."""
+        if not (self.enabled and layer.fuse_siblings):
+            return None
+        index = next(i for i, m in enumerate(self.members) if m is layer)
+        pending = self._pending
+        if index > 0:
+            if pending is None:   # the leader computed alone (e.g. it has dropout): so does this one
+                return None
+            if pending[0] is x and index in pending[1]:
+                y = pending[1].pop(index)
+                if not pending[1]:
+                    self._pending = None
+                return y
+            self._off()   # called with another input than the leader's
+            return None
+        if pending is not None:   # the followers did not take what the leader computed last time
+            self._off()
+            return None
+        if not all(isinstance(m.lora_dropout, nn.Identity) and m._frozen_half_path(x) for m in self.members):
+            return None
+        outs = _lora_out(self.members, x2)
+        self._pending = (x, dict(enumerate(outs[1:], start=1)))
+        return outs[0]
+
+    def _off(self) -> None:
+        self.enabled = False
+        self._pending = None
+
+
+SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def group_siblings(model: nn.Module) -> list[SiblingGroup]:
+    """Give the LoRA layers named in one of :data:`SIBLING_NAMES` under the same parent module a
+    shared :class:`SiblingGroup` (at least two of them; the first name present leads). Called by
+    :func:`wrap_modules`; returns the groups."""
+    groups = []
+    for parent in model.modules():
+        for names in SIBLING_NAMES:
+            members = [getattr(parent, n, None) for n in names]
+            members = [m for m in members if isinstance(m, LoRALinear)]
+            if len(members) >= 2:
+                group = SiblingGroup(members)
+                for m in members:
+                    m._siblings = group
+                groups.append(group)
+    return groups
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -328,6 +449,7 @@ def wrap_modules(model: nn.Module, names: list[str], config: LoRAConfig) -> list
         # apply LoRA dropout at inference.
         layer.train(model.training)
         _set_module(model, name, layer)
+    group_siblings(model)
     return list(names)
 
 

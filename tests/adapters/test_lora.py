@@ -250,3 +250,134 @@ def test_half_precision_frozen_base_last_equals_base_first(bias, dropout):
     for ref, new in zip(results[False][:4], results[True][:4]):
         assert (ref - new).norm() / ref.norm() < 1e-2   # bf16 rounding of a different summation order
     assert results[False][4] - results[True][4] >= 2 * 15 * 64 * 96
+
+
+def _bf16_lora_llama(make_llama, bias=False, device="cpu"):
+    model = make_llama(seed=3).train().to(device=device, dtype=torch.bfloat16)
+    if bias:   # Qwen2-style q/k/v biases
+        for layer in model.model.layers:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                old = getattr(layer.self_attn, name)
+                new = nn.Linear(old.in_features, old.out_features, bias=True, dtype=torch.bfloat16, device=device)
+                with torch.no_grad():
+                    new.weight.copy_(old.weight)
+                    new.bias.normal_(std=0.1)
+                setattr(layer.self_attn, name, new)
+    apply_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    _randomize_b(model)
+    return model
+
+
+def _loss_and_grads(model, ids, checkpointing):
+    model.zero_grad(set_to_none=True)
+    if checkpointing:   # non-reentrant, as the trainer runs it (recomputation with early stop)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embeds = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    loss = logits.float().logsumexp(-1).mean()
+    loss.backward()
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.float().detach(), embeds.grad.float(), grads
+
+
+@pytest.mark.parametrize("bias,checkpointing,device", [
+    (False, False, "cpu"), (False, True, "cpu"), (True, True, "cpu"),
+    pytest.param(False, True, "cuda", marks=pytest.mark.gpu)])
+def test_sibling_groups_compute_what_each_layer_alone_does(make_llama, tiny_ids, bias, checkpointing, device):
+    """q/k/v and gate/up computed together (one stacked A, one input gradient) give the outputs and
+    gradients of each projection computed alone, with and without activation checkpointing: both
+    bf16 paths are measured against the same model in fp32, and grouping may not add error."""
+    import copy
+
+    from acculturate.adapters.lora import SiblingGroup
+
+    model = _bf16_lora_llama(make_llama, bias, device)
+    reference = copy.deepcopy(model).float()   # the same (bf16-rounded) weights, computed in fp32
+    tiny_ids = tiny_ids.to(device)
+    groups = {id(m._siblings): m._siblings for m in lora_modules(model).values() if m._siblings}
+    assert len(groups) == 4 and all(isinstance(g, SiblingGroup) for g in groups.values())   # 2 layers x (qkv, gate/up)
+    results = {"fp32": _loss_and_grads(reference, tiny_ids, checkpointing)}
+    try:
+        for fuse in (False, True):
+            LoRALinear.fuse_siblings = fuse
+            results[fuse] = _loss_and_grads(model, tiny_ids, checkpointing)
+    finally:
+        LoRALinear.fuse_siblings = True
+    assert all(g.enabled for g in groups.values())
+    rel = lambda u, v: float((u - v).norm() / v.norm())
+
+    def errors(side):
+        (y, dx, g), (y_ref, dx_ref, g_ref) = results[side], results["fp32"]
+        return [rel(y, y_ref), rel(dx, dx_ref)] + [rel(g[n], g_ref[n]) for n in sorted(g_ref)]
+
+    alone, grouped = errors(False), errors(True)
+    assert results[True][2].keys() == results["fp32"][2].keys()
+    assert max(alone) < 0.05, alone   # the bf16 path itself is sound
+    worst = max(e / (a + 2e-3) for e, a in zip(grouped, alone))
+    assert worst < 2, (alone, grouped)
+    assert all(v.norm() > 0 for v in results[True][2].values())
+
+
+def test_sibling_group_runs_fewer_matmuls(make_llama, tiny_ids):
+    """Grouped, a layer's forward runs one rank-r product for q/k/v and one for gate/up."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMM(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default)
+            return func(*args, **(kwargs or {}))
+
+    model = _bf16_lora_llama(make_llama)
+    counts = {}
+    try:
+        for fuse in (False, True):
+            LoRALinear.fuse_siblings = fuse
+            with CountMM() as mode:
+                model(tiny_ids)
+            counts[fuse] = mode.n
+    finally:
+        LoRALinear.fuse_siblings = True
+    assert counts[False] - counts[True] == 2 * (2 + 1)   # per layer: 3 -> 1 (q/k/v) and 2 -> 1 (gate/up)
+
+
+def test_sibling_group_turns_off_when_followers_read_another_input():
+    """A k/v reading another tensor than q (cross-attention) gets its own result, and the group
+    stops grouping."""
+    from acculturate.adapters.lora import group_siblings
+
+    torch.manual_seed(0)
+    parent = nn.Module()
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(parent, name, LoRALinear(nn.Linear(8, 6).to(torch.bfloat16), 2, 4).requires_grad_(True))
+        getattr(parent, name).base_layer.requires_grad_(False)
+        _randomize_b(getattr(parent, name))
+    (group,) = group_siblings(parent)
+    x = torch.randn(5, 8, dtype=torch.bfloat16, requires_grad=True)
+    other = torch.randn(5, 8, dtype=torch.bfloat16, requires_grad=True)
+    alone = {}
+    try:
+        LoRALinear.fuse_siblings = False
+        alone = {n: getattr(parent, n)(other) for n in ("k_proj", "v_proj")}
+        alone["q_proj"] = parent.q_proj(x)
+    finally:
+        LoRALinear.fuse_siblings = True
+    q = parent.q_proj(x)
+    k, v = parent.k_proj(other), parent.v_proj(other)
+    assert not group.enabled
+    for name, got in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+        assert torch.equal(got, alone[name])
+
+
+def test_deepcopy_keeps_sibling_groups_inside_the_copy(make_llama):
+    import copy
+
+    model = _bf16_lora_llama(make_llama)
+    twin = copy.deepcopy(model)
+    attn = twin.model.layers[0].self_attn
+    assert attn.q_proj._siblings is attn.k_proj._siblings
+    assert attn.q_proj._siblings.members == [attn.q_proj, attn.k_proj, attn.v_proj]
+    assert attn.q_proj._siblings is not model.model.layers[0].self_attn.q_proj._siblings
