@@ -144,16 +144,46 @@ def kernel_profile(fn, n: int = 3, top: int = 40) -> dict:
     rows.sort(key=lambda r: -r[2])
     total = sum(r[2] for r in rows)
     return dict(gpu_ms_per_call=round(total / n / 1000, 3), kernels_per_call=round(sum(r[1] for r in rows) / n, 1),
-                top=[[k[:100], round(c / n, 1), round(t / n / 1000, 4)] for k, c, t in rows[:top]])
+                top=[[k[:100], round(c / n, 1), round(t / n / 1000, 4)] for k, c, t in rows[:top]],
+                idle=_idle_gaps(prof, n))
+
+
+def _idle_gaps(prof, n: int, top: int = 15) -> dict:
+    """Where the GPU waits between kernels: total idle ms per call, idle by gap size, and the kernels
+    that ran right after the longest total idle (the work the GPU waited for the host to launch)."""
+    from torch.autograd import DeviceType
+
+    try:
+        spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                       if e.device_type == DeviceType.CUDA)
+    except Exception as e:   # extra, as the profile is
+        return dict(error=f"{type(e).__name__}: {str(e)[:200]}")
+    bins = {"<2us": [0, 0.0], "2-10us": [0, 0.0], "10-50us": [0, 0.0], "50-500us": [0, 0.0], ">500us": [0, 0.0]}
+    after, end, idle = {}, None, 0.0
+    for start, stop, name in spans:
+        if end is not None and start > end:
+            gap = start - end
+            idle += gap
+            key = ("<2us" if gap < 2 else "2-10us" if gap < 10 else "10-50us" if gap < 50
+                   else "50-500us" if gap < 500 else ">500us")
+            bins[key][0] += 1; bins[key][1] += gap
+            after[name[:80]] = after.get(name[:80], 0.0) + gap
+        end = stop if end is None else max(end, stop)
+    worst = sorted(after.items(), key=lambda kv: -kv[1])[:top]
+    return dict(idle_ms_per_call=round(idle / n / 1000, 3),
+                by_size={k: [round(c / n, 1), round(t / n / 1000, 3)] for k, (c, t) in bins.items()},
+                before_kernel=[[k, round(t / n / 1000, 3)] for k, t in worst])
 
 
 def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str = "default",
-               lora_order: str = "frozen_base_last", profile: bool = False) -> dict:
+               lora_order: str = "frozen_base_last", profile: bool = False, siblings: bool = True) -> dict:
     from acculturate.adapters.lora import LoRALinear
     from acculturate.train.loss import loss_sum
 
-    # Ablation: "base_first" is the LoRA forward before session 3 (base matmul, then the adapter).
+    # Ablations: "base_first" is the LoRA forward before session 3 (base matmul, then the adapter);
+    # siblings=False computes q/k/v and gate/up each alone (before session 4).
     LoRALinear.frozen_base_last = lora_order == "frozen_base_last"
+    LoRALinear.fuse_siblings = bool(siblings)
     model, fused = build_ours(shape, mode)
     torch.cuda.reset_peak_memory_stats()
     if ckpt == "full":
@@ -185,7 +215,7 @@ def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str 
     peak = torch.cuda.max_memory_allocated()
     prof = kernel_profile(step, n=1) if profile else None
     return dict(case="train", side="ours", shape=shape, mode=mode, gc=ckpt != "none", ckpt=ckpt, liger=fused,
-                attention=attention, lora_order=lora_order, profile=prof,
+                attention=attention, lora_order=lora_order, siblings=bool(siblings), profile=prof,
                 B=B, S=S, trainable=n_lora, tok_s=round(tps), step_s=round(dt, 4),
                 peak_gib=round(peak / 2 ** 30, 2),
                 mfu=round(tps * flops_per_token(SHAPES[shape], S, n_lora) / PEAK_FLOPS, 3))
@@ -273,9 +303,10 @@ def _length_rows() -> list[list[int]]:
         return json.load(f)["rows"]
 
 
-def packed_case(side: str) -> dict:
+def packed_case(side: str, siblings: bool = True) -> dict:
     """LoRA on the 1B shape over the instruction data's real lengths, 128 examples a step:
-    baseline = HF + PEFT on right-padded batches; ours = packed rows of 2048 with varlen attention."""
+    baseline = HF + PEFT on right-padded batches; ours = packed rows of 2048 with varlen attention
+    (``siblings=False``: q/k/v and gate/up each alone, the ablation of train_ours)."""
     rows = _length_rows()
     V = SHAPES["llama-1b"]["vocab_size"]
     g = torch.Generator().manual_seed(0)
@@ -299,11 +330,12 @@ def packed_case(side: str) -> dict:
             return model(**batch).loss
         fused = False
     else:
-        from acculturate.adapters import LoRAConfig, apply_lora
+        from acculturate.adapters import LoRAConfig, LoRALinear, apply_lora
         from acculturate.data.batching import pack_features, packed_collate
         from acculturate.models.kernels import use_fused_kernels
         from acculturate.models.varlen import use_varlen_attention
         from acculturate.train.loss import loss_sum
+        LoRALinear.fuse_siblings = bool(siblings)
         model = _random_model("llama-1b")
         fused = use_fused_kernels(model)
         apply_lora(model, LoRAConfig(r=16, alpha=32, dropout=0.0, targets=TARGETS))
@@ -331,7 +363,7 @@ def packed_case(side: str) -> dict:
     seq = sum(len(f["input_ids"]) ** 2 for gr in timed for f in gr) / real   # mean attended length
     tps = real / (dt * len(timed))              # non-padding tokens per second
     n_lora = sum(p.numel() for p in params)
-    return dict(case="packed", side=side, shape="llama-1b", examples_per_step=per, liger=fused,
+    return dict(case="packed", side=side, shape="llama-1b", examples_per_step=per, liger=fused, siblings=bool(siblings),
                 tok_s=round(tps), padding_frac=round(1 - real / slots, 3), mean_len=round(real / (per * len(timed)), 1),
                 step_s=round(dt, 4), peak_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
                 mfu=round(tps * flops_per_token(SHAPES["llama-1b"], seq, n_lora) / PEAK_FLOPS, 4))
