@@ -195,8 +195,11 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             raise invalid(str(e)) from None
 
     async def complete(request: Request, endpoint: str, parsed: protocol.ParsedRequest, retrieval=None):
-        if retrieval is not None:  # passages into the last user turn; the response gains citations
+        if retrieval is not None and parsed.messages is not None:   # passages into the last user turn
             parsed.messages = await anyio.to_thread.run_sync(rag.augment, parsed.messages, retrieval, config.rag_home)
+        elif retrieval is not None:   # /v1/completions: passages before the one prompt
+            parsed.prompts = [await anyio.to_thread.run_sync(rag.augment_prompt, parsed.prompts[0], retrieval,
+                                                             config.rag_home)]
         served, prompts, prompt_tokens = prepare(parsed)
         chat = endpoint == "chat.completions"
         cid = protocol.new_id("chatcmpl" if chat else "cmpl")
@@ -311,7 +314,12 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
     @app.post("/v1/completions")
     async def completions(request: Request):
         check_api(request)
-        return await complete(request, "completions", protocol.parse_completion(await read_json(request), limits))
+        body = await read_json(request)
+        parsed = protocol.parse_completion(body, limits)
+        retrieval = rag.parse_retrieval(body)
+        if retrieval is not None and len(parsed.prompts) != 1:
+            raise invalid(f"retrieval works with one prompt per request, got {len(parsed.prompts)}", param="prompt")
+        return await complete(request, "completions", parsed, retrieval)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):

@@ -1,11 +1,13 @@
-"""The ``retrieval`` option of ``POST /v1/chat/completions``: answer from an index's passages.
+"""The ``retrieval`` option of ``POST /v1/chat/completions`` and ``/v1/completions``: answer from an
+index's passages.
 
 Request (an extra body field; with the openai client pass it through ``extra_body``)::
 
     "retrieval": {"index": "uk-docs", "k": 4, "mode": "hybrid", "filters": {"region": "UK"}}
 
 The last user message is the query; the passages go into that message, numbered, and an
-instruction to cite them by number joins the system message. The response gains two fields the
+instruction to cite them by number joins the system message. On ``/v1/completions`` (one prompt per
+request) the prompt is the query, and the instruction and the passages come before it. The response gains two fields the
 openai client keeps as extras: ``passages`` (every passage shown: number, id, source, heading,
 text, score, meta) and ``citations`` (the passages the answers cite); each choice carries the
 numbers it cites in ``citations``. A stream carries both on each choice's final chunk.
@@ -77,17 +79,10 @@ def parse_retrieval(body: dict) -> Retrieval | None:
 def augment(messages: list[dict], retrieval: Retrieval, home: str | None) -> list[dict]:
     """Retrieve for the last user message and return the messages with the passages in it
     (blocking: run it in a worker thread). Sets ``retrieval.hits``."""
-    from acculturate.rag import RagIndexError, open_cached, retrieve
     from acculturate.rag.pipeline import SYSTEM, passages_turn
 
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    try:
-        index = open_cached(retrieval.index, home)
-    except RagIndexError:
-        raise invalid(f"retrieval.index: no index named {retrieval.index!r} on this server",
-                      param="retrieval.index", code="index_not_found") from None
-    retrieval.query = messages[last]["content"]
-    retrieval.hits = retrieve(index, retrieval.query, retrieval.config)
+    _retrieve(retrieval, home, messages[last]["content"])
     out = [dict(m) for m in messages]
     out[last]["content"] = passages_turn(messages[last]["content"], retrieval.hits)
     if out[0]["role"] == "system":
@@ -95,6 +90,28 @@ def augment(messages: list[dict], retrieval: Retrieval, home: str | None) -> lis
     else:
         out.insert(0, {"role": "system", "content": SYSTEM})
     return out
+
+
+def augment_prompt(prompt: str, retrieval: Retrieval, home: str | None) -> str:
+    """``/v1/completions``: retrieve for the (one) prompt and return the text the model continues:
+    the instruction to cite, the numbered passages, then the prompt as the question (blocking).
+    Sets ``retrieval.hits``."""
+    from acculturate.rag.pipeline import SYSTEM, passages_turn
+
+    _retrieve(retrieval, home, prompt)
+    return f"{SYSTEM}\n\n{passages_turn(prompt, retrieval.hits)}" if retrieval.hits else prompt
+
+
+def _retrieve(retrieval: Retrieval, home: str | None, query: str) -> None:
+    from acculturate.rag import RagIndexError, open_cached, retrieve
+
+    try:
+        index = open_cached(retrieval.index, home)
+    except RagIndexError:
+        raise invalid(f"retrieval.index: no index named {retrieval.index!r} on this server",
+                      param="retrieval.index", code="index_not_found") from None
+    retrieval.query = query
+    retrieval.hits = retrieve(index, query, retrieval.config)
 
 
 def response_fields(retrieval: Retrieval, texts: list[str], question: str = "") -> tuple[dict, list[list[int]]]:

@@ -62,3 +62,21 @@ def live_server(model_pool, tmp_path):
         app = create_app(config, pool=model_pool)
         return LiveServer(app), app
     return start
+
+
+@pytest.fixture(scope="module")
+def rag_home(tmp_path_factory):
+    """A RAG home with one index, ``customs``: a Mexico and a Spain document (needs the rag extra)."""
+    pytest.importorskip("faiss")
+    pytest.importorskip("bm25s")
+    from acculturate.rag import update_index
+
+    home = tmp_path_factory.mktemp("rag-home")
+    docs = home.parent / "serve-docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "mexico.md").write_text("---\nregion: Mexico\n---\n# Customs in Mexico\n\n## Holidays\n\n"
+                                    "On the Day of the Dead families build altars with marigolds and sugar skulls.\n")
+    (docs / "spain.md").write_text("---\nregion: Spain\n---\n# Customs in Spain\n\n## Festivals\n\n"
+                                   "La Tomatina is a tomato fight held in Bunol every August.\n")
+    update_index([docs], "customs", home=home, progress=False)
+    return home

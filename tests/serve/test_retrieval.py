@@ -1,5 +1,6 @@
-"""``/v1/chat/completions`` with the ``retrieval`` option, through the real openai client: passages go
-into the prompt, and the response carries them and the answer's citations."""
+"""``/v1/chat/completions`` and ``/v1/completions`` with the ``retrieval`` option, through the real
+openai client: passages go into the prompt, and the response carries them and the answer's
+citations. (``rag_home``, an index of two documents, is in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -10,21 +11,6 @@ pytest.importorskip("faiss")
 pytest.importorskip("bm25s")
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def rag_home(tmp_path_factory):
-    from acculturate.rag import update_index
-
-    home = tmp_path_factory.mktemp("rag-home")
-    docs = home.parent / "serve-docs"
-    docs.mkdir(exist_ok=True)
-    (docs / "mexico.md").write_text("---\nregion: Mexico\n---\n# Customs in Mexico\n\n## Holidays\n\n"
-                                    "On the Day of the Dead families build altars with marigolds and sugar skulls.\n")
-    (docs / "spain.md").write_text("---\nregion: Spain\n---\n# Customs in Spain\n\n## Festivals\n\n"
-                                   "La Tomatina is a tomato fight held in Bunol every August.\n")
-    update_index([docs], "customs", home=home, progress=False)
-    return home
 
 
 def test_chat_with_retrieval_returns_passages_and_citations(live_server, rag_home):
@@ -62,3 +48,31 @@ def test_chat_with_retrieval_returns_passages_and_citations(live_server, rag_hom
                 c.chat.completions.create(model="smollm2-135m", messages=question, max_tokens=4,
                                           extra_body={"retrieval": bad})
             assert e.value.body["param"] == param
+
+
+def test_completions_with_retrieval_put_the_passages_before_the_prompt(live_server, rag_home):
+    server, app = live_server(rag_home=str(rag_home))
+    with server as url:
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        prompt = "Where is La Tomatina held?"
+        done = c.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=16, temperature=0, n=2,
+                                    extra_body={"retrieval": {"index": "customs", "k": 1}})
+        extra = done.model_extra
+        assert [p["number"] for p in extra["passages"]] == [1]
+        assert "Tomatina" in extra["passages"][0]["text"]
+        assert len(done.choices) == 2 and all("citations" in ch.model_extra for ch in done.choices)
+        record = app.state.store.completion(done.id)
+        assert record["prompt"].startswith("Answer the question from the passages.")
+        assert record["prompt"].endswith(f"Question: {prompt}") and "[1] Customs in Spain > Festivals" in record["prompt"]
+
+        final = None   # streamed: the passages on the final chunk
+        for chunk in c.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=4, temperature=0,
+                                          stream=True, extra_body={"retrieval": {"index": "customs", "k": 2}}):
+            if chunk.choices and chunk.choices[0].finish_reason:
+                final = chunk
+        assert final is not None and len(final.model_extra["passages"]) == 2
+
+        with pytest.raises(openai.BadRequestError) as e:   # one query per request
+            c.completions.create(model="smollm2-135m", prompt=[prompt, "And in Mexico?"], max_tokens=4,
+                                 extra_body={"retrieval": {"index": "customs"}})
+        assert e.value.body["param"] == "prompt"

@@ -75,3 +75,41 @@ def test_chat_stream_and_every_feedback_kind(live_server):
     assert all(r["completion_id"] == cid and r["region"] == "Mexico" for r in rows)
     assert rows[2]["corrected_text"] == "Chilaquiles with salsa verde, and a cup of café de olla."
     assert rows[2]["corrected_reward"] == 0.5 and rows[2]["comment"] == "more typical"
+
+
+def test_chat_answers_from_an_index_and_lists_its_sources(live_server, rag_home):
+    """With an index named in the side panel the request carries ``retrieval``, and the answer shows
+    the retrieved passages under it (the cited ones first)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
+
+    server, app = live_server(rag_home=str(rag_home))
+    with server as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
+            page.fill("[data-testid=temperature]", "0")
+            page.fill("[data-testid=max_tokens]", "24")
+            page.fill("[data-testid=rag-index]", "customs")
+            page.fill("[data-testid=rag-k]", "2")
+            page.fill("[data-testid=input]", "What do families build for the Day of the Dead?")
+            page.click("[data-testid=send]")
+            page.wait_for_selector(".msg.assistant.done [data-testid=sources]", timeout=120_000)
+            items = page.locator("[data-testid=sources] li")
+            assert items.count() == 2
+            texts = [items.nth(i).text_content() for i in range(2)]
+            assert any("Day of the Dead" in t for t in texts) and any("Tomatina" in t for t in texts)
+            cid = page.get_attribute(".msg.assistant", "data-completion-id")
+            assert "[1] Customs in Mexico > Holidays" in app.state.store.completion(cid)["prompt"]
+
+            page.fill("[data-testid=rag-index]", "no-such-index")   # a bad index: the error shows, nothing breaks
+            page.fill("[data-testid=input]", "And in Spain?")
+            page.click("[data-testid=send]")
+            page.wait_for_selector(".msg.assistant.error", timeout=60_000)
+            assert "no index named" in page.text_content(".msg.assistant.error .text")
+            assert errors == []
+        finally:
+            browser.close()
