@@ -3,6 +3,7 @@ send a message, watch the answer stream in, give each kind of feedback, find it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -18,12 +19,12 @@ pytestmark = [
 ]
 
 
-def test_chat_stream_and_every_feedback_kind(live_server):
+@contextlib.contextmanager
+def chat_page(url: str):
+    """(page, errors): the chat page open in headless Chromium with the model list loaded; errors
+    collects the page's uncaught JavaScript errors."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
-
-    server, app = live_server()
-    store = app.state.store
-    with server as url, sync_api.sync_playwright() as p:
+    with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page()
@@ -31,43 +32,50 @@ def test_chat_stream_and_every_feedback_kind(live_server):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/")
             page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
-            page.fill("[data-testid=region]", "Mexico")
-            assert "Mexico" in page.input_value("[data-testid=system]")
-            page.fill("[data-testid=temperature]", "0")  # greedy: a deterministic answer
-            page.fill("[data-testid=max_tokens]", "24")
-
-            # Record every text the answer shows while it streams.
-            page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
-                const t = document.querySelector('.msg.assistant .text');
-                if (t && t.textContent && window.seen[window.seen.length - 1] !== t.textContent)
-                    window.seen.push(t.textContent); }).observe(document.getElementById('log'),
-                {subtree: true, childList: true, characterData: true}); }""")
-            page.fill("[data-testid=input]", "What do people eat for breakfast?")
-            page.click("[data-testid=send]")
-            page.wait_for_selector(".msg.assistant.done", timeout=120_000)
-            seen = page.evaluate("window.seen")
-            answer = page.text_content(".msg.assistant .text")
-            assert answer.strip() and seen[-1] == answer
-            assert len(seen) > 2 and all(answer.startswith(s) for s in seen)  # it grew piece by piece
-            cid = page.get_attribute(".msg.assistant", "data-completion-id")
-            stored = store.completion(cid)
-            assert stored["completion"] == answer and stored["region"] == "Mexico"
-            assert stored["messages"][0]["role"] == "system" and "Mexico" in stored["messages"][0]["content"]
-            assert stored["sampling"]["temperature"] == 0.0 and stored["sampling"]["max_tokens"] == 24
-
-            status = ".msg.assistant .status"
-            page.click("[data-testid=thumbs-up]")
-            page.wait_for_selector(f"{status}[data-kind=correct_cultural]")
-            page.click("[data-testid=flag]")
-            page.wait_for_selector(f"{status}[data-kind=inappropriate]")
-            page.click("[data-testid=edit]")
-            page.fill("[data-testid=edit-text]", "Chilaquiles with salsa verde, and a cup of café de olla.")
-            page.fill("[data-testid=edit-comment]", "more typical")
-            page.click("[data-testid=edit-save]")
-            page.wait_for_selector(f"{status}[data-kind=adjustment]")
-            assert errors == []
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_chat_stream_and_every_feedback_kind(live_server):
+    server, app = live_server()
+    store = app.state.store
+    with server as url, chat_page(url) as (page, errors):
+        page.fill("[data-testid=region]", "Mexico")
+        assert "Mexico" in page.input_value("[data-testid=system]")
+        page.fill("[data-testid=temperature]", "0")  # greedy: a deterministic answer
+        page.fill("[data-testid=max_tokens]", "24")
+
+        # Record every text the answer shows while it streams.
+        page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+            const t = document.querySelector('.msg.assistant .text');
+            if (t && t.textContent && window.seen[window.seen.length - 1] !== t.textContent)
+                window.seen.push(t.textContent); }).observe(document.getElementById('log'),
+            {subtree: true, childList: true, characterData: true}); }""")
+        page.fill("[data-testid=input]", "What do people eat for breakfast?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant.done", timeout=120_000)
+        seen = page.evaluate("window.seen")
+        answer = page.text_content(".msg.assistant .text")
+        assert answer.strip() and seen[-1] == answer
+        assert len(seen) > 2 and all(answer.startswith(s) for s in seen)  # it grew piece by piece
+        cid = page.get_attribute(".msg.assistant", "data-completion-id")
+        stored = store.completion(cid)
+        assert stored["completion"] == answer and stored["region"] == "Mexico"
+        assert stored["messages"][0]["role"] == "system" and "Mexico" in stored["messages"][0]["content"]
+        assert stored["sampling"]["temperature"] == 0.0 and stored["sampling"]["max_tokens"] == 24
+
+        status = ".msg.assistant .status"
+        page.click("[data-testid=thumbs-up]")
+        page.wait_for_selector(f"{status}[data-kind=correct_cultural]")
+        page.click("[data-testid=flag]")
+        page.wait_for_selector(f"{status}[data-kind=inappropriate]")
+        page.click("[data-testid=edit]")
+        page.fill("[data-testid=edit-text]", "Chilaquiles with salsa verde, and a cup of café de olla.")
+        page.fill("[data-testid=edit-comment]", "more typical")
+        page.click("[data-testid=edit-save]")
+        page.wait_for_selector(f"{status}[data-kind=adjustment]")
+        assert errors == []
 
     rows = store.feedback()
     assert [(r["kind"], r["reward"]) for r in rows] == [
@@ -80,36 +88,25 @@ def test_chat_stream_and_every_feedback_kind(live_server):
 def test_chat_answers_from_an_index_and_lists_its_sources(live_server, rag_home):
     """With an index named in the side panel the request carries ``retrieval``, and the answer shows
     the retrieved passages under it (the cited ones first)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
-
     server, app = live_server(rag_home=str(rag_home))
-    with server as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
-            page.fill("[data-testid=temperature]", "0")
-            page.fill("[data-testid=max_tokens]", "24")
-            page.fill("[data-testid=rag-index]", "customs")
-            page.fill("[data-testid=rag-k]", "2")
-            page.fill("[data-testid=input]", "What do families build for the Day of the Dead?")
-            page.click("[data-testid=send]")
-            page.wait_for_selector(".msg.assistant.done [data-testid=sources]", timeout=120_000)
-            items = page.locator("[data-testid=sources] li")
-            assert items.count() == 2
-            texts = [items.nth(i).text_content() for i in range(2)]
-            assert any("Day of the Dead" in t for t in texts) and any("Tomatina" in t for t in texts)
-            cid = page.get_attribute(".msg.assistant", "data-completion-id")
-            assert "[1] Customs in Mexico > Holidays" in app.state.store.completion(cid)["prompt"]
+    with server as url, chat_page(url) as (page, errors):
+        page.fill("[data-testid=temperature]", "0")
+        page.fill("[data-testid=max_tokens]", "24")
+        page.fill("[data-testid=rag-index]", "customs")
+        page.fill("[data-testid=rag-k]", "2")
+        page.fill("[data-testid=input]", "What do families build for the Day of the Dead?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant.done [data-testid=sources]", timeout=120_000)
+        items = page.locator("[data-testid=sources] li")
+        assert items.count() == 2
+        texts = [items.nth(i).text_content() for i in range(2)]
+        assert any("Day of the Dead" in t for t in texts) and any("Tomatina" in t for t in texts)
+        cid = page.get_attribute(".msg.assistant", "data-completion-id")
+        assert "[1] Customs in Mexico > Holidays" in app.state.store.completion(cid)["prompt"]
 
-            page.fill("[data-testid=rag-index]", "no-such-index")   # a bad index: the error shows, nothing breaks
-            page.fill("[data-testid=input]", "And in Spain?")
-            page.click("[data-testid=send]")
-            page.wait_for_selector(".msg.assistant.error", timeout=60_000)
-            assert "no index named" in page.text_content(".msg.assistant.error .text")
-            assert errors == []
-        finally:
-            browser.close()
+        page.fill("[data-testid=rag-index]", "no-such-index")   # a bad index: the error shows, nothing breaks
+        page.fill("[data-testid=input]", "And in Spain?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant.error", timeout=60_000)
+        assert "no index named" in page.text_content(".msg.assistant.error .text")
+        assert errors == []
