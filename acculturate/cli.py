@@ -526,7 +526,21 @@ def _rag_eval(args) -> int:
     return 0
 
 
-_RAG_ACTIONS = {"index": _rag_index, "search": _rag_search, "ask": _rag_ask, "eval": _rag_eval}
+def _rag_list(args) -> int:
+    from acculturate.rag import list_indexes, rag_home
+
+    found = list_indexes(args.home)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+        return 0
+    if not found:
+        print(f"no index under {args.home or rag_home()}: build one with `acculturate rag index DOCS --index NAME`")
+    for i in found:
+        print(f"{i['name']}: {i['passages']} passages from {i['files']} files, updated {i['updated']}")
+    return 0
+
+
+_RAG_ACTIONS = {"index": _rag_index, "search": _rag_search, "ask": _rag_ask, "eval": _rag_eval, "list": _rag_list}
 
 
 def _add_rag_parser(sub) -> None:
@@ -567,6 +581,11 @@ def _add_rag_parser(sub) -> None:
     retrieval_args(q)
     q.add_argument("--max-new-tokens", type=int, default=128)
     _add_model_args(q)
+    q.set_defaults(func=cmd_rag)
+
+    q = rsub.add_parser("list", help="the named indexes (under $ACCULTURATE_RAG_HOME): passages, files, last update")
+    q.add_argument("--home", default=None, help="another folder of named indexes")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_rag)
 
     q = rsub.add_parser("eval", help="recall@k, MRR and accuracy with vs without retrieval on BLEnD documents")

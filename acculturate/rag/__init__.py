@@ -10,14 +10,14 @@ Needs the ``rag`` extra (sentence-transformers, the embedding model wheel, faiss
 """
 
 from acculturate.rag.chunking import Chunk, ChunkConfig, chunk_document
-from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, delete_index, open_cached, open_index, rag_home,
-                                   resolve_index, update_index)
+from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, delete_index, list_indexes, open_cached,
+                                   open_index, rag_home, resolve_index, update_index)
 from acculturate.rag.ingest import Block, Document, find_files, read_document
 from acculturate.rag.metrics import mean_reciprocal_rank, recall_at_k
 from acculturate.rag.pipeline import AskConfig, RagAnswer, ask, parse_citations
 from acculturate.rag.retrieve import Hit, RetrieveConfig, retrieve, rrf
 
 __all__ = ["AskConfig", "Block", "Chunk", "ChunkConfig", "Document", "Hit", "IndexConfig", "IndexReport",
-           "RagAnswer", "RagIndexError", "RetrieveConfig", "ask", "chunk_document", "delete_index", "find_files",
+           "RagAnswer", "RagIndexError", "RetrieveConfig", "ask", "chunk_document", "delete_index", "find_files", "list_indexes",
            "mean_reciprocal_rank", "open_cached", "open_index", "parse_citations", "rag_home", "read_document", "recall_at_k",
            "resolve_index", "retrieve", "rrf", "update_index"]

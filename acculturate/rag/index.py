@@ -148,6 +148,29 @@ def open_index(name: str | os.PathLike, home: str | os.PathLike | None = None) -
     return Index(path, manifest, passages, vectors, bm25)
 
 
+def list_indexes(home: str | os.PathLike | None = None) -> list[dict]:
+    """The named indexes under ``home`` (default :func:`rag_home`), by name: ``name``, ``passages``,
+    ``files``, ``embedder``, ``updated``, from each manifest (nothing else is opened). A directory
+    without a readable manifest of this format is skipped."""
+    root = Path(home or rag_home())
+    found = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        _recover(path)
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            continue
+        found.append({"name": path.name, "passages": manifest.get("passages", 0),
+                      "files": len(manifest.get("files", {})),
+                      "embedder": str(manifest.get("settings", {}).get("embedder", "")),
+                      "updated": manifest.get("updated", "")})
+    return found
+
+
 @functools.lru_cache(maxsize=8)
 def _open_cached(path: str, stamp: int) -> Index:
     return open_index(path)

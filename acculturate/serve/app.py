@@ -321,6 +321,17 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             raise invalid(f"retrieval works with one prompt per request, got {len(parsed.prompts)}", param="prompt")
         return await complete(request, "completions", parsed, retrieval)
 
+    @app.get("/v1/retrieval/indexes")
+    async def retrieval_indexes(request: Request):
+        """The indexes a request's ``retrieval.index`` may name (the server's rag_home)."""
+        check_api(request)
+        try:
+            from acculturate.rag import list_indexes
+        except ImportError:   # the rag extra is not installed: no retrieval, so no index either
+            return {"object": "list", "data": []}
+        found = await anyio.to_thread.run_sync(list_indexes, config.rag_home)
+        return {"object": "list", "data": [{"id": i["name"], "object": "retrieval.index", **i} for i in found]}
+
     @app.post("/v1/feedback")
     async def feedback(request: Request):
         check_api(request)

@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -111,3 +112,27 @@ def test_missing_index_and_names(tmp_path, monkeypatch):
     assert resolve_index("./docs").name == "docs" and resolve_index("a/b").name == "b"
     with pytest.raises(RagIndexError, match="acculturate rag index"):
         open_index("nothing-here")
+
+
+def test_list_indexes_reads_each_manifest_and_skips_what_is_not_an_index(docs, tmp_path, fake_embedder, capsys):
+    from acculturate.cli import main
+    from acculturate.rag import list_indexes
+
+    home = tmp_path / "home"
+    assert list_indexes(home) == []   # no folder yet
+    build(docs, "uk", fake_embedder, home=home)
+    build(docs / "uk.md", "b-uk-only", fake_embedder, home=home)
+    (home / "notes").mkdir()                                 # a folder without a manifest
+    (home / "broken").mkdir()
+    (home / "broken" / "manifest.json").write_text("{not json")
+    (home / "old").mkdir()
+    (home / "old" / "manifest.json").write_text('{"format": 0}')
+    found = list_indexes(home)
+    assert [i["name"] for i in found] == ["b-uk-only", "uk"]
+    assert [(i["passages"], i["files"]) for i in found] == [(2, 1), (5, 3)]
+    assert all(i["updated"] for i in found)
+
+    assert main(["rag", "list", "--home", str(home), "--json"]) == 0
+    assert [i["name"] for i in json.loads(capsys.readouterr().out)] == ["b-uk-only", "uk"]
+    assert main(["rag", "list", "--home", str(tmp_path / "empty")]) == 0
+    assert "no index under" in capsys.readouterr().out

@@ -25,6 +25,8 @@ def test_chat_with_retrieval_returns_passages_and_citations(live_server, rag_hom
         assert "Day of the Dead" in extra["passages"][0]["text"]
         assert extra["passages"][0]["meta"]["region"] == "Mexico"
         numbers = chat.choices[0].model_extra["citations"]
+        listed = c.get("/retrieval/indexes", cast_to=object)   # what retrieval.index may name
+        assert [(i["id"], i["passages"], i["files"]) for i in listed["data"]] == [("customs", 2, 2)]
         assert [c_["number"] for c_ in extra["citations"]] == numbers
         assert chat.choices[0].message.content
 

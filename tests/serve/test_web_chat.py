@@ -92,6 +92,7 @@ def test_chat_answers_from_an_index_and_lists_its_sources(live_server, rag_home)
     with server as url, chat_page(url) as (page, errors):
         page.fill("[data-testid=temperature]", "0")
         page.fill("[data-testid=max_tokens]", "24")
+        page.wait_for_selector("#rag-indexes option[value='customs']", state="attached")   # offered in the field
         page.fill("[data-testid=rag-index]", "customs")
         page.fill("[data-testid=rag-k]", "2")
         page.fill("[data-testid=input]", "What do families build for the Day of the Dead?")
