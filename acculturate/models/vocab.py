@@ -1,7 +1,9 @@
 """Extend a model's vocabulary for a new language: learn tokens from a corpus, add them, resize and
 initialise the embeddings.
 
-1. A byte-level BPE is trained with the ``tokenizers`` library on the regional corpus.
+1. A BPE is trained with the ``tokenizers`` library on the regional corpus, pre-tokenized as the base
+   is: byte-level (GPT-2, Llama 3, SmolLM) or SentencePiece-style with "▁" marking word starts
+   (Llama 2, Mistral, Gemma; see :func:`tokenizer_style`).
 2. Its tokens that the base tokenizer splits into the most pieces (ties: the more frequent; or, with
    ``rank="saved"``, the ones saving the most tokens on the corpus) and that occur at least
    ``min_frequency`` times are kept, up to ``new_tokens`` of them.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +68,7 @@ class ExtendConfig:
 class Extension:
     """What :func:`extend_vocabulary` added."""
 
-    tokens: list[str]                 # the learned tokens kept (byte-level strings, e.g. 'Ġngendikan')
+    tokens: list[str]                 # the learned tokens kept, in the base's spelling ('Ġngendikan', '▁ngendikan')
     intermediate: list[str]           # tokens added only to build the chains of merges
     new_ids: list[int]                # ids of every added token (tokens and intermediates), ascending
     pieces: dict[int, list[int]]      # new id -> the base token ids its row was averaged from
@@ -87,6 +90,10 @@ def fertility(tokenizer, texts: Sequence[str]) -> dict:
             "fertility": round(n_tokens / n_words, 4) if n_words else None}
 
 
+SPACE = "\u2581"   # "▁", SentencePiece's word-start mark
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
 def _backend_json(tokenizer) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -95,23 +102,43 @@ def _backend_json(tokenizer) -> dict:
     model = data.get("model", {})
     if model.get("type") != "BPE":
         raise ValueError(f"vocabulary extension needs a BPE tokenizer; this one is {model.get('type')!r}")
-    pre = data.get("pre_tokenizer") or {}
-    kinds = [pre.get("type")] + [p.get("type") for p in pre.get("pretokenizers", [])]
-    if "ByteLevel" not in kinds:
-        raise ValueError("vocabulary extension supports byte-level BPE tokenizers (GPT-2, Llama 3, "
-                         f"SmolLM); this one pre-tokenizes with {kinds}")
+    tokenizer_style(data)   # raises for a kind it cannot extend
     return data
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int):
-    """A byte-level BPE trained on ``texts`` with the ``tokenizers`` library (GPT-2's pre-tokenizer,
-    as SmolLM2's, so its tokens are strings the base tokenizer can spell)."""
+def tokenizer_style(data: dict) -> str:
+    """``"byte_level"`` (GPT-2, Llama 3, SmolLM: a ByteLevel pre-tokenizer) or ``"metaspace"``
+    (SentencePiece-style BPE as Llama 2, Mistral or Gemma ship it: a Metaspace pre-tokenizer, or a
+    normalizer that replaces spaces by "▁"), from a ``tokenizer.json`` dict. Raises ValueError else."""
+    def kinds(part):
+        part = part or {}
+        inner = part.get("pretokenizers") or part.get("normalizers") or []
+        return [part.get("type")] + [k for p in inner for k in kinds(p)]
+
+    pre = kinds(data.get("pre_tokenizer"))
+    if "ByteLevel" in pre:
+        return "byte_level"
+    normalizer = json.dumps(data.get("normalizer") or {}, ensure_ascii=False)
+    if "Metaspace" in pre or ("Replace" in normalizer and SPACE in normalizer):
+        return "metaspace"
+    raise ValueError("vocabulary extension supports byte-level BPE tokenizers (GPT-2, Llama 3, SmolLM) and "
+                     f"SentencePiece-style BPE (Llama 2, Mistral, Gemma); this one pre-tokenizes with {pre}")
+
+
+def train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int, style: str = "byte_level"):
+    """A BPE trained on ``texts`` with the ``tokenizers`` library, pre-tokenized as the base is, so
+    its tokens are strings the base can spell: GPT-2's byte-level pre-tokenizer (as SmolLM2's), or
+    SentencePiece's word-start mark "▁" before every word (``style="metaspace"``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    if style == "metaspace":
+        bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="always")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False)
+    else:
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(list(texts), trainer=trainer)
     return bpe
 
@@ -122,7 +149,8 @@ def candidate_tokens(texts: Sequence[str], tokenizer, config: ExtendConfig) -> l
     A candidate occurs ``min_frequency`` times or more in the BPE's tokenization of the corpus, is
     not in the base vocabulary and is split by the base into at least two pieces.
     """
-    bpe = train_bpe(texts, config.bpe_vocab_size, config.min_frequency)
+    style = tokenizer_style(_backend_json(tokenizer))
+    bpe = train_bpe(texts, config.bpe_vocab_size, config.min_frequency, style)
     counts = Counter(tok for enc in bpe.encode_batch(list(texts)) for tok in enc.tokens)
     backend = tokenizer.backend_tokenizer
     vocab = backend.get_vocab()
@@ -131,7 +159,9 @@ def candidate_tokens(texts: Sequence[str], tokenizer, config: ExtendConfig) -> l
         if count < config.min_frequency or token in vocab:
             continue
         pieces = _base_pieces(backend, token)
-        if len(pieces) >= 2:
+        # A SentencePiece BPE spells characters it lacks as <0xNN> byte tokens; a merge chain over
+        # those is not how it spells the word, so such candidates are skipped.
+        if len(pieces) >= 2 and not any(_BYTE_TOKEN.match(p) for p in pieces) and all(p in vocab for p in pieces):
             found.append((token, pieces, count))
     if config.rank == "split":
         found.sort(key=lambda c: (-len(c[1]), -c[2], c[0]))
@@ -219,7 +249,7 @@ def extend_vocabulary(model: torch.nn.Module, tokenizer, texts: Sequence[str],
 
     Args:
         model: an HF causal LM (modified in place).
-        tokenizer: its fast byte-level BPE tokenizer (not modified).
+        tokenizer: its fast BPE tokenizer, byte-level or SentencePiece-style (not modified).
         texts: the regional corpus, one document per string.
         config: :class:`ExtendConfig`.
     Returns:

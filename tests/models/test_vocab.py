@@ -144,3 +144,70 @@ def test_cli_tokenizer_extend_reports_fertility_on_both_parts(tmp_path, capsys):
     with pytest.raises(SystemExit, match="ExtendConfig.new_tokens"):
         main(["tokenizer", "extend", "--corpus", "shipped:nusax/valid.csv", "--column", "buginese",
               "--output", str(tmp_path / "x"), "--new-tokens", "0"])
+
+
+def sentencepiece_style_tokenizer(texts, legacy: bool):
+    """A SentencePiece-style BPE (word starts marked "▁", as Llama 2 / Mistral / Gemma ship it)
+    trained on ``texts``: with a Metaspace pre-tokenizer, or (``legacy``) the Llama-2 layout of a
+    normalizer that prepends "▁" and replaces spaces, and no pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4000, special_tokens=["<unk>", "<s>", "</s>"],
+                                                           show_progress=False))
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    if legacy:
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["metaspace", "llama2-normalizer"])
+def test_sentencepiece_style_tokenizers_are_extended_too(data_dir, tmp_path, legacy):
+    """The same extension over a SentencePiece-style BPE: new tokens in its "▁" spelling, fewer
+    tokens per Javanese word, English unchanged, lossless decoding, and the saved directory reloads."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from acculturate.data import read_examples
+    from acculturate.data.text import read_documents
+    from acculturate.resources import resource_path
+
+    english = [e.messages[0]["content"] for e in read_examples(resource_path("data") / "instructions" / "instruction-data.json")]
+    javanese = [d.text for d in read_documents(data_dir / "nusax" / "valid.csv", field="javanese")][:80]
+    old_tok = sentencepiece_style_tokenizer(english, legacy)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(old_tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    old_embed = model.get_input_embeddings().weight.detach().clone()
+    new_tok, ext = extend_vocabulary(model, old_tok, javanese, ExtendConfig(new_tokens=30))
+    assert len(ext.tokens) == 30 and any(t.startswith("▁") for t in ext.tokens)
+    assert ext.new_vocab_size == len(old_tok) + len(ext.new_ids) == len(new_tok)
+    weight = model.get_input_embeddings().weight
+    for new_id in ext.new_ids:
+        assert torch.equal(weight[new_id], old_embed[ext.pieces[new_id]].mean(0))
+
+    assert fertility(new_tok, javanese)["fertility"] < fertility(old_tok, javanese)["fertility"] - 0.1
+    ids = new_tok(javanese, add_special_tokens=False)["input_ids"]
+    assert any(i in set(ext.new_ids) for row in ids for i in row)
+    assert all(new_tok.decode(row) == old_tok.decode(old_tok(t, add_special_tokens=False)["input_ids"])
+               for row, t in zip(ids, javanese))                                   # decodes as before
+    assert new_tok(english[:50])["input_ids"] == old_tok(english[:50])["input_ids"]
+
+    save_extended(model, new_tok, ext, tmp_path / "model")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert reloaded(javanese[:10])["input_ids"] == new_tok(javanese[:10])["input_ids"]
+
+
+def test_tokenizers_it_cannot_extend_are_refused_by_kind():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    with pytest.raises(ValueError, match="needs a BPE tokenizer; this one is 'WordPiece'"):
+        extend_vocabulary(torch.nn.Module(), wordpiece, ["a a a"])
+    plain = Tokenizer(models.BPE({"a": 0, "b": 1}, []))
+    plain.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(ValueError, match="SentencePiece-style BPE .* pre-tokenizes with \\['Whitespace'\\]"):
+        extend_vocabulary(torch.nn.Module(), PreTrainedTokenizerFast(tokenizer_object=plain), ["a b a b"])
