@@ -381,3 +381,23 @@ def test_deepcopy_keeps_sibling_groups_inside_the_copy(make_llama):
     assert attn.q_proj._siblings is attn.k_proj._siblings
     assert attn.q_proj._siblings.members == [attn.q_proj, attn.k_proj, attn.v_proj]
     assert attn.q_proj._siblings is not model.model.layers[0].self_attn.q_proj._siblings
+
+
+def test_sibling_groups_under_torch_compile_give_the_eager_results(make_llama, tiny_ids):
+    """A user may torch.compile the model: the group's Python state (the leader's outputs handed to
+    its followers) must trace to the same computation. aot_eager: Dynamo and AOTAutograd without
+    Inductor's C++ compile."""
+    model = _bf16_lora_llama(make_llama)
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn(tiny_ids).logits.float().logsumexp(-1).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    eager = loss_and_grads(model)
+    torch._dynamo.reset()
+    compiled = loss_and_grads(torch.compile(model, backend="aot_eager"))
+    assert torch.equal(eager[0], compiled[0])
+    assert all(torch.equal(a, b) for a, b in zip(eager[1], compiled[1]))
+    assert all(m._siblings.enabled for m in lora_modules(model).values() if m._siblings)
