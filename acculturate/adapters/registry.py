@@ -102,18 +102,26 @@ class Adapter:
                             for layer in self.layers.values())
 
 
-def _detach_token_rows(model: nn.Module) -> tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None:
-    """Take the model's trainable token rows (and tied head wrapper) out, leaving the bare embedding
-    and head; returns them (None if the model has none)."""
+def _token_rows_of(model: nn.Module) -> tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None:
+    """The model's trainable token rows wrapper and tied head wrapper (None if it has none)."""
     embed = model.get_input_embeddings()
     if not isinstance(embed, TrainableTokenRows):
         return None
     head = model.get_output_embeddings()
-    head = head if isinstance(head, TiedTokenRowsHead) else None
+    return embed, (head if isinstance(head, TiedTokenRowsHead) else None)
+
+
+def _detach_token_rows(model: nn.Module) -> tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None:
+    """Take the model's trainable token rows (and tied head wrapper) out, leaving the bare embedding
+    and head; returns them (None if the model has none)."""
+    rows = _token_rows_of(model)
+    if rows is None:
+        return None
+    embed, head = rows
     model.set_input_embeddings(embed.base_layer)
     if head is not None:
         model.set_output_embeddings(head.base_layer)
-    return embed, head
+    return rows
 
 
 def _attach_token_rows(model: nn.Module, rows: tuple[TrainableTokenRows, TiedTokenRowsHead | None]) -> None:
@@ -172,12 +180,8 @@ class AdapterRegistry:
             raise ValueError("the model has both LoRA layers and a prompt-tuning prompt; a registry adapter "
                              "is one or the other")
         if existing:
-            rows = None
-            if isinstance(model.get_input_embeddings(), TrainableTokenRows):
-                head = model.get_output_embeddings()
-                rows = (model.get_input_embeddings(), head if isinstance(head, TiedTokenRowsHead) else None)
             self._adapters[_check_name(adopt_name)] = Adapter(adopt_name, _infer_config(existing), existing,
-                                                              token_rows=rows)
+                                                              token_rows=_token_rows_of(model))
             self._active = adopt_name
         elif prompt is not None:
             config = PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens)

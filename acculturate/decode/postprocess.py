@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from acculturate.config_loading import is_int
 from acculturate.decode.generate import Completion, GenerationConfig, encode_prompts, generate
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -61,8 +62,7 @@ class OutputFilterConfig:
             raise ValueError(f"reward: expected one of {sorted(REWARDS)}, got {self.reward!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature!r}")
-        if self.stream_holdback is not None and (isinstance(self.stream_holdback, bool)
-                                                  or not isinstance(self.stream_holdback, int) or self.stream_holdback < 0):
+        if self.stream_holdback is not None and (not is_int(self.stream_holdback) or self.stream_holdback < 0):
             raise ValueError(f"stream_holdback: expected None or an integer >= 0, got {self.stream_holdback!r}")
         if self.languages:
             from acculturate.data.langid import LangIdConfig

@@ -7,8 +7,8 @@ Request (an extra body field; with the openai client pass it through ``extra_bod
 
 The last user message is the query; the passages go into that message, numbered, and an
 instruction to cite them by number joins the system message. On ``/v1/completions`` (one prompt per
-request) the prompt is the query, and the instruction and the passages come before it. The response gains two fields the
-openai client keeps as extras: ``passages`` (every passage shown: number, id, source, heading,
+request) the prompt is the query, and the instruction and the passages come before it. The
+response gains two fields the openai client keeps as extras: ``passages`` (every passage shown: number, id, source, heading,
 text, score, meta) and ``citations`` (the passages the answers cite); each choice carries the
 numbers it cites in ``citations``. A stream carries both on each choice's final chunk.
 
