@@ -74,11 +74,26 @@ def cmd_adapt(args) -> int:
         config.data.skip_invalid = True
     metrics = run_adapt(config, overwrite=args.restart, base_dir=path.parent)
     out = Path(config.output_dir) / config.name
-    b, a = metrics["base"]["accuracy"], metrics["adapted"]["accuracy"]
-    print(f"\n{config.region}: accuracy {100 * b:.1f}% (base) -> {100 * a:.1f}% (adapted) "
-          f"on {metrics['test_questions']} held-apart questions")
-    print(f"Results: {out}/report.md, {out}/metrics.json; adapter: {metrics['saved']}")
+    systems, n = metrics["systems"], metrics["questions"]["test"]
+    print(f"\n{config.region}: accuracy on {n} held-apart questions")
+    for name, label in (("base_closed_book", "base, closed-book"), ("base_retrieval", "base + retrieval"),
+                        ("adapted_closed_book", "adapted, closed-book"), ("adapted_retrieval", "adapted + retrieval")):
+        s = systems[name]
+        print(f"  {label:<22} {100 * s['accuracy']:5.1f}%  (95% {100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})")
+    d = metrics["comparisons"]["adapted_retrieval - base_retrieval"]
+    print(f"  adapted + retrieval vs base + retrieval: {100 * d['difference']:+.1f} points "
+          f"(paired 95% {100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f})")
+    print(f"Results: {out}/report.md, {out}/report.html, {out}/metrics.json")
+    print(f"Use it: acculturate ask --run {out} \"QUESTION\"  |  acculturate serve --run {out}")
     return 0
+
+
+def cmd_ask(args) -> int:
+    from acculturate.jobs.ask import run_ask
+
+    return run_ask(args.run, question=args.question, file=args.file, output=args.output,
+                   retrieval=not args.closed_book, batch_size=args.batch_size, seed=args.seed,
+                   temperature=args.temperature)
 
 
 def cmd_train(args) -> int:
@@ -355,6 +370,8 @@ def cmd_serve(args) -> int:
     for spec in args.adapter:
         name, directory = parse_adapter_spec(spec)
         config.adapters[name] = str(directory)
+    if args.run:
+        config.run = args.run
     run_server(config)
     return 0
 
@@ -680,6 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete the run of this name and start over (default: continue it)")
     p.set_defaults(func=cmd_adapt)
 
+    p = sub.add_parser("ask", help="answer questions with the regional assistant `acculturate adapt` built")
+    p.add_argument("question", nargs="?", help="one question (or --file)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the adapt run folder, e.g. runs/adapt-uk")
+    p.add_argument("--file", help="JSONL with one {\"question\": ...} per line (extra fields are kept)")
+    p.add_argument("--output", help="write one JSONL line per question: question, answer, citations, passages")
+    p.add_argument("--closed-book", action="store_true", help="answer without retrieval")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.set_defaults(func=cmd_ask)
+
     p = sub.add_parser("train", help="fine-tune (full, head, lora) from a YAML config")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -785,6 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="feedback store: SQLite path or SQLAlchemy URL")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="serve the regional assistant `acculturate adapt` built there (adapter, index, persona, "
+                        "retrieval on by default), as model NAME = the run's folder name")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("feedback", help="work with the feedback store")

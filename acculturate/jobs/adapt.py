@@ -1,11 +1,22 @@
-"""`acculturate adapt`: adapt a model to one region and show what it changed.
+"""`acculturate adapt`: build a regional assistant from a region's documents and questions, and
+measure what it changed.
+
+Inputs: a ``region`` (any name; the 12 shipped BLEnD countries are ready-made presets whose
+questions and documents ship with acculturate), the region's ``documents`` (the knowledge base), its
+``questions`` with accepted answers, optional raw ``text`` for continued pre-training, and general
+instruction data that keeps the model's general skills.
 
 Steps (each one skipped when a resumed run already has its output):
-1. split the region's BLEnD questions (stratified by topic) into train and held-apart test;
-2. answer the test questions with the base model;
-3. fine-tune (LoRA by default) on the region's train questions plus general instruction data;
-4. answer the test questions with the adapted model;
-5. write ``metrics.json`` and ``report.md`` beside the adapter.
+1. read the questions and split them (stratified by topic where they carry one) into train and held-apart;
+2. index the documents (``index/``; the presets' documents are written into ``documents/`` first);
+3. answer the held-apart questions with the base model, closed-book and with retrieval, and score
+   its general skills on held-out general instructions;
+4. fine-tune a LoRA adapter on retrieval-aware examples (:mod:`acculturate.rag.raft`: the passages
+   retrieval finds, distractors among them, and the answer citing the right one), the same questions
+   closed-book, the raw text, and general instructions;
+5. answer again with the adapted model, both ways, and score general skills again;
+6. write ``assistant.json`` (what ``acculturate ask --run`` and ``serve --run`` load), ``metrics.json``,
+   ``report.md`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -15,147 +26,355 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.config_loading import to_dict
-from acculturate.data import load_blend, blend_countries
-from acculturate.decode import GenerationConfig
-from acculturate.evaluate.qa import QAResult, evaluate_qa
-from acculturate.io import write_json, write_text
+from acculturate.config_loading import ConfigError, to_dict
+from acculturate.data import Example, blend_countries, load_blend
+from acculturate.data.questions import read_questions
+from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
 from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
                                        prepare_and_train, run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import DataSource, read_source
+from acculturate.jobs.sources import DataSource, read_source, resolve_path
 from acculturate.models import load
+from acculturate.rag.chunking import ChunkConfig
+from acculturate.rag.raft import RaftConfig
 from acculturate.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
+SYSTEMS = ("base_closed_book", "base_retrieval", "adapted_closed_book", "adapted_retrieval")
+
 
 @dataclass
 class EvalConfig:
-    """How the held-apart questions are answered."""
+    """How the held-apart questions and the general-skill check are answered."""
 
-    limit: int | None = None      # answer only the first N test questions (None: all)
-    max_new_tokens: int = 24      # BLEnD answers are a few words
+    limit: int | None = None      # answer only the first N held-apart questions (None: all)
+    max_new_tokens: int = 24      # short answers
     batch_size: int = 16
+    general: int = 40             # held-out general instructions for the general-skill check (0: skip)
+    general_max_new_tokens: int = 48
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit: expected a positive integer, got {self.limit}")
+        if self.general < 0:
+            raise ValueError(f"general: expected >= 0, got {self.general}")
+
+
+@dataclass
+class RetrievalConfig:
+    """The knowledge base: how documents become passages and how many the model reads."""
+
+    k: int = 3                    # passages shown with each question
+    mode: str = "hybrid"          # 'hybrid' (dense + BM25), 'dense' or 'bm25'
+    chunk: ChunkConfig = field(default_factory=lambda: ChunkConfig(max_chars=300, overlap_chars=0))
+    max_passage_chars: int = 400  # a longer passage is cut in the prompt
+    raft: RaftConfig = field(default_factory=RaftConfig)
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k: expected >= 1, got {self.k}")
+        if self.mode not in ("hybrid", "dense", "bm25"):
+            raise ValueError(f"mode: expected 'hybrid', 'dense' or 'bm25', got {self.mode!r}")
 
 
 @dataclass
 class AdaptConfig:
-    """`acculturate adapt [CONFIG]`: adapt the model to one BLEnD region."""
+    """`acculturate adapt [CONFIG]`: build a regional assistant and compare it with the base model."""
 
     name: str = "adapt-uk"
     output_dir: str = "runs"
-    region: str = "UK"     # a BLEnD country: its questions are split into train and test
+    region: str = "UK"            # any name; a shipped BLEnD country needs no questions or documents
+    documents: list[str] = field(default_factory=list)   # files or folders (txt, md, html, pdf, jsonl)
+    questions: str | None = None  # JSONL {"question", "answers": [...]} (or Alpaca/chat/CSV)
+    text: list[DataSource] = field(default_factory=list)  # raw regional text (continued pre-training)
+    persona: str | None = None    # the system message (default: an assistant who knows the region)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # General data mixed into training so the model keeps following instructions; the region's
-    # BLEnD questions are added by the job itself.
+    # General data mixed into training so the model keeps following instructions.
     data: DataConfig = field(default_factory=lambda: DataConfig(
-        sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=150)],
-        test_fraction=0.25, stratify="topic"))
+        sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=100)],
+        test_fraction=0.5, stratify="topic", max_length=384))
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    closed_book: bool = True      # also train each question without passages (the model learns the facts)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3,
-                                                                  group_by_length=True))
+                                                                  group_by_length=True, max_length=384))
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.region not in blend_countries():
-            raise ValueError(f"region: expected one of the BLEnD countries {blend_countries()}, got {self.region!r}")
+        if not isinstance(self.region, str) or not self.region.strip():
+            raise ValueError("region: expected a name (any text, e.g. 'Bavaria'), got nothing")
+        preset = self.region in blend_countries()
+        if not preset and self.questions is None:
+            raise ValueError(f"questions: region {self.region!r} is not a shipped preset ({', '.join(blend_countries())}), "
+                             "so it needs its own questions: a JSONL file of {\"question\": ..., \"answers\": [...]}")
+        if not preset and not self.documents:
+            raise ValueError(f"documents: region {self.region!r} is not a shipped preset, so it needs its "
+                             "knowledge base: files or folders of txt, md, html, pdf or jsonl documents")
+        if not 0 < self.data.test_fraction < 1:
+            raise ValueError(f"data.test_fraction: expected a number in (0, 1), got {self.data.test_fraction}")
+
+    @property
+    def preset(self) -> bool:
+        return self.questions is None and self.region in blend_countries()
 
 
-def _qa_summary(result: QAResult) -> dict:
-    return {"accuracy": result.accuracy, "correct": result.correct, "total": result.total,
-            "ci95": list(result.ci95), "seconds": round(result.seconds, 1), "by_topic": result.by_group}
+# --- inputs ------------------------------------------------------------------------------------------
 
+def region_questions(config: AdaptConfig, base_dir: Path | None) -> list[Example]:
+    if config.questions is None:
+        return load_blend(countries=[config.region])
+    path = resolve_path(config.questions, base_dir)
+    try:
+        return read_questions(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"questions: {e}") from None
+
+
+def region_documents(config: AdaptConfig, out: Path, base_dir: Path | None) -> list[Path]:
+    """The documents to index: the user's, or for a preset its BLEnD document written into ``out``."""
+    if config.documents:
+        paths = [resolve_path(p, base_dir) for p in config.documents]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ConfigError(f"documents: no such file or folder: {', '.join(missing)}")
+        return paths
+    from acculturate.jobs.rag_eval import blend_documents
+
+    blend_documents(out / "documents", [config.region])
+    return [out / "documents"]
+
+
+def general_split(config: AdaptConfig, base_dir: Path | None) -> tuple[list[Example], list[Example]]:
+    """(general training examples, held-out general instructions for the skill check): the check's
+    rows come from the same files, never one that is trained on."""
+    import random
+
+    train = [ex for src in config.data.sources
+             for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
+                                   base_dir=base_dir)]
+    if config.eval.general == 0:
+        return train, []
+    seen = {repr(ex.messages) for ex in train}
+    pool = []
+    for src in config.data.sources:
+        pool += read_source(DataSource(path=src.path, format=src.format, columns=src.columns),
+                            seed=config.data.seed, skip_invalid=config.data.skip_invalid, base_dir=base_dir)
+    held = [ex for ex in pool if repr(ex.messages) not in seen]
+    random.Random(config.data.seed).shuffle(held)
+    return train, held[:config.eval.general]
+
+
+# --- answering ---------------------------------------------------------------------------------------
+
+def answer_and_score(model, tok, spec, questions: list[Example], hits, path: Path, batch_size: int,
+                     progress: bool, desc: str) -> list[dict]:
+    """Answer (resuming from ``path``) and score each held-apart question; rows in question order."""
+    from tqdm.auto import tqdm
+
+    from acculturate.data import is_correct
+    from acculturate.rag.assistant import answer_questions
+
+    done = read_jsonl_by_key(path, "id") if path.exists() else {}
+    todo = [i for i, q in enumerate(questions) if q.meta["id"] not in done]
+    bar = tqdm(total=len(todo), desc=desc, unit="q", disable=not progress or not todo)
+    chunk = batch_size * 4   # each chunk's rows are saved before the next starts (resumable)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        rows = answer_questions(model, tok, spec, [questions[i].meta["question"] for i in part],
+                                [hits[i] for i in part] if hits is not None else None, batch_size=batch_size)
+        for i, row in zip(part, rows):
+            q = questions[i]
+            row = {"id": q.meta["id"], **row, "answers": q.meta["answers"], "topic": q.meta.get("topic"),
+                   "correct": is_correct(row["answer"], q.meta["answers"])}
+            done[row["id"]] = row
+            append_jsonl(path, row)
+        bar.update(len(part))
+    bar.close()
+    return [done[q.meta["id"]] for q in questions]
+
+
+def general_skill(model, tok, examples: list[Example], config: AdaptConfig, path: Path) -> dict | None:
+    """Eval loss on the held-out general instructions' responses and ROUGE-L F1 of greedy answers."""
+    from acculturate.data import render_prompt
+    from acculturate.decode import GenerationConfig, generate
+    from acculturate.train.sft import evaluate_loss, prepare_rows
+
+    if not examples:
+        return None
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text())
+    from rouge_score import rouge_scorer
+
+    features = tokenize(examples, tok, config.data)
+    rows, _ = prepare_rows(features, config.train)
+    device = next(model.parameters()).device
+    loss = evaluate_loss(model, rows, config.train, tok.pad_token_id, device)
+    prompts = [render_prompt(ex.prompt_messages, tok, config.data.template) for ex in examples]
+    outs = generate(model, tok, prompts, GenerationConfig(max_new_tokens=config.eval.general_max_new_tokens,
+                                                           batch_size=config.eval.batch_size))
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = [scorer.score(ex.messages[-1]["content"], o.text)["rougeL"].fmeasure for ex, o in zip(examples, outs)]
+    result = {"n": len(examples), "eval_loss": round(float(loss), 4), "rouge_l": round(sum(scores) / len(scores), 4)}
+    write_json(path, result)
+    return result
+
+
+# --- the job -----------------------------------------------------------------------------------------
 
 def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
               base_dir: Path | None = None, progress: bool = True) -> dict:
     """Run the whole adapt job; returns the metrics also written to ``<run>/metrics.json``."""
+    from acculturate.data import train_test_split
+    from acculturate.models.embedding import load_embedder
+    from acculturate.rag import open_index, update_index
+    from acculturate.rag.assistant import AssistantSpec, default_persona, retrieve_many
+    from acculturate.rag.index import IndexConfig
+    from acculturate.rag.raft import raft_examples
+    from acculturate.rag.retrieve import RetrieveConfig
+
     start = time.perf_counter()
     out = run_dir(config.output_dir, config.name)
     check_run_dir(out, config, overwrite)
     write_json(out / "config.json", to_dict(config))
-    loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
-    tok = loaded.tokenizer
 
-    region = load_blend(countries=[config.region])
-    region_train, region_test = split_examples(region, config.data)
+    questions = region_questions(config, base_dir)
+    stratify = config.data.stratify if all(q.meta.get(config.data.stratify or "") for q in questions) else None
+    region_train, region_test = train_test_split(questions, config.data.test_fraction, config.data.seed, stratify)
     if config.eval.limit:
         region_test = region_test[:config.eval.limit]
-    general = [ex for src in config.data.sources
-               for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
-                                     base_dir=base_dir)]
-    train_examples = region_train + general
-    datasets = Datasets(train_examples, region_test,
-                        tokenize(train_examples, tok, config.data),
-                        tokenize(region_test, tok, config.data))
-    gen = GenerationConfig(max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                           stop=("\n",))
+    general_train, general_check = general_split(config, base_dir)
 
-    def evaluate(tag: str) -> QAResult:
-        return evaluate_qa(loaded.model, tok, region_test, gen, template=config.data.template,
-                           system=config.data.system, predictions_path=out / "eval" / f"{tag}.jsonl",
-                           progress=progress, desc=f"answering {len(region_test)} questions ({tag})")
+    documents = region_documents(config, out, base_dir)
+    report = update_index(documents, out / "index", IndexConfig(chunk=config.retrieval.chunk), progress=progress)
+    index = open_index(out / "index")
+    if not len(index):
+        raise ConfigError(f"documents: no text was found in {', '.join(map(str, documents))}")
+    embedder = load_embedder(index.manifest["settings"]["embedder"])
+    k = config.retrieval.k
+    shown = RetrieveConfig(k=k, mode=config.retrieval.mode, candidates=max(50, k))
+    deep = RetrieveConfig(k=max(k, config.retrieval.raft.depth), mode=config.retrieval.mode,
+                          candidates=max(50, k, config.retrieval.raft.depth))
+    test_hits = retrieve_many(index, [q.meta["question"] for q in region_test], shown, embedder)
 
-    base = evaluate("base")
-    log.info("base accuracy on %s: %.3f", config.region, base.accuracy)
+    loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
+    model, tok = loaded.model, loaded.tokenizer
+    spec = AssistantSpec(region=config.region, model=config.model.name,
+                         persona=config.persona or default_persona(config.region), template=config.data.template,
+                         retrieve={"k": k, "mode": config.retrieval.mode},
+                         max_passage_chars=config.retrieval.max_passage_chars,
+                         max_new_tokens=config.eval.max_new_tokens)
+
+    def evaluate(tag: str) -> dict[str, list[dict]]:
+        rows = {}
+        for mode, hits in (("closed_book", None), ("retrieval", test_hits)):
+            rows[mode] = answer_and_score(model, tok, spec, region_test, hits, out / "eval" / f"{tag}_{mode}.jsonl",
+                                          config.eval.batch_size, progress,
+                                          f"{tag}: {len(region_test)} questions, {mode.replace('_', '-')}")
+        return rows
+
+    base_rows = evaluate("base")
+    general_before = general_skill(model, tok, general_check, config, out / "eval" / "general_base.json")
+
+    # Training data: retrieval-aware examples, the same questions closed-book, raw text, general data.
+    train_hits = retrieve_many(index, [q.meta["question"] for q in region_train], deep, embedder)
+    raft = raft_examples(region_train, train_hits, k, spec.retrieval_system, config.retrieval.raft,
+                         seed=config.data.seed, max_passage_chars=config.retrieval.max_passage_chars)
+    closed = ([Example([{"role": "system", "content": spec.persona}] + q.messages, q.meta) for q in region_train]
+              if config.closed_book else [])
+    train_examples = raft + closed + general_train
+    features = tokenize(train_examples, tok, config.data)
+    text_rows = _text_features(config, tok, base_dir)
+    datasets = Datasets(train_examples, [], features + text_rows, [])
     summary, result = prepare_and_train(loaded, config.method, config.train, datasets, out, resume=True)
     saved = save_trained(loaded, config.method, out, config.model.name)
-    adapted = evaluate("adapted")
+    spec.adapter = saved.name if config.method.name in ("lora", "qlora", "prompt_tuning") else None
+    if spec.adapter is None:
+        spec.model = str(saved.resolve())
+    spec.save(out)
+
+    adapted_rows = evaluate("adapted")
+    general_after = general_skill(model, tok, general_check, config, out / "eval" / "general_adapted.json")
+
+    systems = {"base_closed_book": base_rows["closed_book"], "base_retrieval": base_rows["retrieval"],
+               "adapted_closed_book": adapted_rows["closed_book"], "adapted_retrieval": adapted_rows["retrieval"]}
+    raft_kinds = {kind: sum(1 for ex in raft if ex.meta["raft"] == kind)
+                  for kind in ("gold", "distractors_only", "no_gold_found")}
     metrics = {
-        "region": config.region, "model": config.model.name, "method": config.method.name,
-        "train_examples": {"region": len(region_train), "general": len(general)},
-        "test_questions": len(region_test),
-        "base": _qa_summary(base), "adapted": _qa_summary(adapted),
-        "parameters": summary, "train": to_dict(result), "saved": str(saved),
+        "region": config.region, "preset": config.preset, "model": config.model.name, "method": config.method.name,
+        "questions": {"total": len(questions), "train": len(region_train), "test": len(region_test)},
+        "train_examples": {"retrieval_aware": len(raft), "retrieval_aware_kinds": raft_kinds,
+                           "closed_book": len(closed), "general": len(general_train), "text_rows": len(text_rows)},
+        "index": {"documents": len(index.files), "passages": len(index), "k": k, "mode": config.retrieval.mode},
+        "retrieval_recall": _recall(test_hits, region_test),
+        "systems": {name: _summary(rows) for name, rows in systems.items()},
+        "comparisons": _comparisons(systems),
+        "general": {"base": general_before, "adapted": general_after, "relative_change": _relative(general_before, general_after)},
+        "parameters": summary, "train": to_dict(result), "saved": str(saved), "assistant": str(out / "assistant.json"),
+        "indexing_s": round(report.seconds, 1),
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
     write_json(out / "metrics.json", metrics)
-    write_text(out / "report.md", render_report(config, metrics))
+    from acculturate.jobs.adapt_report import render_html, render_report
+
+    write_text(out / "report.md", render_report(metrics))
+    write_text(out / "report.html", render_html(metrics))
     return metrics
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _text_features(config: AdaptConfig, tok, base_dir: Path | None) -> list[dict]:
+    """Packed raw-text rows (loss on every token) for continued pre-training beside the questions."""
+    if not config.text:
+        return []
+    from acculturate.data.text import text_features
+    from acculturate.jobs.cpt import read_text_sources
+
+    docs = read_text_sources(config.text, seed=config.data.seed, base_dir=base_dir)
+    if not docs:
+        raise ConfigError("text: no text was read")
+    return text_features(docs, tok, config.train.max_length, "stream")
 
 
-def render_report(config: AdaptConfig, m: dict) -> str:
-    b, a, t, p = m["base"], m["adapted"], m["train"], m["parameters"]
-    delta = a["accuracy"] - b["accuracy"]
-    lines = [
-        f"# Adapting {m['model']} to {m['region']}",
-        "",
-        f"Method **{m['method']}**, trained on {m['train_examples']['region']} {m['region']} BLEnD questions "
-        f"and {m['train_examples']['general']} general instructions; evaluated on {m['test_questions']} "
-        "held-apart questions of the same region (correct when an annotator's answer appears in the model's answer).",
-        "",
-        "| | accuracy | 95% interval | correct |",
-        "|---|---|---|---|",
-        f"| base | {_pct(b['accuracy'])} | {_pct(b['ci95'][0])}–{_pct(b['ci95'][1])} | {b['correct']}/{b['total']} |",
-        f"| adapted | {_pct(a['accuracy'])} | {_pct(a['ci95'][0])}–{_pct(a['ci95'][1])} | {a['correct']}/{a['total']} |",
-        "",
-        f"Change: {delta * 100:+.1f} points"
-        + (" (the intervals overlap: not a clear difference at this sample size)."
-           if a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1] else "."),
-        "",
-        "## Cost",
-        "",
-        "| trainable parameters | total | training time | tokens/s | peak memory | final train loss | eval loss |",
-        "|---|---|---|---|---|---|---|",
-        f"| {p['trainable']:,} ({p['percent']:.2f}%) | {p['total']:,} | {t['wall_time_s']:.0f} s | "
-        f"{t['tokens_per_s']:.0f} | {t['peak_memory_bytes'] / 2**20:.0f} MiB | {t['train_loss']:.3f} | "
-        f"{t['eval_loss'] if t['eval_loss'] is None else round(t['eval_loss'], 3)} |",
-        "",
-        "## Accuracy by topic",
-        "",
-        "| topic | base | adapted | n |",
-        "|---|---|---|---|",
-    ]
-    for topic, row in a["by_topic"].items():
-        lines.append(f"| {topic} | {_pct(b['by_topic'].get(topic, {}).get('accuracy', 0))} | "
-                     f"{_pct(row['accuracy'])} | {row['n']} |")
-    lines += ["", f"Adapter: `{m['saved']}`. Per-question answers: `eval/base.jsonl`, `eval/adapted.jsonl`.",
-              f"Whole job: {m['wall_time_s']:.0f} s.", ""]
-    return "\n".join(lines)
+def _summary(rows: list[dict]) -> dict:
+    from acculturate.evaluate.qa import wilson_interval
+
+    correct = sum(r["correct"] for r in rows)
+    topics: dict[str, list[bool]] = {}
+    for r in rows:
+        topics.setdefault(str(r.get("topic")), []).append(r["correct"])
+    return {"accuracy": correct / len(rows) if rows else 0.0, "correct": correct, "total": len(rows),
+            "ci95": list(wilson_interval(correct, len(rows))),
+            "by_topic": {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in sorted(topics.items())}}
+
+
+def _comparisons(systems: dict[str, list[dict]]) -> dict:
+    """Paired bootstrap intervals (same questions) of the differences the report states."""
+    from acculturate.evaluate.metrics import paired_bootstrap
+
+    pairs = {"adapted_retrieval - base_retrieval": ("base_retrieval", "adapted_retrieval"),
+             "adapted_closed_book - base_closed_book": ("base_closed_book", "adapted_closed_book"),
+             "base_retrieval - base_closed_book": ("base_closed_book", "base_retrieval"),
+             "adapted_retrieval - base_closed_book": ("base_closed_book", "adapted_retrieval")}
+    out = {}
+    for label, (a, b) in pairs.items():
+        d = paired_bootstrap([float(r["correct"]) for r in systems[a]], [float(r["correct"]) for r in systems[b]])
+        out[label] = {"difference": d.difference, "ci95": list(d.ci), "p": d.p_value, "n": d.n}
+    return out
+
+
+def _relative(before: dict | None, after: dict | None) -> dict | None:
+    if not before or not after:
+        return None
+    return {"eval_loss": round((after["eval_loss"] - before["eval_loss"]) / before["eval_loss"], 4),
+            "rouge_l": round((after["rouge_l"] - before["rouge_l"]) / before["rouge_l"], 4) if before["rouge_l"] else None}
+
+
+def _recall(hits, questions: list[Example]) -> float:
+    """Share of held-apart questions with an accepted answer in some shown passage."""
+    from acculturate.data import is_correct
+
+    if not questions:
+        return 0.0
+    found = sum(any(is_correct(h.passage["text"], q.meta["answers"]) for h in hs) for hs, q in zip(hits, questions))
+    return round(found / len(questions), 4)

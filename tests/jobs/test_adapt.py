@@ -10,7 +10,7 @@ from acculturate.jobs.adapt import AdaptConfig, run_adapt
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["eval.limit=6", "eval.max_new_tokens=8", "train.max_steps=2", "train.batch_size=4",
+SMALL = ["eval.limit=6", "eval.max_new_tokens=8", "eval.general=4", "train.max_steps=2", "train.batch_size=4",
          "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
 
 
@@ -18,38 +18,82 @@ def small_config(tmp_path, *extra) -> AdaptConfig:
     return from_dict(AdaptConfig, apply_overrides({"output_dir": str(tmp_path), "name": "t"}, SMALL + list(extra)))
 
 
-def test_adapt_writes_report_and_continues_a_finished_run(tmp_path):
+def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path):
     config = small_config(tmp_path)
     metrics = run_adapt(config, progress=False)
     out = tmp_path / "t"
-    for name in ("report.md", "metrics.json", "config.json", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors", "eval/base.jsonl", "eval/adapted.jsonl",
-                 "train/metrics.jsonl"):
+    for name in ("report.md", "report.html", "metrics.json", "config.json", "assistant.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "index/manifest.json",
+                 "documents/UK.md", "eval/base_closed_book.jsonl", "eval/base_retrieval.jsonl",
+                 "eval/adapted_closed_book.jsonl", "eval/adapted_retrieval.jsonl", "train/metrics.jsonl"):
         assert (out / name).is_file(), name
-    assert metrics["test_questions"] == 6 and metrics["base"]["total"] == 6
+    assert metrics["questions"]["test"] == 6
+    assert set(metrics["systems"]) == {"base_closed_book", "base_retrieval", "adapted_closed_book", "adapted_retrieval"}
+    assert all(s["total"] == 6 for s in metrics["systems"].values())
+    assert metrics["train_examples"]["retrieval_aware"] == metrics["questions"]["train"]
+    assert metrics["train_examples"]["retrieval_aware_kinds"]["gold"] > 0
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 10
-    assert metrics["train"]["steps"] == 2 and metrics["train"]["peak_memory_bytes"] > 0
+    assert metrics["train"]["steps"] == 2 and metrics["general"]["base"]["n"] == 4
     report = (out / "report.md").read_text()
-    assert "| base |" in report and "| adapted |" in report and "trainable parameters" in report
-    rows = [json.loads(l) for l in (out / "eval/base.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all({"prediction", "answers", "correct"} <= set(r) for r in rows)
+    assert "| adapted + retrieval |" in report and "Paired bootstrap" in report and "General skills" in report
+    rows = [json.loads(l) for l in (out / "eval/base_retrieval.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["passages"]) == 3 and {"answer", "answers", "correct"} <= set(r) for r in rows)
 
     # Running the same config again continues: answers already saved are not generated again.
-    before = (out / "eval/base.jsonl").read_text()
+    before = (out / "eval/base_retrieval.jsonl").read_text()
     again = run_adapt(config, progress=False)
-    assert (out / "eval/base.jsonl").read_text() == before
-    assert again["base"] == {**metrics["base"], "seconds": again["base"]["seconds"]}
+    assert (out / "eval/base_retrieval.jsonl").read_text() == before
+    assert again["systems"] == metrics["systems"]
+
+    # ask --run answers with the same adapter, index and persona: the same answer as the evaluation.
+    from acculturate.rag.assistant import load_assistant
+
+    assistant = load_assistant(out)
+    adapted = [json.loads(l) for l in (out / "eval/adapted_retrieval.jsonl").read_text().splitlines()]
+    asked = assistant.ask([r["question"] for r in adapted[:3]])
+    assert [a["answer"] for a in asked] == [r["answer"] for r in adapted[:3]]
+    assert [[p["id"] for p in a["passages"]] for a in asked] == [[p["id"] for p in r["passages"]] for r in adapted[:3]]
 
     # A different config under the same name is refused, naming what differs.
     with pytest.raises(ConfigError, match="differs in: region"):
         run_adapt(small_config(tmp_path, "region=Mexico"), progress=False)
 
 
+def test_any_region_name_needs_its_own_questions_and_documents(tmp_path):
+    with pytest.raises(ValueError, match="questions: region 'Bavaria' is not a shipped preset"):
+        from_dict(AdaptConfig, {"region": "Bavaria"})
+    with pytest.raises(ValueError, match="documents: region 'Bavaria'"):
+        from_dict(AdaptConfig, {"region": "Bavaria", "questions": "q.jsonl"})
+    config = from_dict(AdaptConfig, {"region": "Bavaria", "questions": "q.jsonl", "documents": ["docs/"]})
+    assert config.region == "Bavaria" and not config.preset
+
+
+def test_own_region_kit_runs_through_documents_and_questions(tmp_path):
+    """A user's kit: documents in their own wording and a question file, not the preset."""
+    from acculturate.data import load_blend
+
+    docs = tmp_path / "kit" / "docs"
+    docs.mkdir(parents=True)
+    rows = load_blend(countries=["Mexico"])[:30]
+    docs.joinpath("mexico.md").write_text("# Daily life in Mexico\n\n" + "\n\n".join(
+        f"Asked '{r.meta['question']}', most locals would say {r.meta['answers'][0]}." for r in rows))
+    questions = tmp_path / "kit" / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": r.meta["question"], "answers": r.meta["answers"],
+                                             "topic": r.meta["topic"]}) + "\n" for r in rows))
+    config = small_config(tmp_path, "region=Mexico (my kit)", f"questions={questions}", f"documents=[{docs}]")
+    metrics = run_adapt(config, progress=False)
+    assert metrics["region"] == "Mexico (my kit)" and not metrics["preset"]
+    assert metrics["questions"]["total"] == 30 and metrics["index"]["documents"] == 1
+    assert not (tmp_path / "t" / "documents").exists()
+
+
 def test_cli_adapt_and_generate_with_the_adapter(tmp_path, capsys):
     args = ["adapt", "--name", "cli"] + [x for kv in SMALL + [f"output_dir={tmp_path}"] for x in ("--set", kv)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "accuracy" in out and f"{tmp_path}/cli/report.md" in out
+    assert "adapted + retrieval" in out and f"{tmp_path}/cli/report.md" in out
+    assert main(["ask", "--run", str(tmp_path / "cli"), "What is a common breakfast in the UK?"]) == 0
+    assert capsys.readouterr().out.strip()
     assert main(["generate", "What is the capital of the UK?", "--adapter", str(tmp_path / "cli/adapter"),
                  "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip()
