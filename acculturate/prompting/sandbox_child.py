@@ -27,6 +27,12 @@ The OS layers, in the order they are set up (names as they appear in errors and 
     namespace mapped to the caller's uid).
   * ``rlimits``: RLIMIT_NPROC=1 (no fork, no thread; binds because the child is not root). The
     supervisor set RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE before exec.
+  * ``seccomp``: a libseccomp filter (Debian's libseccomp2, called through ctypes) that fails with
+    EPERM what Landlock leaves open: changing file metadata (chmod, chown, utime, xattrs: Landlock
+    does not cover them, and a non-root caller's child owns the caller's files), sockets of any
+    family but AF_UNIX, namespaces and mounts, ptrace and process_vm_*, bpf, perf_event_open,
+    userfaultfd, keyrings, io_uring (whose operations bypass seccomp) and module loading. Other
+    architectures' system call tables (int 0x80, x32) kill the process (libseccomp's default).
 
 Landlock goes on after the allowed modules are imported and the program is read, so the rules can
 stay this small: the interpreter, its shared libraries and the extension modules are already
@@ -47,6 +53,7 @@ LAYERS = (
     "landlock_scope",
     "unprivileged_uid",
     "rlimits",
+    "seccomp",
 )
 
 
@@ -141,6 +148,11 @@ def _confine(config: dict) -> tuple[dict, dict]:  # pragma: no cover - runs in t
     errors = {}
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
+    try:  # loaded now: once Landlock is on, the dynamic loader could not read it
+        libseccomp = ctypes.CDLL("libseccomp.so.2")
+    except OSError as e:
+        libseccomp = None
+        errors["seccomp"] = f"libseccomp.so.2 not found (Debian package libseccomp2): {e}"
 
     def fail(name, what):
         errno = ctypes.get_errno()
@@ -240,11 +252,79 @@ def _confine(config: dict) -> tuple[dict, dict]:  # pragma: no cover - runs in t
         except (OSError, ValueError) as e:
             errors["rlimits"] = f"RLIMIT_NPROC: {e}"
 
+    if "seccomp" not in disabled and libseccomp is not None:
+        failed = _seccomp_filter(ctypes, libseccomp)
+        if failed:
+            errors["seccomp"] = failed
+        else:
+            layers["seccomp"] = True
+
     if "ctypes" not in config["allowed"]:
         for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.") or m == "_ctypes"]:
             del sys.modules[name]
     return layers, errors
 
+
+
+# System calls the seccomp layer refuses with EPERM (names unknown to the installed libseccomp,
+# such as fchmodat2 on libseccomp 2.5, are skipped).
+_SECCOMP_DENIED = (
+    # file metadata, which Landlock does not cover
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime",
+    "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr",
+    "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+    # namespaces and mounts
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree",
+    "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+    # other processes' memory, kernel surfaces a number-crunching program has no use for
+    "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "perf_event_open", "userfaultfd",
+    "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "acct",
+    "quotactl", "swapon", "swapoff", "reboot", "name_to_handle_at", "open_by_handle_at",
+)  # fmt: skip
+
+
+def _seccomp_filter(ctypes, libseccomp) -> str | None:  # pragma: no cover - runs in the sandbox process
+    """Load the seccomp filter on this process; None when it holds, else what failed.
+
+    Constants from seccomp.h and Linux's headers (no imports here: the child can no longer read
+    the standard library when this runs).
+    """
+    allow = 0x7FFF0000  # SCMP_ACT_ALLOW
+    deny = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
+    af_unix, cmp_ne = 1, 1  # AF_UNIX; SCMP_CMP_NE
+
+    class ArgCmp(ctypes.Structure):  # struct scmp_arg_cmp
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                    ("datum_b", ctypes.c_uint64)]
+
+    libseccomp.seccomp_init.restype = ctypes.c_void_p
+    libseccomp.seccomp_init.argtypes = [ctypes.c_uint32]
+    libseccomp.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                                  ctypes.POINTER(ArgCmp)]
+    libseccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    libseccomp.seccomp_load.argtypes = [ctypes.c_void_p]
+    libseccomp.seccomp_release.argtypes = [ctypes.c_void_p]
+    ctx = libseccomp.seccomp_init(allow)
+    if not ctx:
+        return "seccomp_init failed"
+    try:
+        for name in _SECCOMP_DENIED:
+            number = libseccomp.seccomp_syscall_resolve_name(name.encode())
+            if number == -1:  # __NR_SCMP_ERROR: not a system call libseccomp knows
+                continue
+            if libseccomp.seccomp_rule_add_array(ctx, deny, number, 0, None) != 0:
+                return f"seccomp_rule_add {name}"
+        # socket(domain != AF_UNIX): SCMP_A0(SCMP_CMP_NE, AF_UNIX)
+        not_unix = ArgCmp(0, cmp_ne, af_unix, 0)
+        number = libseccomp.seccomp_syscall_resolve_name(b"socket")
+        if libseccomp.seccomp_rule_add_array(ctx, deny, number, 1, ctypes.byref(not_unix)) != 0:
+            return "seccomp_rule_add socket"
+        if libseccomp.seccomp_load(ctx) != 0:
+            return "seccomp_load"
+    finally:
+        libseccomp.seccomp_release(ctx)
+    return None
 
 
 def _install_guards(config: dict, user_globals: dict) -> None:  # pragma: no cover - child side

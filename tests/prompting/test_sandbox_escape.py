@@ -168,6 +168,32 @@ def test_writing_outside_is_denied(world_writable):
             Path(line.split(" ", 1)[1]).unlink(missing_ok=True)
 
 
+def test_changing_metadata_of_a_file_it_owns_outside_is_denied(world_writable):
+    # The sandbox's uid owns this file, as a non-root caller's child owns the caller's files:
+    # permissions allow chmod, Landlock does not cover it, seccomp refuses it.
+    target = world_writable / "owned.txt"
+    target.write_text("x")
+    target.chmod(0o600)
+    if ROOT:
+        os.chown(target, NOBODY_UID, NOBODY_UID)
+    code = f"""
+    import os
+    for change in (lambda: os.chmod({str(target)!r}, 0o777), lambda: os.utime({str(target)!r}, (0, 0)),
+                   lambda: os.chown({str(target)!r}, -1, -1)):
+        try:
+            change()
+            print("CHANGED")
+        except OSError as e:
+            print("DENIED", type(e).__name__)
+    """
+    result = attempt(code)
+    assert result.stdout.split() == ["DENIED", "PermissionError"] * 3, output(result)
+    assert target.stat().st_mode & 0o777 == 0o600 and target.stat().st_mtime > 0
+    leaked = attempt(code, disable=("seccomp",))
+    assert leaked.stdout.split() == ["CHANGED"] * 3
+    assert target.stat().st_mode & 0o777 == 0o777
+
+
 def test_running_a_binary_is_denied():
     code = """
     import os
@@ -310,19 +336,20 @@ def test_tcp_connect_is_denied(listeners):
     except OSError as e:
         print("DENIED", type(e).__name__, e)
     """
-    # Each of the two layers stops it alone.
-    for disable in ((), ("network_namespace",), ("landlock_network",)):
-        result = attempt(code, disable=disable)
-        assert result.stdout.startswith("DENIED"), (disable, output(result))
+    # Each of the three layers stops it alone.
+    layers = ("network_namespace", "landlock_network", "seccomp")
+    for keep in (None, *layers):
+        result = attempt(code, disable=tuple(layer for layer in layers if keep and layer != keep))
+        assert result.stdout.startswith("DENIED"), (keep, output(result))
     time.sleep(0.3)
     assert accepted == []
-    assert attempt(code, disable=("network_namespace", "landlock_network")).stdout == "CONNECTED\n"
+    assert attempt(code, disable=layers).stdout == "CONNECTED\n"
     time.sleep(0.3)
     assert len(accepted) == 1
 
 
 def test_udp_send_is_denied(listeners):
-    # Landlock has no UDP rules: the network namespace alone stops this one.
+    # Landlock has no UDP rules: the network namespace and seccomp stop this one, each alone.
     _, _, udp = listeners
     code = f"""
     import socket
@@ -332,11 +359,12 @@ def test_udp_send_is_denied(listeners):
     except OSError as e:
         print("DENIED", type(e).__name__)
     """
-    result = attempt(code)
-    assert result.stdout.startswith("DENIED"), output(result)
+    for disable in ((), ("network_namespace",), ("seccomp",)):
+        result = attempt(code, disable=disable)
+        assert result.stdout.startswith("DENIED"), (disable, output(result))
     with pytest.raises(socket.timeout):
         udp.recv(100)
-    assert attempt(code, disable=("network_namespace",)).stdout == "SENT\n"
+    assert attempt(code, disable=("network_namespace", "seccomp")).stdout == "SENT\n"
     assert udp.recv(100) == b"ESCAPED"
 
 
@@ -369,7 +397,7 @@ def test_ctypes_calls_into_libc_are_contained(secret_files, listeners):
     result = attempt(code)
     assert "DENIED open" in result.stdout and "DENIED connect" in result.stdout, output(result)
     assert "unshare -1 setuid -1" in result.stdout and token not in output(result)
-    leaked = attempt(code, disable=("landlock_filesystem", "landlock_network", "network_namespace"))
+    leaked = attempt(code, disable=("landlock_filesystem", "landlock_network", "network_namespace", "seccomp"))
     assert f"READ {token}" in leaked.stdout and "CONNECTED" in leaked.stdout
 
 
