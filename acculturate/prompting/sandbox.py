@@ -20,7 +20,8 @@ OS layer (the real boundary; holds with the Python guard off, see tests/promptin
     signals and abstract Unix sockets scoped to the sandbox (ABI >= 6);
   * a root caller's child gives up root (uid/gid 65534 "nobody", no groups) before the program;
   * a seccomp filter (libseccomp) for what Landlock leaves open: file metadata (chmod, chown,
-    utime, xattrs), sockets other than AF_UNIX, namespaces and mounts, ptrace, bpf, io_uring...;
+    utime, xattrs), every new socket (Landlock does not check connecting to a Unix socket file),
+    namespaces and mounts, ptrace, bpf, io_uring...;
   * wall-time limit in the parent (the whole process group is SIGKILLed), plus ``alarm`` in the
     child in case the parent dies; stdout and stderr are read with a size cap.
 Layer by layer, with what each stops: :mod:`.sandbox_child` and docs/security.md.

@@ -29,8 +29,8 @@ The OS layers, in the order they are set up (names as they appear in errors and 
     supervisor set RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE and RLIMIT_CORE before exec.
   * ``seccomp``: a libseccomp filter (Debian's libseccomp2, called through ctypes) that fails with
     EPERM what Landlock leaves open: changing file metadata (chmod, chown, utime, xattrs: Landlock
-    does not cover them, and a non-root caller's child owns the caller's files), sockets of any
-    family but AF_UNIX, namespaces and mounts, ptrace and process_vm_*, bpf, perf_event_open,
+    does not cover them, and a non-root caller's child owns the caller's files), new sockets of
+    any family (Landlock does not check connecting to a Unix socket file), namespaces and mounts, ptrace and process_vm_*, bpf, perf_event_open,
     userfaultfd, keyrings, io_uring (whose operations bypass seccomp) and module loading. Other
     architectures' system call tables (int 0x80, x32) kill the process (libseccomp's default).
 
@@ -276,6 +276,9 @@ _SECCOMP_DENIED = (
     # namespaces and mounts
     "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree",
     "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+    # every new socket: Unix ones included, since Landlock (ABI <= 7) does not check connect() to
+    # a socket file, and a non-root caller's child could reach the caller's own (ssh-agent...)
+    "socket", "socketpair",
     # other processes' memory, kernel surfaces a number-crunching program has no use for
     "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "perf_event_open", "userfaultfd",
     "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register",
@@ -287,21 +290,16 @@ _SECCOMP_DENIED = (
 def _seccomp_filter(ctypes, libseccomp) -> str | None:  # pragma: no cover - runs in the sandbox process
     """Load the seccomp filter on this process; None when it holds, else what failed.
 
-    Constants from seccomp.h and Linux's headers (no imports here: the child can no longer read
-    the standard library when this runs).
+    Constants from seccomp.h (no imports here: the child can no longer read the standard library
+    when this runs).
     """
     allow = 0x7FFF0000  # SCMP_ACT_ALLOW
     deny = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
-    af_unix, cmp_ne = 1, 1  # AF_UNIX; SCMP_CMP_NE
-
-    class ArgCmp(ctypes.Structure):  # struct scmp_arg_cmp
-        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                    ("datum_b", ctypes.c_uint64)]
 
     libseccomp.seccomp_init.restype = ctypes.c_void_p
     libseccomp.seccomp_init.argtypes = [ctypes.c_uint32]
     libseccomp.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                                  ctypes.POINTER(ArgCmp)]
+                                                  ctypes.c_void_p]
     libseccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     libseccomp.seccomp_load.argtypes = [ctypes.c_void_p]
     libseccomp.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -315,11 +313,6 @@ def _seccomp_filter(ctypes, libseccomp) -> str | None:  # pragma: no cover - run
                 continue
             if libseccomp.seccomp_rule_add_array(ctx, deny, number, 0, None) != 0:
                 return f"seccomp_rule_add {name}"
-        # socket(domain != AF_UNIX): SCMP_A0(SCMP_CMP_NE, AF_UNIX)
-        not_unix = ArgCmp(0, cmp_ne, af_unix, 0)
-        number = libseccomp.seccomp_syscall_resolve_name(b"socket")
-        if libseccomp.seccomp_rule_add_array(ctx, deny, number, 1, ctypes.byref(not_unix)) != 0:
-            return "seccomp_rule_add socket"
         if libseccomp.seccomp_load(ctx) != 0:
             return "seccomp_load"
     finally:

@@ -259,10 +259,13 @@ def test_signals_to_the_parent_leave_it_running():
         return subprocess.Popen([sys.executable, "-c", supervisor, *disable], text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    contained, control = supervise(), supervise("landlock_scope", "unprivileged_uid")
-    out, err = contained.communicate(timeout=120)
-    assert contained.returncode == 0 and "PARENT ALIVE" in out, out + err
-    assert "SENT" not in out and "PermissionError" in out
+    # Each of the two layers (uid 65534, Landlock's signal scope) stops it alone.
+    runs = [supervise(), supervise("landlock_scope"), supervise("unprivileged_uid")]
+    control = supervise("landlock_scope", "unprivileged_uid")
+    for contained in runs:
+        out, err = contained.communicate(timeout=120)
+        assert contained.returncode == 0 and "PARENT ALIVE" in out, out + err
+        assert "SENT" not in out and "PermissionError" in out
     out, err = control.communicate(timeout=120)
     assert control.returncode == -signal.SIGKILL and "PARENT ALIVE" not in out, out + err
 
@@ -366,6 +369,43 @@ def test_udp_send_is_denied(listeners):
         udp.recv(100)
     assert attempt(code, disable=("network_namespace", "seccomp")).stdout == "SENT\n"
     assert udp.recv(100) == b"ESCAPED"
+
+
+def test_unix_socket_connect_is_denied(world_writable):
+    # A socket file anyone may connect to (as PostgreSQL's is), and an abstract socket.
+    path = str(world_writable / "service.sock")
+    abstract = "\0acculturate-escape-" + secrets.token_hex(4)
+    servers = []
+    for address in (path, abstract):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(address)
+        server.listen()
+        servers.append(server)
+    os.chmod(path, 0o777)
+    code = f"""
+    import socket
+    for address in ({path!r}, {abstract!r}):
+        try:
+            socket.socket(socket.AF_UNIX).connect(address)
+            print("CONNECTED", address[:1] == "\\0")
+        except OSError as e:
+            print("DENIED", type(e).__name__)
+    """
+    try:
+        result = attempt(code)
+        assert result.stdout.split() == ["DENIED", "PermissionError"] * 2, output(result)
+        # Landlock does not check connect() to a socket file: seccomp alone stops that one.
+        leaked = attempt(code, disable=("seccomp",))
+        assert leaked.stdout.splitlines()[0] == "CONNECTED False", output(leaked)
+        # The abstract one: each of Landlock's scope and the network namespace stops it alone.
+        assert "CONNECTED True" not in leaked.stdout
+        assert "CONNECTED True" not in attempt(code, disable=("seccomp", "landlock_scope")).stdout
+        assert "CONNECTED True" not in attempt(code, disable=("seccomp", "network_namespace")).stdout
+        leaked = attempt(code, disable=("seccomp", "landlock_scope", "network_namespace"))
+        assert leaked.stdout.splitlines()[1] == "CONNECTED True"
+    finally:
+        for server in servers:
+            server.close()
 
 
 # ------------------------------------------------------------------------------------------------
