@@ -512,6 +512,61 @@ def test_cpu_loop_is_stopped():
     assert attempt(code, cpu_seconds=30, wall_seconds=2).killed_reason == "wall"
 
 
+NON_ROOT_UID = 1000
+
+
+@pytest.mark.skipif(not ROOT, reason="run as a non-root user, every test here already is this test")
+def test_a_non_root_caller_gets_the_same_confinement(world_writable):
+    # The supervisor runs as uid 1000, from a copy of the two sandbox modules any uid can read,
+    # under Debian's own python3 (the venv's lives under /root, which uid 1000 cannot enter).
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "this test needs Debian's python3 (/usr/bin/python3)"
+    tmp_path = world_writable  # pytest's tmp_path is under /tmp/pytest-of-root, closed to uid 1000
+    package = tmp_path / "pkg"
+    package.mkdir()
+    for name in ("sandbox.py", "sandbox_child.py"):
+        shutil.copy(CHECKOUT / "acculturate" / "prompting" / name, package / name)
+    secret = tmp_path / "secret.txt"  # the caller's own file, readable and changeable by it
+    secret.write_text(secrets.token_hex(8))
+    for path in (package, *package.iterdir(), secret):
+        os.chown(path, NON_ROOT_UID, NON_ROOT_UID)
+    secret.chmod(0o600)
+    code = f"""
+    import os
+    print("UID", os.getuid())
+    for name, action in (("read", lambda: open({str(secret)!r}).read()),
+                         ("chmod", lambda: os.chmod({str(secret)!r}, 0o666)),
+                         ("kill", lambda: os.kill(os.getppid(), 9))):
+        try:
+            print("DONE", name, action())
+        except OSError as e:
+            print("DENIED", name, type(e).__name__)
+    """
+    supervisor = textwrap.dedent(f"""
+        import sys, types
+        for name, path in (("acculturate", {str(package)!r}), ("acculturate.prompting", {str(package)!r})):
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name].__path__ = [path]
+        from acculturate.prompting import sandbox
+        result = sandbox._run({textwrap.dedent(code)!r}, sandbox.SandboxLimits(allowed_modules=("os",)), "",
+                              guard=False)
+        print(result.stdout, result.layers)
+    """)
+
+    def become_user():
+        os.setgroups([])
+        os.setgid(NON_ROOT_UID)
+        os.setuid(NON_ROOT_UID)
+
+    run = subprocess.run([python, "-c", supervisor], preexec_fn=become_user, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "UID 65534" in run.stdout and "DONE" not in run.stdout, run.stdout
+    assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("DENIED")] == ["read", "chmod", "kill"]
+    assert "False" not in run.stdout.splitlines()[-1]  # every layer held
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+
 # ------------------------------------------------------------------------------------------------
 # Fail closed
 
