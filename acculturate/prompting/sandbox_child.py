@@ -30,15 +30,16 @@ The OS layers, in the order they are set up (names as they appear in errors and 
   * ``seccomp``: a libseccomp filter (Debian's libseccomp2, called through ctypes) that fails with
     EPERM what Landlock leaves open: changing file metadata (chmod, chown, utime, xattrs: Landlock
     does not cover them, and a non-root caller's child owns the caller's files), new sockets of
-    any family (Landlock does not check connecting to a Unix socket file), namespaces and mounts, ptrace and process_vm_*, bpf, perf_event_open,
-    userfaultfd, keyrings, io_uring (whose operations bypass seccomp) and module loading. Other
-    architectures' system call tables (int 0x80, x32) kill the process (libseccomp's default).
+    any family (Landlock does not check connecting to a Unix socket file), namespaces and mounts,
+    ptrace and process_vm_*, bpf, perf_event_open, userfaultfd, keyrings, io_uring (whose
+    operations bypass seccomp) and module loading. Other architectures' system call tables
+    (int 0x80, x32) kill the process (libseccomp's default for a foreign architecture).
 
 Landlock goes on after the allowed modules are imported and the program is read, so the rules can
 stay this small: the interpreter, its shared libraries and the extension modules are already
-mapped. The Landlock calls are made with ctypes on the kernel's documented ABI
-(include/uapi/linux/landlock.h); ctypes is imported for the set-up and then removed from
-``sys.modules``.
+mapped. The Landlock, prctl and libseccomp calls are made with ctypes on the documented ABIs
+(include/uapi/linux/landlock.h, seccomp.h); ctypes is imported for the set-up and then removed
+from ``sys.modules``.
 """
 
 from __future__ import annotations
