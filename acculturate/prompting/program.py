@@ -32,9 +32,9 @@ class ProgramConfig:
     persona: str | None = None
     region: str | None = None
     template: str = "chat"
+    # limits of each program run; sandbox.allow_weaker lists OS layers it may run without (default none)
     sandbox: SandboxLimits = field(default_factory=lambda: SandboxLimits(cpu_seconds=2, wall_seconds=5,
                                                                          memory_mb=256))
-    # limits of each program run; sandbox.allow_weaker lists OS layers it may run without
 
     def __post_init__(self):
         if self.k < 0 or self.retries < 0:
