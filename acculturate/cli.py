@@ -924,10 +924,11 @@ def main(argv: list[str] | None = None) -> int:
     from acculturate.config_loading import ConfigError
     from acculturate.data import DataError
     from acculturate.models import ModelLoadError
+    from acculturate.prompting.sandbox import SandboxUnavailable
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, SandboxUnavailable) as e:
         print(f"acculturate {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,4 +47,7 @@ need_debian chromium "the browser tests" test -x /usr/bin/chromium
 # The feedback store's PostgreSQL test starts a throw-away server with Debian's binaries.
 need_debian postgresql "the PostgreSQL feedback-store test" \
   bash -c 'ls /usr/lib/postgresql/*/bin/initdb || command -v initdb'
+# The program sandbox's seccomp layer loads libseccomp.so.2 (in every Debian, apt links it); without
+# it the sandbox refuses to run programs and its escape tests fail.
+need_debian libseccomp2 "the program sandbox's seccomp layer" bash -c 'ldconfig -p | grep -q libseccomp.so.2'
 echo "setup: done (.venv)"

@@ -1,6 +1,8 @@
 """program: the model writes a Python program whose printed output is the answer; the program runs
 in :mod:`.sandbox` (program-aided reasoning: Gao et al., 2023, PAL; Chen et al., 2023, PoT). A
-program that fails is shown to the model with its error, up to ``retries`` times."""
+program that fails is shown to the model with its error, up to ``retries`` times. Before asking the
+model anything, the strategy checks that every OS layer of the sandbox works here (fail closed:
+SandboxUnavailable names what is missing, unless ``sandbox.allow_weaker`` accepts it)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from acculturate.data import Example
 from acculturate.decode import GenerationConfig
 from acculturate.prompting.prompts import SELECTIONS, region_of, render, select_exemplars, system_prompt
-from acculturate.prompting.sandbox import SandboxLimits, extract_code, run_program
+from acculturate.prompting.sandbox import SandboxLimits, check_layers, extract_code, run_program
 from acculturate.prompting.tasks import Task
 from acculturate.prompting.trace import StrategyResult, Trace
 
@@ -30,6 +32,7 @@ class ProgramConfig:
     persona: str | None = None
     region: str | None = None
     template: str = "chat"
+    # limits of each program run; sandbox.allow_weaker lists OS layers it may run without (default none)
     sandbox: SandboxLimits = field(default_factory=lambda: SandboxLimits(cpu_seconds=2, wall_seconds=5,
                                                                          memory_mb=256))
 
@@ -51,9 +54,15 @@ def run(model, tokenizer, task: Task, example: Example, config: ProgramConfig | 
 
     Returns:
         StrategyResult; ``extra["attempts"]`` holds each attempt's code, stdout, stderr and why it
-        stopped (``killed_reason``); the answer is None when no attempt printed one.
+        stopped (``killed_reason``); ``extra["sandbox_layers"]`` the OS layers that held; the
+        answer is None when no attempt printed one.
+
+    Raises:
+        SandboxUnavailable: an OS layer of the sandbox is missing here and not in
+            ``config.sandbox.allow_weaker``; nothing was generated or run.
     """
     config = config or ProgramConfig()
+    layers = check_layers(config.sandbox)
     trace = Trace()
     exemplars = [e for e in select_exemplars(task, example, config.k, config.selection, config.seed)
                  if e.meta.get("program")]
@@ -88,5 +97,5 @@ def run(model, tokenizer, task: Task, example: Example, config: ProgramConfig | 
             if result.killed_reason:
                 error = f"It was stopped ({result.killed_reason}). {error}"
         messages += [{"role": "assistant", "content": text}, {"role": "user", "content": RETRY.format(error=error)}]
-    return StrategyResult(answer, trace.finish(), {"attempts": attempts,
+    return StrategyResult(answer, trace.finish(), {"attempts": attempts, "sandbox_layers": layers,
                                                   "exemplars": [e.meta["id"] for e in exemplars]})

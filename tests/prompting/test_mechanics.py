@@ -198,6 +198,28 @@ def test_program_that_breaks_the_sandbox_rules_gives_no_answer(scripted):
     assert [e["kind"] for e in result.trace.events] == ["sandbox", "sandbox"]
 
 
+def test_program_fails_closed_before_asking_the_model_when_a_sandbox_layer_is_missing(scripted, monkeypatch):
+    from acculturate.prompting import sandbox
+
+    # Without unshare on PATH the network namespace cannot be set up: a real missing layer.
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sandbox._network_prefix.cache_clear()
+    sandbox._probe.cache_clear()
+    try:
+        model = scripted(lambda prompt, n: "```python\nprint(3)\n```")
+        task = number_task()
+        with pytest.raises(sandbox.SandboxUnavailable, match="network_namespace"):
+            run_strategy("program", model, model.tok, task, task.examples[2])
+        assert model.prompts == []  # nothing generated
+        weaker = {"sandbox": {"allow_weaker": ["network_namespace"]}}
+        result = run_strategy("program", model, model.tok, task, task.examples[2], weaker)
+        assert result.answer == 3.0 and result.extra["sandbox_layers"]["network_namespace"] is False
+    finally:
+        monkeypatch.undo()
+        sandbox._network_prefix.cache_clear()
+        sandbox._probe.cache_clear()
+
+
 def test_program_without_code(scripted):
     model = scripted(lambda prompt, n: "I cannot write programs.")
     task = number_task()
@@ -280,6 +302,8 @@ def test_config_errors_name_the_field():
         strategy_config("cot", {"mode": "deep"})
     with pytest.raises(ConfigError, match="sandbox"):
         strategy_config("program", {"sandbox": {"memory_mb": -1}})
+    with pytest.raises(ConfigError, match="allow_weaker"):
+        strategy_config("program", {"sandbox": {"allow_weaker": ["landlock"]}})
     with pytest.raises(ValueError, match="expected one of"):
         run_strategy("magic", None, None, number_task(), number_task().examples[0])
 
