@@ -152,6 +152,18 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: {e}") from e
 
 
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """``cls`` from a YAML file, or from its defaults when ``path`` is None; ``overrides``
+    (``dotted.key=value``) apply either way, so ``--set`` never depends on a config file being given."""
+    if path is not None:
+        return load_yaml(cls, path, overrides)
+    data = apply_overrides({}, overrides or [])
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"--set (no config file): {e}") from e
+
+
 _KEY_PART = re.compile(r"([^.\[\]]+)((?:\[-?\d+\])*)")
 
 
