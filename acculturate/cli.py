@@ -355,6 +355,11 @@ def cmd_serve(args) -> int:
     for spec in args.adapter:
         name, directory = parse_adapter_spec(spec)
         config.adapters[name] = str(directory)
+    config.api_keys = [*config.api_keys, *args.api_key]
+    if args.api_keys_file is not None:
+        config.api_keys_file = args.api_keys_file
+    if args.insecure:
+        config.insecure = True
     run_server(config)
     return 0
 
@@ -785,6 +790,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=None, help="feedback store: SQLite path or SQLAlchemy URL")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="a key /v1/* requires as 'Authorization: Bearer KEY' (repeatable; also "
+                        "$ACCULTURATE_API_KEYS, comma separated)")
+    p.add_argument("--api-keys-file", default=None, metavar="FILE", help="API keys, one a line")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve an open API (no key) on a non-loopback --host (refused otherwise)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("feedback", help="work with the feedback store")

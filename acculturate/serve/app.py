@@ -31,13 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from acculturate.data import render_prompt
 from acculturate.decode.generate import encode_prompts
 from acculturate.feedback.store import CompletionRecord, FeedbackError, FeedbackStore
-from acculturate.serve import protocol
+from acculturate.serve import auth, protocol
 from acculturate.serve import retrieval as rag
 from acculturate.serve.batching import Batcher, Cancelled, Job, Overloaded
 from acculturate.serve.config import ServeConfig
 from acculturate.serve.errors import (
-    STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, server_error, too_large,
-    unauthorized,
+    STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, rate_limited, server_error,
+    too_large, unauthorized,
 )
 from acculturate.serve.learning import add_learning_routes, load_learner
 from acculturate.serve.models import ModelPool, ServedModel
@@ -62,6 +62,8 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         A FastAPI app; its batching worker starts and stops with the app's lifespan.
     """
     config = config or ServeConfig()
+    api_keys = config.resolved_api_keys()
+    limiter = auth.RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
     if pool is None:
         pool = ModelPool(config.model, device=config.device, dtype=config.dtype)
         for name, path in config.adapters.items():
@@ -87,7 +89,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
 
     @app.exception_handler(APIError)
     async def on_api_error(request, exc: APIError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}), **(exc.headers or {})}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -111,8 +113,22 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise unauthorized(f"{what} needs a valid 'Authorization: Bearer <token>' header")
 
-    def check_api(request: Request) -> None:
-        check_token(request, config.resolved_api_token(), "this API")
+    def check_api(request: Request) -> str:
+        """Authenticate and rate-limit a /v1/* call; returns the client's id (:func:`auth.client_id`)."""
+        key = None
+        if api_keys:
+            key = auth.match_key(request.headers.get("authorization", ""), api_keys)
+            if key is None:
+                raise unauthorized("Incorrect API key provided: this API needs 'Authorization: Bearer <key>' "
+                                   "with a key the server was started with")
+        client = auth.client_id(key)
+        counted = client if key is not None else f"address:{request.client.host if request.client else '-'}"
+        wait = limiter.take(counted)
+        if wait:
+            raise rate_limited(f"Rate limit reached for this client: {config.rate_limit_per_minute:g} requests "
+                               f"a minute (bursts of {config.rate_limit_burst}); retry after {wait:.1f} s",
+                               auth.RateLimiter.retry_after(wait))
+        return client
 
     def check_admin(request: Request) -> None:
         token = config.resolved_admin_token()
@@ -334,7 +350,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        check_api(request)
+        client = check_api(request)
         body = await read_json(request)
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object")
@@ -352,12 +368,13 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         try:
             row = await anyio.to_thread.run_sync(lambda: store.add_feedback(
                 body["completion_id"], body["kind"], body.get("choice_index") or 0, body.get("corrected_text"),
-                body.get("region"), body.get("comment")))
+                body.get("region"), body.get("comment"), client=client))
         except FeedbackError as e:
             raise (not_found if e.not_found else invalid)(str(e), param=e.field) from None
         return {"object": "feedback", "id": row["id"], "completion_id": row["completion_id"],
                 "choice_index": row["choice_index"], "kind": row["kind"], "reward": row["reward"],
-                "corrected_reward": row["corrected_reward"], "created": int(row["created_at"])}
+                "corrected_reward": row["corrected_reward"], "created": int(row["created_at"]),
+                "replaced": bool(row["replaced"])}
 
     @app.get("/admin/adapters")
     async def admin_list(request: Request):
