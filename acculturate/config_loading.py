@@ -210,7 +210,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             elif not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {where} is not a mapping, so it has no field {part!r}")
             if last:
-                node[part] = yaml.safe_load(raw)
+                try:
+                    node[part] = yaml.safe_load(raw)
+                except yaml.YAMLError as e:
+                    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                    raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, "
+                                      f"e.g. {key}='\"...\"'") from None
             elif isinstance(part, str) and node.get(part) is None:  # absent (or empty in the YAML)
                 if isinstance(path[depth + 1], int):
                     raise ConfigError(f"override {item!r}: {_describe(path[:depth + 1])} is not set in the "
