@@ -1,7 +1,8 @@
 """The HTTP application: OpenAI-compatible endpoints, feedback, admin and the web chat page.
 
 Routes:
-- ``GET /`` the web chat; ``GET /health`` liveness and batching counters.
+- ``GET /`` the web chat; ``GET /health`` liveness and batching counters; ``GET /openapi.json`` the
+  routes and their request bodies (:mod:`acculturate.serve.openapi`).
 - ``GET /v1/models``, ``GET /v1/models/{id}``: the base model and the loaded adapters.
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: as OpenAI's, streaming over SSE.
 - ``POST /v1/feedback``: a judgement on a served completion (see :mod:`acculturate.feedback.store`).
@@ -9,8 +10,9 @@ Routes:
 - ``POST/GET /admin/learn``, ``GET /admin/versions``, ``POST /admin/rollback``: online learning
   rounds and adapter versions, hot-swapped in (:mod:`acculturate.serve.learning`).
 
-Every completion is stored before its answer is sent (for a stream: before its final chunk), so a
-client that sees the answer can give feedback on its id.
+Every ``/v1/*`` route asks for an API key when any is configured and counts against the client's rate
+limit (:mod:`acculturate.serve.auth`). Every completion is stored before its answer is sent (for a
+stream: before its final chunk), so a client that sees the answer can give feedback on its id.
 """
 
 from __future__ import annotations
