@@ -344,16 +344,14 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             raise model_not_found(name, pool.names())
         return model_card(name)
 
-    served_names = [*pool.names(), "none"]
-
-    @app.post("/v1/chat/completions", openapi_extra=openapi.chat_body(served_names))
+    @app.post("/v1/chat/completions", openapi_extra=openapi.chat_body())
     async def chat_completions(request: Request):
         check_api(request)
         body = await read_json(request)
         parsed = protocol.parse_chat(body, limits)
         return await complete(request, "chat.completions", parsed, rag.parse_retrieval(body))
 
-    @app.post("/v1/completions", openapi_extra=openapi.completion_body(served_names))
+    @app.post("/v1/completions", openapi_extra=openapi.completion_body())
     async def completions(request: Request):
         check_api(request)
         body = await read_json(request)
@@ -411,6 +409,13 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         await anyio.to_thread.run_sync(pool.remove_adapter, name)
         return {"name": name, "deleted": True}
 
+    build_openapi = app.openapi
+
+    def current_openapi() -> dict:   # not cached: the served model names change
+        app.openapi_schema = None
+        return openapi.with_models(build_openapi(), [*pool.names(), "none"])
+
+    app.openapi = current_openapi
     app.state.learner = load_learner(learn if learn is not None else config.learn, pool, store)
     add_learning_routes(app, app.state.learner, check_admin, read_json)
 

@@ -23,22 +23,22 @@ def _body(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def chat_body(models: list[str]) -> dict:
-    """``POST /v1/chat/completions``; ``models``: the names the server answers to."""
+def chat_body() -> dict:
+    """``POST /v1/chat/completions`` (the model names are filled in by :func:`with_models`)."""
     message = {"type": "object", "required": ["role", "content"], "properties": {
         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
         "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
             "type": "object", "required": ["type", "text"],
             "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}}]}}}
     return _body({"type": "object", "required": ["model", "messages"], "properties": {
-        "model": {"type": "string", "enum": models}, "messages": {"type": "array", "items": message},
+        "model": {"type": "string"}, "messages": {"type": "array", "items": message},
         "max_completion_tokens": {"type": "integer"}, **_SAMPLING}})
 
 
-def completion_body(models: list[str]) -> dict:
+def completion_body() -> dict:
     """``POST /v1/completions``."""
     return _body({"type": "object", "required": ["model", "prompt"], "properties": {
-        "model": {"type": "string", "enum": models}, "prompt": {"anyOf": [{"type": "string"}, _STRINGS]},
+        "model": {"type": "string"}, "prompt": {"anyOf": [{"type": "string"}, _STRINGS]},
         **_SAMPLING}})
 
 
@@ -48,3 +48,12 @@ def feedback_body(kinds: list[str]) -> dict:
         "completion_id": {"type": "string"}, "kind": {"type": "string", "enum": kinds},
         "choice_index": {"type": "integer"}, "corrected_text": {"type": "string"}, "region": {"type": "string"},
         "comment": {"type": "string"}}})
+
+
+def with_models(schema: dict, models: list[str]) -> dict:
+    """``schema`` (the app's OpenAPI document) with the generation routes' ``model`` limited to the
+    names served now (adapters come and go while the server runs, so this is applied per request)."""
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["model"] = {"type": "string", "enum": list(models)}
+    return schema

@@ -100,7 +100,8 @@ def check_json(body: Any) -> None:
             _check_text(value, where)
         elif isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:
-                raise invalid(f"{where}: the JSON body is nested more than {MAX_DEPTH} levels deep", code="invalid_json")
+                raise invalid(f"{where}: the JSON body is nested more than {MAX_DEPTH} levels deep",
+                              code="invalid_json")
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(key, str):
