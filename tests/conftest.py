@@ -90,10 +90,11 @@ def _as_server_user(args: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_server():
     """A throw-away PostgreSQL server for the session, started with Debian's binaries (initdb +
-    pg_ctl), listening on a Unix socket only (no TCP port), removed afterwards; yields its SQLAlchemy
-    URL. scripts/setup.sh installs the binaries as root (Debian's postgresql); tests using it are
+    pg_ctl), listening on a Unix socket only (no TCP port), removed afterwards; yields (socket
+    folder, a runner of its binaries). Tests use ``postgres_url``: a fresh database each.
+    scripts/setup.sh installs the binaries as root (Debian's postgresql); tests using it are
     skipped, with the reason, where the binaries or psycopg are missing."""
     pytest.importorskip("psycopg")
     bin_dir = _bin_dir()
@@ -111,13 +112,23 @@ def postgres_url():
         run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         run("pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "-o",
             f"-c listen_addresses='' -k {sock} -p 54329 -c fsync=on", "start")
-        run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", "acculturate")
     except subprocess.CalledProcessError as e:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"could not start a PostgreSQL server: {e.stderr.strip()[:300]}")
     try:
-        yield f"postgresql+psycopg://postgres@/acculturate?host={sock}&port=54329"
+        yield sock, run
     finally:
         subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's PostgreSQL server; its SQLAlchemy URL."""
+    import uuid
+
+    sock, run = postgres_server
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", name)
+    return f"postgresql+psycopg://postgres@/{name}?host={sock}&port=54329"

@@ -77,13 +77,6 @@ def test_bad_fields_get_400_before_generation_on_sqlite(live_server):
 
 @pytest.mark.slow
 def test_bad_fields_get_400_before_generation_on_postgres(live_server, postgres_url):
-    from acculturate.feedback import FeedbackStore
-
-    store = FeedbackStore(postgres_url)
-    with store.engine.begin() as conn:   # this test's own empty tables (the server is shared)
-        conn.exec_driver_sql("DELETE FROM feedback")
-        conn.exec_driver_sql("DELETE FROM completions")
-    store.close()
     server, app = live_server(db=postgres_url)
     assert app.state.store.engine.dialect.name == "postgresql"
     with server as url:
@@ -109,3 +102,26 @@ def test_a_stream_that_fails_after_it_started_ends_with_an_error_and_done(live_s
         # A request that fails the same way without streaming is a clean JSON error, not a dropped connection.
         r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=120)
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+
+
+@pytest.mark.slow
+def test_rendering_and_tokenizing_run_off_the_event_loop(live_server, monkeypatch):
+    """A long prompt is tokenized in a worker thread, so /health and other clients are not held up."""
+    import threading
+
+    import acculturate.serve.app as app_module
+
+    seen = []
+    real = app_module.encode_prompts
+
+    def recording(tokenizer, prompts):
+        seen.append(threading.current_thread().name)
+        return real(tokenizer, prompts)
+
+    monkeypatch.setattr(app_module, "encode_prompts", recording)
+    server, _ = live_server()
+    with server as url:
+        r = httpx.post(f"{url}/v1/completions", timeout=120,
+                       json={"model": "none", "prompt": "word " * 20_000, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert seen and all("AnyIO worker thread" in name for name in seen), seen
