@@ -97,16 +97,16 @@ def cmd_ask(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs.finetune import FinetuneConfig, run_finetune
 
     if args.gpus:
         return _launch_torchrun(args.gpus)
-    path = Path(args.config)
-    config = load_yaml(FinetuneConfig, path, args.set)
+    path = Path(args.config) if args.config else None
+    config = load_config(FinetuneConfig, path, args.set)
     if args.skip_invalid:
         config.data.skip_invalid = True
-    metrics = run_finetune(config, resume=args.resume, overwrite=args.restart, base_dir=path.parent)
+    metrics = run_finetune(config, resume=args.resume, overwrite=args.restart, base_dir=path and path.parent)
     if "rank" in metrics:   # a non-zero rank under torchrun: rank 0 reports
         return 0
     t = metrics["train"]
@@ -266,10 +266,10 @@ def cmd_prompt(args) -> int:
 
 
 def cmd_prompt_eval(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs.prompt_eval import PromptEvalConfig, results_table, run_prompt_eval
 
-    config = load_yaml(PromptEvalConfig, args.config, args.set)
+    config = load_config(PromptEvalConfig, args.config, args.set)
     summary = run_prompt_eval(config, overwrite=args.restart)
     print(results_table(summary["results"], f"{summary['task']}, {summary['sample']} questions"))
     print(f"Results: {Path(config.output_dir) / config.name}/results.md")
@@ -277,24 +277,24 @@ def cmd_prompt_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs.compare import CompareConfig, run_compare
 
-    path = Path(args.config)
-    config = load_yaml(CompareConfig, path, args.set)
-    summary = run_compare(config, overwrite=args.restart, base_dir=path.parent)
+    path = Path(args.config) if args.config else None
+    config = load_config(CompareConfig, path, args.set)
+    summary = run_compare(config, overwrite=args.restart, base_dir=path and path.parent)
     print(Path(summary["files"]["table"]).read_text())
     print(f"Results: {summary['files']['table']}, {summary['files']['plot']}")
     return 0
 
 
 def cmd_tune(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs.tune import TuneConfig, run_tune
 
-    path = Path(args.config)
-    config = load_yaml(TuneConfig, path, args.set + ([f"study.n_trials={args.n_trials}"] if args.n_trials else []))
-    summary = run_tune(config, workers=args.workers, overwrite=args.restart, base_dir=path.parent)
+    path = Path(args.config) if args.config else None
+    config = load_config(TuneConfig, path, args.set + ([f"study.n_trials={args.n_trials}"] if args.n_trials else []))
+    summary = run_tune(config, workers=args.workers, overwrite=args.restart, base_dir=path and path.parent)
     print(Path(summary["files"]["trials"]).read_text())
     final = summary["final"]
     if "default" in final:
@@ -360,10 +360,10 @@ def cmd_merge(args) -> int:
 
 def cmd_serve(args) -> int:
     from acculturate.adapters.registry import parse_adapter_spec
-    from acculturate.config_loading import from_dict, load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.serve import ServeConfig, run_server
 
-    config = load_yaml(ServeConfig, args.config, args.set) if args.config else from_dict(ServeConfig, {})
+    config = load_config(ServeConfig, args.config, args.set)
     for flag in ("model", "host", "port", "db", "device", "dtype"):
         if getattr(args, flag) is not None:
             setattr(config, flag, getattr(args, flag))
@@ -372,6 +372,11 @@ def cmd_serve(args) -> int:
         config.adapters[name] = str(directory)
     if args.run:
         config.run = args.run
+    config.api_keys = [*config.api_keys, *args.api_key]
+    if args.api_keys_file is not None:
+        config.api_keys_file = args.api_keys_file
+    if args.insecure:
+        config.insecure = True
     run_server(config)
     return 0
 
@@ -386,11 +391,11 @@ def cmd_feedback_export(args) -> int:
 
 
 def cmd_learn(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.feedback.versions import VersionError, VersionStore
     from acculturate.jobs.learn import LearnConfig, run_learn
 
-    config = load_yaml(LearnConfig, args.config, args.set)
+    config = load_config(LearnConfig, args.config, args.set)
     if args.db:
         config.db = args.db
     versions = VersionStore(config.versions_dir)
@@ -532,10 +537,10 @@ def _rag_ask(args) -> int:
 
 
 def _rag_eval(args) -> int:
-    from acculturate.config_loading import load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs.rag_eval import RagEvalConfig, run_rag_eval
 
-    config = load_yaml(RagEvalConfig, args.config, args.set)
+    config = load_config(RagEvalConfig, args.config, args.set)
     run_rag_eval(config, overwrite=args.restart)
     out = Path(config.output_dir) / config.name
     print((out / "report.md").read_text())
@@ -606,7 +611,8 @@ def _add_rag_parser(sub) -> None:
     q.set_defaults(func=cmd_rag)
 
     q = rsub.add_parser("eval", help="recall@k, MRR and accuracy with vs without retrieval on BLEnD documents")
-    q.add_argument("config", help="YAML of RagEvalConfig fields, e.g. examples/rag_blend/config.yaml")
+    q.add_argument("config", nargs="?", help="YAML of RagEvalConfig fields, e.g. examples/rag_blend/config.yaml "
+                                          "(default: the fields' defaults)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     q.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     q.set_defaults(func=cmd_rag)
@@ -648,15 +654,15 @@ DATA_STEPS = {
 
 
 def cmd_data(args) -> int:
-    from acculturate.config_loading import apply_overrides, from_dict, load_yaml
+    from acculturate.config_loading import load_config
     from acculturate.jobs import data as jobs_data
 
     if args.step == "pipeline":
+        if len(args.paths) > 1:
+            raise SystemExit("acculturate data pipeline: give one CONFIG.yaml (or none, and the steps with --set)")
         path = Path(args.paths[0]) if args.paths else None
-        if path is None or len(args.paths) != 1:
-            raise SystemExit("acculturate data pipeline: give one CONFIG.yaml")
-        config = load_yaml(jobs_data.DataPipelineConfig, path, args.set)
-        jobs_data.run_pipeline(config, base_dir=path.parent, restart=args.restart)
+        config = load_config(jobs_data.DataPipelineConfig, path, args.set)
+        jobs_data.run_pipeline(config, base_dir=path and path.parent, restart=args.restart)
         return 0
     if args.settings:
         print(jobs_data.describe_fields(args.step))
@@ -666,8 +672,7 @@ def cmd_data(args) -> int:
         raise SystemExit(f"acculturate data {args.step}: give " + ("INPUT OUTPUT" if wants_input else "[INPUT] OUTPUT"))
     *inputs, output = args.paths
     cls = jobs_data.step_config_class(args.step)
-    config = (load_yaml(cls, args.config, args.set) if args.config
-              else from_dict(cls, apply_overrides({}, args.set)))
+    config = load_config(cls, args.config, args.set)
     from acculturate.data.steps import STEPS, run_step
     from acculturate.jobs.sources import resolve_path
 
@@ -709,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("train", help="fine-tune (full, head, lora) from a YAML config")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help="YAML of FinetuneConfig fields (default: the fields' defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--skip-invalid", action="store_true",
@@ -758,23 +763,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("prompt-eval", help="compare prompting strategies on a task sample (table + JSONL)")
-    p.add_argument("config", help="YAML of PromptEvalConfig fields, e.g. the shipped "
-                                  "acculturate/configs/prompt_eval/smollm2-135m_svamp.yaml")
+    p.add_argument("config", nargs="?", help="YAML of PromptEvalConfig fields, e.g. the shipped "
+                   "acculturate/configs/prompt_eval/smollm2-135m_svamp.yaml (default: the fields' defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_prompt_eval)
 
     p = sub.add_parser("compare", help="train full, head, lora, qlora, prompt tuning on the same data; table + plot")
-    p.add_argument("config", help="YAML of CompareConfig fields, e.g. the shipped "
-                                  "acculturate/configs/compare/smollm2-135m_methods.yaml")
+    p.add_argument("config", nargs="?", help="YAML of CompareConfig fields, e.g. the shipped "
+                   "acculturate/configs/compare/smollm2-135m_methods.yaml (default: the fields' defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set train.max_steps=5 --set 'methods=[{name: lora}]'")
     p.add_argument("--restart", action="store_true", help="delete the run of this name and start over")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna) around a train config: best.yaml + report")
-    p.add_argument("config", help="YAML of TuneConfig fields, e.g. the shipped "
-                                  "acculturate/configs/tune/smollm2-135m_lora.yaml")
+    p.add_argument("config", nargs="?", help="YAML of TuneConfig fields, e.g. the shipped "
+                   "acculturate/configs/tune/smollm2-135m_lora.yaml (default: the fields' defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set study.storage=postgresql://host/db")
     p.add_argument("--n-trials", type=int, default=None, help="trials to finish in all (study.n_trials)")
@@ -816,6 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, metavar="RUN_DIR",
                    help="serve the regional assistant `acculturate adapt` built there (adapter, index, persona, "
                         "retrieval on by default), as model NAME = the run's folder name")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="a key /v1/* requires as 'Authorization: Bearer KEY' (repeatable; also "
+                        "$ACCULTURATE_API_KEYS, comma separated)")
+    p.add_argument("--api-keys-file", default=None, metavar="FILE", help="API keys, one a line")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve an open API (no key) on a non-loopback --host (refused otherwise)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("feedback", help="work with the feedback store")
@@ -826,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_feedback_export)
 
     p = sub.add_parser("learn", help="one guarded learning round from the stored feedback -> a new adapter version")
-    p.add_argument("config", help="YAML of LearnConfig fields, e.g. acculturate/configs/learn/smollm2-135m_sft.yaml")
+    p.add_argument("config", nargs="?", help="YAML of LearnConfig fields, e.g. "
+                   "acculturate/configs/learn/smollm2-135m_sft.yaml (default: the fields' defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--db", default=None, help="feedback store (default: the config's db)")
     p.add_argument("--list", action="store_true", help="list the adapter versions and exit")

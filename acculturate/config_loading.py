@@ -152,6 +152,18 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: {e}") from e
 
 
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """``cls`` from a YAML file, or from its defaults when ``path`` is None; ``overrides``
+    (``dotted.key=value``) apply either way, so ``--set`` never depends on a config file being given."""
+    if path is not None:
+        return load_yaml(cls, path, overrides)
+    data = apply_overrides({}, overrides or [])
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"--set (no config file): {e}") from e
+
+
 _KEY_PART = re.compile(r"([^.\[\]]+)((?:\[-?\d+\])*)")
 
 
@@ -198,7 +210,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             elif not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {where} is not a mapping, so it has no field {part!r}")
             if last:
-                node[part] = yaml.safe_load(raw)
+                try:
+                    node[part] = yaml.safe_load(raw)
+                except yaml.YAMLError as e:
+                    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                    raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, "
+                                      f"e.g. {key}='\"...\"'") from None
             elif isinstance(part, str) and node.get(part) is None:  # absent (or empty in the YAML)
                 if isinstance(path[depth + 1], int):
                     raise ConfigError(f"override {item!r}: {_describe(path[:depth + 1])} is not set in the "

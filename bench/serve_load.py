@@ -113,7 +113,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        extra = [a for s in args.set for a in ("--set", s)]
+        # Load from one address on purpose: no per-client rate limit (a later --set may turn it back on).
+        extra = ["--set", "rate_limit_per_minute=0", *[a for s in args.set for a in ("--set", s)]]
         proc = start_server(port, str(Path(tmp) / "bench.db"), extra)
         url = f"http://127.0.0.1:{port}"
         try:

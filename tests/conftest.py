@@ -3,7 +3,11 @@ the first load converts its GGUF once into the cache (~30 s), later loads take w
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,61 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_server_user(args: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; Debian's package creates the 'postgres' user.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for the session, started with Debian's binaries (initdb +
+    pg_ctl), listening on a Unix socket only (no TCP port), removed afterwards; yields (socket
+    folder, a runner of its binaries). Tests use ``postgres_url``: a fresh database each.
+    scripts/setup.sh installs the binaries as root (Debian's postgresql); tests using it are
+    skipped, with the reason, where the binaries or psycopg are missing."""
+    pytest.importorskip("psycopg")
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="acculturate-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    run = lambda *a: subprocess.run(_as_server_user([str(bin_dir / a[0]), *a[1:]]), check=True,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    try:
+        run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        run("pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+            f"-c listen_addresses='' -k {sock} -p 54329 -c fsync=on", "start")
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"could not start a PostgreSQL server: {e.stderr.strip()[:300]}")
+    try:
+        yield sock, run
+    finally:
+        subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the session's PostgreSQL server; its SQLAlchemy URL."""
+    import uuid
+
+    sock, run = postgres_server
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", name)
+    return f"postgresql+psycopg://postgres@/{name}?host={sock}&port=54329"

@@ -213,6 +213,12 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dic
     return config, raw
 
 
+def read_adapter_weights(adapter_dir: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The file an adapter's weights come from and its tensors: ``adapter_model.safetensors``, else
+    the legacy ``adapter_model.bin`` (read with ``weights_only``). FileNotFoundError if neither."""
+    return _read_weights(Path(adapter_dir))
+
+
 def _read_weights(adapter_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     path = adapter_dir / WEIGHTS_FILE
     if path.is_file():

@@ -72,7 +72,12 @@ def read_documents(path: str | Path, *, format: str = "auto", field: str | None 
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} not found")
     kind = _format_of(path, format)
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, raw.count(b"\n", 0, e.start) + 1, None, "UTF-8 text",
+                        f"undecodable bytes ({e.reason})") from None
     if kind == "txt":
         name = group or path.stem
         return [Document(p.strip(), name) for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]

@@ -5,7 +5,8 @@ several tokens; decoding a prefix that ends inside one yields U+FFFD. Streaming 
 a broken character that the next token silently repairs. ``TextStream`` decodes the whole
 completion each step (a few hundred tokens decode in well under a millisecond) and only hands out
 text that can no longer change: it holds back trailing U+FFFD and any tail that could still grow
-into a stop string, so the streamed deltas always concatenate to the final, stop-cut text.
+into a stop string, so the streamed deltas always concatenate to the final, stop-cut text. A
+completion that ends inside a character (cut by ``max_tokens``) drops the incomplete character.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ class TextStream:
         return self._emit(safe)
 
     def flush(self) -> str:
-        """Hand out everything not yet shown (call when the completion ends for any reason)."""
+        """Hand out everything not yet shown (call when the completion ends for any reason).
+
+        A completion cut inside a multi-byte character (``max_tokens`` reached after the first of
+        its tokens) decodes to a trailing U+FFFD; that incomplete character is dropped from the
+        text rather than shown as a broken one."""
+        self._text = self._text.rstrip(REPLACEMENT_CHAR)
         return self._emit(len(self._text))
 
     def _emit(self, upto: int) -> str:

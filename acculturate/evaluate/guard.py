@@ -11,10 +11,15 @@ Metrics (higher is better, each optional):
   users liked (and their rewrites) more likely and answers they rejected less likely. Per-token
   log-probabilities are clamped to [-10, 0] per row so one very unlikely rejected answer cannot
   dominate the mean.
+
+The guard fails closed: a metric it is configured to measure that could not be computed (for the
+candidate or for the parent) rejects the candidate, and a guard with no metric at all rejects every
+candidate unless ``allow_unguarded: true`` says that is meant.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -53,6 +58,9 @@ class GuardConfig:
     """Also hold ``blend_accuracy`` to the root version's (``v0``) with the same tolerance, so
     losses each within tolerance cannot add up over many rounds (seen in a real run: 0.25 -> 0.19
     -> 0.12 on 16 questions, every step "ok" against its parent)."""
+    allow_unguarded: bool = False
+    """Accept candidates when no metric is configured (``blend_questions: 0`` and ``feedback: false``).
+    Off by default: a round with nothing to check it is rejected, with that as its reason."""
 
     def __post_init__(self):
         for name in ("blend_questions", "max_new_tokens", "batch_size", "blend_seed"):
@@ -62,6 +70,12 @@ class GuardConfig:
         for metric, value in {**self.max_regression, "default_max_regression": self.default_max_regression}.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"GuardConfig.max_regression[{metric!r}]: expected a number >= 0, got {value!r}")
+
+    def metrics(self, held_apart: bool = True) -> list[str]:
+        """The metrics this guard must compute: ``blend_accuracy`` when ``blend_questions`` > 0,
+        ``feedback_logp`` when ``feedback`` is on and the round holds feedback apart (``held_apart``)."""
+        return (["blend_accuracy"] if self.blend_questions else []) + (
+            ["feedback_logp"] if self.feedback and held_apart else [])
 
     def fingerprint(self) -> dict:
         """What must match for a parent's cached ``blend_accuracy`` to be reused."""
@@ -117,7 +131,9 @@ def feedback_logp(model, tokenizer, rows: list[dict]) -> float:
             total += row["reward"] * max(LOGP_FLOOR, min(0.0, value))
             n += 1
     model.train(was_training)
-    return total / max(n, 1)
+    if not n:
+        raise ValueError("feedback_logp: no held-apart completion has any token")
+    return total / n
 
 
 def guard_metrics(model, tokenizer, config: GuardConfig, guard_rows: list[dict],
@@ -127,21 +143,42 @@ def guard_metrics(model, tokenizer, config: GuardConfig, guard_rows: list[dict],
     if config.blend_questions and "blend_accuracy" not in skip:
         metrics["blend_accuracy"] = blend_accuracy(model, tokenizer, config)
     if config.feedback and guard_rows and "feedback_logp" not in skip:
-        metrics["feedback_logp"] = feedback_logp(model, tokenizer, guard_rows)
+        try:
+            metrics["feedback_logp"] = feedback_logp(model, tokenizer, guard_rows)
+        except ValueError:   # left out: decide() rejects a configured metric that is missing
+            pass
     return metrics
 
 
-def decide(parent: dict[str, float], candidate: dict[str, float], config: GuardConfig) -> GuardDecision:
-    """Accept ``candidate`` unless some metric fell below the parent's by more than its tolerance.
+def decide(parent: dict[str, float], candidate: dict[str, float], config: GuardConfig,
+           expected: list[str] | None = None) -> GuardDecision:
+    """Accept ``candidate`` only if every metric was computed for both and none fell below the
+    parent's by more than its tolerance.
 
+    Args:
+        parent, candidate: metric name -> value (higher is better).
+        config: the tolerances and ``allow_unguarded``.
+        expected: the metrics that must be there (default ``config.metrics()``); any other metric
+            given is checked too.
     Returns:
-        :class:`GuardDecision` with one reason per metric (kept, improved or regressed) and the
-        deltas ``candidate - parent``.
+        :class:`GuardDecision` with one reason per metric (kept, improved, regressed or missing) and
+        the deltas ``candidate - parent``.
     """
+    names = sorted(set(config.metrics() if expected is None else expected) | set(candidate) | set(parent))
+    if not names:
+        if config.allow_unguarded:
+            return GuardDecision(True, ["no guard metric is configured; accepted unchecked because "
+                                        "guard.allow_unguarded is true"], {})
+        return GuardDecision(False, ["no guard metric is configured (guard.blend_questions is 0 and "
+                                     "guard.feedback is off or no feedback is held apart); set "
+                                     "guard.allow_unguarded: true to accept candidates unchecked"], {})
     reasons, deltas, accepted = [], {}, True
-    for name in sorted(candidate):
-        if name not in parent:
-            reasons.append(f"{name}: {candidate[name]:.4f} (no parent value to compare)")
+    for name in names:
+        missing = [who for who, values in (("candidate", candidate), ("parent", parent))
+                   if not isinstance(values.get(name), (int, float)) or not math.isfinite(values[name])]
+        if missing:
+            accepted = False
+            reasons.append(f"{name}: could not be computed for the {' and the '.join(missing)} REJECTED")
             continue
         delta = candidate[name] - parent[name]
         deltas[name] = round(delta, 6)

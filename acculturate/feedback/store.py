@@ -7,7 +7,9 @@ Two tables (SQLAlchemy Core, so a ``postgresql://`` URL works as well as the def
   adapter version that wrote it, the sampling settings, token counts and the time.
 - ``feedback``: one row per user judgement on a completion: its kind (see :data:`FEEDBACK_KINDS`),
   the reward of the original completion, the user's corrected text for an ``adjustment``, an
-  optional region and comment, and the time.
+  optional region and comment, the time, and the ``client`` who gave it (a hash of its API key, or
+  ``anonymous``). A client has one judgement per completion choice: a later one replaces it (a
+  unique index holds this in SQLite and PostgreSQL alike), so one client cannot stack votes.
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL``, so a transaction is fsynced to the
 write-ahead log before ``commit`` returns; the server answers 200 only after that commit, so a
@@ -81,18 +83,51 @@ feedback_table = sa.Table(
     sa.Column("region", sa.String(128)),
     sa.Column("comment", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.ForeignKeyConstraint(["completion_id", "choice_index"],
+    sa.Column("client", sa.String(64)),                          # serve.auth.client_id; None: written
+    sa.ForeignKeyConstraint(["completion_id", "choice_index"],    # before clients were recorded
                             ["completions.id", "completions.choice_index"]),
+    # Ids never come back after a replaced judgement is deleted (SQLite would reuse the largest one),
+    # so a learning round's cursor (feedback id > last seen) always sees the new judgement.
+    sqlite_autoincrement=True,
 )
+one_judgement_per_client = sa.Index("feedback_one_per_client", feedback_table.c.completion_id,
+                                    feedback_table.c.choice_index, feedback_table.c.client, unique=True)
 
 
 class FeedbackError(ValueError):
-    """Feedback that cannot be stored: unknown kind, missing text, or no such completion."""
+    """Feedback that cannot be stored: unknown kind, missing text, a value the database cannot hold,
+    or no such completion."""
 
     def __init__(self, message: str, field: str | None = None, not_found: bool = False):
         super().__init__(message)
         self.field = field
         self.not_found = not_found
+
+
+# What both databases hold: the tightest column of each field, the range of PostgreSQL's INTEGER.
+# Checked before any query, so SQLite (which would store anything) and PostgreSQL (which would fail
+# mid-transaction) accept and refuse the same values.
+MAX_CHARS = {"completion_id": 64, "region": 128, "kind": 32, "model": 256}
+MAX_INDEX = 2 ** 31 - 1
+
+
+def check_storable(value, field: str, max_chars: int | None = None) -> None:
+    """Raise :class:`FeedbackError` naming ``field`` unless ``value`` (a string, or None) can be
+    stored alike in SQLite and PostgreSQL: valid Unicode (no lone surrogate), no NUL character,
+    at most ``max_chars`` (default: the field's column width, if it has one) characters."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise FeedbackError(f"{field} must be a string, got {type(value).__name__}", field=field)
+    limit = max_chars if max_chars is not None else MAX_CHARS.get(field)
+    if limit is not None and len(value) > limit:
+        raise FeedbackError(f"{field} is {len(value)} characters long; at most {limit}", field=field)
+    if "\x00" in value:
+        raise FeedbackError(f"{field} contains a NUL character (\\u0000), which cannot be stored", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeedbackError(f"{field} is not valid Unicode (a lone surrogate such as \\ud800)", field=field) from None
 
 
 @dataclass
@@ -151,6 +186,15 @@ class FeedbackStore:
         if is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to this schema (adds ``feedback.client``)."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("feedback")}
+        if "client" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN client VARCHAR(64)"))
+        one_judgement_per_client.create(self.engine, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -168,13 +212,24 @@ class FeedbackStore:
 
     def add_feedback(self, completion_id: str, kind: str, choice_index: int = 0,
                      corrected_text: str | None = None, region: str | None = None,
-                     comment: str | None = None) -> dict:
+                     comment: str | None = None, client: str | None = None) -> dict:
         """Store one judgement on a served completion; returns the stored row as a dict.
+
+        ``client`` (who judges) keeps one judgement per completion choice: an earlier one of the
+        same client is replaced (deleted, and this one stored with a new id, so the next learning
+        round reads it). None stores the row without that rule (the Python API, tests).
 
         Raises:
             FeedbackError: unknown ``kind``, an ``adjustment`` without ``corrected_text`` (or text on
                 another kind), or no completion ``(completion_id, choice_index)`` in the store.
         """
+        check_storable(completion_id, "completion_id")
+        if isinstance(choice_index, bool) or not isinstance(choice_index, int) or not 0 <= choice_index <= MAX_INDEX:
+            raise FeedbackError(f"choice_index must be an integer from 0 to {MAX_INDEX}, got {choice_index!r:.40}",
+                                field="choice_index")
+        for name, value in (("corrected_text", corrected_text), ("region", region), ("comment", comment),
+                            ("client", client)):
+            check_storable(value, name, 64 if name == "client" else None)
         if kind not in FEEDBACK_KINDS:
             raise FeedbackError(f"kind must be one of {sorted(FEEDBACK_KINDS)}, got {kind!r}", field="kind")
         spec = FEEDBACK_KINDS[kind]
@@ -187,16 +242,31 @@ class FeedbackStore:
         row = {"completion_id": completion_id, "choice_index": choice_index, "kind": kind,
                "reward": spec.reward, "corrected_text": corrected_text,
                "corrected_reward": spec.corrected_reward, "region": region, "comment": comment,
-               "created_at": time.time()}
-        with self.engine.begin() as conn:
-            found = conn.execute(sa.select(completions_table.c.id).where(
-                completions_table.c.id == completion_id,
-                completions_table.c.choice_index == choice_index)).first()
-            if found is None:
-                raise FeedbackError(f"no completion {completion_id!r} with choice index {choice_index} "
-                                    f"in the store", field="completion_id", not_found=True)
-            row["id"] = conn.execute(feedback_table.insert(), row).inserted_primary_key[0]
-        return row
+               "created_at": time.time(), "client": client}
+        for attempt in range(3):   # a concurrent judgement of the same client may win the unique index
+            try:
+                with self.engine.begin() as conn:
+                    # FOR UPDATE (PostgreSQL): judgements of one completion take turns, so a client's
+                    # concurrent ones replace each other instead of racing for the unique index.
+                    found = conn.execute(sa.select(completions_table.c.id).where(
+                        completions_table.c.id == completion_id,
+                        completions_table.c.choice_index == choice_index).with_for_update()).first()
+                    if found is None:
+                        raise FeedbackError(f"no completion {completion_id!r} with choice index {choice_index} "
+                                            f"in the store", field="completion_id", not_found=True)
+                    replaced = 0
+                    if client is not None:
+                        f = feedback_table.c
+                        replaced = conn.execute(feedback_table.delete().where(
+                            f.completion_id == completion_id, f.choice_index == choice_index,
+                            f.client == client)).rowcount
+                    row.pop("id", None)
+                    row["id"] = conn.execute(feedback_table.insert(), row).inserted_primary_key[0]
+                return {**row, "replaced": replaced}
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- reading --------------------------------------------------------------------------------
 

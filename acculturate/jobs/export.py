@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from acculturate.adapters import (AdapterError, export_merged, load_adapter, merge_lora, read_adapter_config)
+from acculturate.adapters.peft_format import CONFIG_FILE, WEIGHTS_FILE, read_adapter_weights
 from acculturate.adapters.registry import parse_adapter_spec
 from acculturate.io import atomic_dir, write_text
 
@@ -101,8 +102,8 @@ def export_vllm(model: str, adapters: list[str], output: str | Path, *, merge: b
                 del check
                 target = tmp / "adapters" / name
                 target.mkdir(parents=True)
-                for f in ("adapter_config.json", "adapter_model.safetensors"):
-                    shutil.copy2(Path(directory) / f, target / f)
+                shutil.copy2(Path(directory) / CONFIG_FILE, target / CONFIG_FILE)
+                _copy_weights(Path(directory), target)
             _save_model(loaded.model, loaded.tokenizer, tmp / "base", DTYPES[dtype])
             layout, served = "multi-lora", output / "base"
             command = ["vllm", "serve", str(served), "--dtype",
@@ -117,6 +118,18 @@ def export_vllm(model: str, adapters: list[str], output: str | Path, *, merge: b
         write_text(tmp / "README.md", _readme(layout, cmd, names))
     return {"layout": layout, "command": cmd, "files": sorted(str(p.relative_to(output)) for p in output.rglob("*")
                                                               if p.is_file())}
+
+
+def _copy_weights(adapter_dir: Path, target: Path) -> None:
+    """The adapter's weights as ``adapter_model.safetensors``: copied as they are, or converted from
+    a legacy ``adapter_model.bin`` (which the loader also accepts), so every export has the same layout."""
+    source, tensors = read_adapter_weights(adapter_dir)
+    if source.name == WEIGHTS_FILE:
+        shutil.copy2(source, target / WEIGHTS_FILE)
+        return
+    from safetensors.torch import save_file
+
+    save_file({k: t.contiguous() for k, t in tensors.items()}, str(target / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def _readme(layout: str, cmd: str, names: list[str]) -> str:

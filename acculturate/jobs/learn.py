@@ -250,7 +250,8 @@ def root_check(model, tokenizer, versions: VersionStore, parent: VersionInfo, ca
         finally:
             registry.remove("root")
     baseline = {"version": root.version, "blend_accuracy": score}
-    return baseline, decide({"blend_accuracy": score}, {"blend_accuracy": candidate["blend_accuracy"]}, config.guard)
+    return baseline, decide({"blend_accuracy": score}, {"blend_accuracy": candidate["blend_accuracy"]}, config.guard,
+                             expected=["blend_accuracy"])
 
 
 # --- the round ------------------------------------------------------------------------------------
@@ -304,14 +305,14 @@ def learn_round(config: LearnConfig, store: FeedbackStore, versions: VersionStor
     registry.use("candidate")
     candidate = guard_metrics(model, tokenizer, config.guard, data.guard)
     before = parent_metrics(model, tokenizer, parent, config, data.guard)
-    decision = decide(before, candidate, config.guard)
+    decision = decide(before, candidate, config.guard, expected=config.guard.metrics(config.guard_fraction > 0))
     guard = {"candidate": candidate, "parent": before, "deltas": decision.deltas, "reasons": decision.reasons,
              "fingerprint": config.guard.fingerprint()}
     if (checked := root_check(model, tokenizer, versions, parent, candidate, config)) is not None:
         guard["root"], root_decision = checked
         decision.accepted = decision.accepted and root_decision.accepted
         decision.reasons += [f"vs root {checked[0]['version']}: {r}" for r in root_decision.reasons]
-    reason = ("accepted: " if decision.accepted else "rejected: ") + "; ".join(decision.reasons or ["no guard metric"])
+    reason = ("accepted: " if decision.accepted else "rejected: ") + "; ".join(decision.reasons)
     info = versions.add(lambda d: registry.save("candidate", d, config.model), parent=parent.version,
                         method=method, accepted=decision.accepted, feedback_ids=data.feedback_ids,
                         guard=guard,

@@ -1,7 +1,8 @@
 """The HTTP application: OpenAI-compatible endpoints, feedback, admin and the web chat page.
 
 Routes:
-- ``GET /`` the web chat; ``GET /health`` liveness and batching counters.
+- ``GET /`` the web chat; ``GET /health`` liveness and batching counters; ``GET /openapi.json`` the
+  routes and their request bodies (:mod:`acculturate.serve.openapi`).
 - ``GET /v1/models``, ``GET /v1/models/{id}``: the base model and the loaded adapters.
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: as OpenAI's, streaming over SSE.
 - ``POST /v1/feedback``: a judgement on a served completion (see :mod:`acculturate.feedback.store`).
@@ -9,8 +10,9 @@ Routes:
 - ``POST/GET /admin/learn``, ``GET /admin/versions``, ``POST /admin/rollback``: online learning
   rounds and adapter versions, hot-swapped in (:mod:`acculturate.serve.learning`).
 
-Every completion is stored before its answer is sent (for a stream: before its final chunk), so a
-client that sees the answer can give feedback on its id.
+Every ``/v1/*`` route asks for an API key when any is configured and counts against the client's rate
+limit (:mod:`acculturate.serve.auth`). Every completion is stored before its answer is sent (for a
+stream: before its final chunk), so a client that sees the answer can give feedback on its id.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from acculturate.data import render_prompt
 from acculturate.decode.generate import encode_prompts
-from acculturate.feedback.store import CompletionRecord, FeedbackError, FeedbackStore
-from acculturate.serve import protocol
+from acculturate.feedback.store import FEEDBACK_KINDS, CompletionRecord, FeedbackError, FeedbackStore
+from acculturate.serve import auth, openapi, protocol
 from acculturate.serve import retrieval as rag
 from acculturate.serve.batching import Batcher, Cancelled, Job, Overloaded
 from acculturate.serve.config import ServeConfig
 from acculturate.serve.errors import (
-    STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, server_error, too_large,
-    unauthorized,
+    STATUS_TYPES, APIError, invalid, model_not_found, not_found, overloaded, rate_limited, server_error,
+    too_large, unauthorized,
 )
 from acculturate.serve.learning import add_learning_routes, load_learner
 from acculturate.serve.models import ModelPool, ServedModel
@@ -62,13 +64,17 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         A FastAPI app; its batching worker starts and stops with the app's lifespan.
     """
     config = config or ServeConfig()
+    api_keys = config.resolved_api_keys()
+    limiter = auth.RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
     if pool is None:
         pool = ModelPool(config.model, device=config.device, dtype=config.dtype)
         for name, path in config.adapters.items():
             pool.add_adapter(name, path)
     store = store or FeedbackStore(config.db)
     batcher = Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending)
-    limits = protocol.Limits(config.max_tokens_cap, config.default_max_tokens, config.max_n, config.max_prompts)
+    limits = protocol.Limits(config.max_tokens_cap, config.default_max_tokens, config.max_n, config.max_prompts,
+                             max_rows=config.max_batch_size, max_chars=config.max_message_chars,
+                             max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -80,14 +86,15 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             pool.before_change.remove(batcher.drain)
             batcher.stop()
 
-    app = FastAPI(title="acculturate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json describes the routes, their request bodies included (serve/openapi.py).
+    app = FastAPI(title="acculturate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.config, app.state.pool, app.state.store, app.state.batcher = config, pool, store, batcher
 
     # --- errors -----------------------------------------------------------------------------------
 
     @app.exception_handler(APIError)
     async def on_api_error(request, exc: APIError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}), **(exc.headers or {})}
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -111,8 +118,22 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise unauthorized(f"{what} needs a valid 'Authorization: Bearer <token>' header")
 
-    def check_api(request: Request) -> None:
-        check_token(request, config.resolved_api_token(), "this API")
+    def check_api(request: Request) -> str:
+        """Authenticate and rate-limit a /v1/* call; returns the client's id (:func:`auth.client_id`)."""
+        key = None
+        if api_keys:
+            key = auth.match_key(request.headers.get("authorization", ""), api_keys)
+            if key is None:
+                raise unauthorized("Incorrect API key provided: this API needs 'Authorization: Bearer <key>' "
+                                   "with a key the server was started with")
+        client = auth.client_id(key)
+        counted = client if key is not None else f"address:{request.client.host if request.client else '-'}"
+        wait = limiter.take(counted)
+        if wait:
+            raise rate_limited(f"Rate limit reached for this client: {config.rate_limit_per_minute:g} requests "
+                               f"a minute (bursts of {config.rate_limit_burst}); retry after {wait:.1f} s",
+                               auth.RateLimiter.retry_after(wait))
+        return client
 
     def check_admin(request: Request) -> None:
         token = config.resolved_admin_token()
@@ -131,12 +152,18 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             if len(body) > config.max_body_bytes:
                 raise too_large(config.max_body_bytes)
         try:
-            return json.loads(body)
+            parsed = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise invalid(f"We could not parse the JSON body of your request: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise invalid(f"the JSON body is nested more than {protocol.MAX_DEPTH} levels deep",
+                          code="invalid_json") from None
+        protocol.check_json(parsed)
+        return parsed
 
     def prepare(parsed: protocol.ParsedRequest) -> tuple[ServedModel, list[str], int]:
-        """The model, the rendered prompts and their total token count; checks the context length."""
+        """The model, the rendered prompts and their total token count; checks the context length.
+        Blocking (tokenizing a long prompt takes a while): the routes run it in a worker thread."""
         served = pool.get(parsed.model)
         if parsed.messages is not None:
             try:
@@ -159,6 +186,11 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         # OpenAI's order for several prompts and n: prompt 0's n choices, then prompt 1's...
         job = Job(served, [p for p in prompts for _ in range(n)], parsed.sampling.generation_config(), on_text)
         filters = filters_for(config.output_filters, parsed.region)
+        rows = len(job.prompts) * (filters.best_of if filters is not None else 1)
+        if rows > config.max_batch_size:
+            raise invalid(f"this request decodes {rows} rows ({len(prompts)} prompts x n={n}"
+                          + (f" x best_of={filters.best_of} of the output filters" if filters is not None else "")
+                          + f"); this server decodes at most {config.max_batch_size} per request", param="n")
         try:
             if filters is None:
                 batcher.submit(job)
@@ -195,12 +227,14 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             raise invalid(str(e)) from None
 
     async def complete(request: Request, endpoint: str, parsed: protocol.ParsedRequest, retrieval=None):
+        if retrieval is not None and parsed.messages is not None and all(m["role"] != "user" for m in parsed.messages):
+            raise invalid("retrieval needs a user message: the last one is the query", param="messages")
         if retrieval is not None and parsed.messages is not None:   # passages into the last user turn
             parsed.messages = await anyio.to_thread.run_sync(rag.augment, parsed.messages, retrieval, config.rag_home)
         elif retrieval is not None:   # /v1/completions: passages before the one prompt
             parsed.prompts = [await anyio.to_thread.run_sync(rag.augment_prompt, parsed.prompts[0], retrieval,
                                                              config.rag_home)]
-        served, prompts, prompt_tokens = prepare(parsed)
+        served, prompts, prompt_tokens = await anyio.to_thread.run_sync(prepare, parsed)
         chat = endpoint == "chat.completions"
         cid = protocol.new_id("chatcmpl" if chat else "cmpl")
         if parsed.stream:
@@ -249,12 +283,18 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
                     yield event(chunk(item[0], item[1]))
                 try:
                     completions = job.future.result()
+                    await anyio.to_thread.run_sync(store.record_completions,
+                                                   records(cid, endpoint, served, prompts, parsed, completions))
                 except Exception as e:
-                    error = e if isinstance(e, APIError) else server_error(f"generation failed: {e}")
+                    # The stream has started (200 sent): the client learns of the failure from an error
+                    # event, then the usual end, instead of a stream that just stops.
+                    if not isinstance(e, (APIError, Cancelled)):
+                        log.exception("stream %s failed after it started", cid)
+                    error = e if isinstance(e, APIError) else server_error(
+                        f"the answer could not be finished ({type(e).__name__}); nothing was stored")
                     yield event(error.body())
+                    yield "data: [DONE]\n\n"
                     return
-                await anyio.to_thread.run_sync(store.record_completions,
-                                               records(cid, endpoint, served, prompts, parsed, completions))
                 extra, per_choice = (rag.response_fields(retrieval, [c.text for c in completions], retrieval.query)
                                      if retrieval is not None else ({}, None))
                 for i, c in enumerate(completions):
@@ -304,14 +344,14 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
             raise model_not_found(name, pool.names())
         return model_card(name)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi.chat_body())
     async def chat_completions(request: Request):
         check_api(request)
         body = await read_json(request)
         parsed = protocol.parse_chat(body, limits)
         return await complete(request, "chat.completions", parsed, rag.parse_retrieval(body))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi.completion_body())
     async def completions(request: Request):
         check_api(request)
         body = await read_json(request)
@@ -332,32 +372,20 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         found = await anyio.to_thread.run_sync(list_indexes, config.rag_home)
         return {"object": "list", "data": [{"id": i["name"], "object": "retrieval.index", **i} for i in found]}
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=openapi.feedback_body(sorted(FEEDBACK_KINDS)))
     async def feedback(request: Request):
-        check_api(request)
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise invalid("the request body must be a JSON object")
-        fields = {"completion_id": str, "kind": str, "choice_index": int, "corrected_text": str,
-                  "region": str, "comment": str}
-        for name, tp in fields.items():
-            value = body.get(name)
-            if value is not None and (not isinstance(value, tp) or isinstance(value, bool)):
-                raise invalid(f"{name} must be a {tp.__name__}, got {value!r:.80}", param=name)
-        if not body.get("completion_id"):
-            raise invalid("completion_id is required: the id of the answer the feedback is about",
-                          param="completion_id")
-        if body.get("kind") is None:
-            raise invalid("kind is required", param="kind")
+        client = check_api(request)
+        fb = protocol.parse_feedback(await read_json(request), limits)
         try:
             row = await anyio.to_thread.run_sync(lambda: store.add_feedback(
-                body["completion_id"], body["kind"], body.get("choice_index") or 0, body.get("corrected_text"),
-                body.get("region"), body.get("comment")))
+                fb.completion_id, fb.kind, fb.choice_index, fb.corrected_text, fb.region, fb.comment,
+                client=client))
         except FeedbackError as e:
             raise (not_found if e.not_found else invalid)(str(e), param=e.field) from None
         return {"object": "feedback", "id": row["id"], "completion_id": row["completion_id"],
                 "choice_index": row["choice_index"], "kind": row["kind"], "reward": row["reward"],
-                "corrected_reward": row["corrected_reward"], "created": int(row["created_at"])}
+                "corrected_reward": row["corrected_reward"], "created": int(row["created_at"]),
+                "replaced": bool(row["replaced"])}
 
     @app.get("/admin/adapters")
     async def admin_list(request: Request):
@@ -381,6 +409,13 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         await anyio.to_thread.run_sync(pool.remove_adapter, name)
         return {"name": name, "deleted": True}
 
+    build_openapi = app.openapi
+
+    def current_openapi() -> dict:   # not cached: the served model names change
+        app.openapi_schema = None
+        return openapi.with_models(build_openapi(), [*pool.names(), "none"])
+
+    app.openapi = current_openapi
     app.state.learner = load_learner(learn if learn is not None else config.learn, pool, store)
     add_learning_routes(app, app.state.learner, check_admin, read_json)
 

@@ -13,7 +13,8 @@ API_TOKEN_ENV = "ACCULTURATE_API_TOKEN"
 
 @dataclass
 class ServeConfig:
-    """How to serve. Defaults: the embedded model on 127.0.0.1:8000, open chat API, admin closed."""
+    """How to serve. Defaults: the embedded model on 127.0.0.1:8000, admin closed; the chat API is open
+    only while the server listens on a loopback address (see ``api_keys`` and ``insecure``)."""
 
     model: str = "smollm2-135m"
     """The base model: an embedded name, an HF model directory or a GGUF file."""
@@ -28,7 +29,26 @@ class ServeConfig:
     admin_token: str | None = None
     """Bearer token for /admin/*; falls back to $ACCULTURATE_ADMIN_TOKEN. With neither, admin is closed (401)."""
     api_token: str | None = None
-    """Bearer token for /v1/*; falls back to $ACCULTURATE_API_TOKEN. With neither, the API is open."""
+    """One more API key (also $ACCULTURATE_API_TOKEN); see ``api_keys``."""
+    api_keys: list[str] = field(default_factory=list)
+    """Keys every /v1/* route (feedback included) asks for as ``Authorization: Bearer KEY``
+    (``acculturate serve --api-key KEY``, repeatable); added to those of ``api_keys_file``,
+    $ACCULTURATE_API_KEYS (comma or space separated) and ``api_token``. None at all: the API is open."""
+    api_keys_file: str | None = None
+    """A file of API keys, one a line (``#`` starts a comment)."""
+    insecure: bool = False
+    """Allow an open API (no key) on a non-loopback ``host``; without it such a server refuses to start."""
+    rate_limit_per_minute: float = 240.0
+    """Requests a minute each client (API key, or address when the API is open) may make to /v1/*;
+    429 with Retry-After beyond it. 0: no limit."""
+    rate_limit_burst: int = 60
+    """Requests a client may make at once after a quiet spell (the token bucket's size)."""
+    max_message_chars: int = 200_000
+    """Longest message content, prompt, corrected text or comment in characters (400 above it)."""
+    max_messages: int = 256
+    """Most messages in one chat request."""
+    max_stop_chars: int = 256
+    """Longest stop string in characters."""
     max_tokens_cap: int = 1024
     """Largest max_tokens a request may ask for (400 above it)."""
     default_max_tokens: int = 256
@@ -57,7 +77,8 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("port", "max_tokens_cap", "default_max_tokens", "max_n", "max_prompts", "max_body_bytes",
-                     "max_batch_size", "max_pending"):
+                     "max_batch_size", "max_pending", "rate_limit_burst", "max_message_chars", "max_messages",
+                     "max_stop_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "port" else 1):
                 raise ValueError(f"ServeConfig.{name} must be a positive integer, got {value!r}")
@@ -65,14 +86,19 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.default_max_tokens ({self.default_max_tokens}) must not exceed "
                              f"max_tokens_cap ({self.max_tokens_cap})")
         self.output_filters = _output_filters(self.output_filters)
+        if isinstance(self.rate_limit_per_minute, bool) or not self.rate_limit_per_minute >= 0:
+            raise ValueError(f"ServeConfig.rate_limit_per_minute must be >= 0, got {self.rate_limit_per_minute!r}")
         if not self.batch_window_ms >= 0:
             raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
 
     def resolved_admin_token(self) -> str | None:
         return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
 
-    def resolved_api_token(self) -> str | None:
-        return self.api_token or os.environ.get(API_TOKEN_ENV) or None
+    def resolved_api_keys(self) -> list[str]:
+        """Every accepted API key (:func:`acculturate.serve.auth.resolve_api_keys`)."""
+        from acculturate.serve.auth import resolve_api_keys
+
+        return resolve_api_keys(self.api_keys, self.api_keys_file, self.api_token)
 
 
 def _output_filters(value) -> dict:
@@ -92,4 +118,13 @@ def _output_filters(value) -> dict:
             out[str(region)] = from_dict(OutputFilterConfig, filters, f"output_filters.{region}")
         except ConfigError as e:
             raise ValueError(f"ServeConfig.{e}") from None
+    from acculturate.serve.output_filters import DEFAULT_REGION, combine
+
+    if DEFAULT_REGION in out:   # a region's filters add to "*": a conflict fails at start, not per request
+        for region, filters in out.items():
+            if region != DEFAULT_REGION:
+                try:
+                    combine(out[DEFAULT_REGION], filters)
+                except ValueError as e:
+                    raise ValueError(f"ServeConfig.output_filters[{region!r}]: {e}") from None
     return out

@@ -12,8 +12,9 @@ class APIError(Exception):
     """An error answered to the client as an OpenAI error object."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.type = type
@@ -49,6 +50,11 @@ def too_large(limit: int) -> APIError:
 
 def overloaded(message: str) -> APIError:
     return APIError(429, message, "rate_limit_error", None, "rate_limit_exceeded")
+
+
+def rate_limited(message: str, retry_after: str) -> APIError:
+    """429 with ``Retry-After`` (seconds): this client made more requests than its limit."""
+    return APIError(429, message, "rate_limit_error", None, "rate_limit_exceeded", {"Retry-After": retry_after})
 
 
 def server_error(message: str) -> APIError:

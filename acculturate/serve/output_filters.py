@@ -4,7 +4,9 @@
       "*":       {blocklist: [default]}                          # every request
       Indonesia: {blocklist: [indonesia], languages: [id, en], best_of: 4, reward: mean_logprob}
 
-A request's ``metadata.region`` picks its entry (else ``"*"``; no entry: no filtering). A filtered
+The ``"*"`` entry applies to every request; a request's ``metadata.region`` adds its region's entry
+on top (:func:`combine`: both blocklists and patterns, only languages both allow, the larger
+``best_of``), so a client naming a region can make filtering stricter, never turn a filter off. A filtered
 request generates ``best_of`` candidates per choice in the batcher, then the worker picks one per
 choice. A rejected answer is ``fallback`` with finish_reason ``content_filter``.
 
@@ -27,10 +29,46 @@ from acculturate.serve.batching import Job
 DEFAULT_REGION = "*"
 
 
+def combine(base: OutputFilterConfig, region: OutputFilterConfig) -> OutputFilterConfig:
+    """``region``'s filters added to ``base``'s (the ``"*"`` entry): an answer must pass both.
+
+    Blocklists and patterns are joined; languages are those both allow (when both set some);
+    ``best_of``, ``judge_threshold`` and ``stream_holdback`` take the stricter value; the region's
+    ``reward``, ``temperature`` and ``fallback`` win where it sets them.
+    """
+    if base.languages and region.languages:
+        languages = tuple(code for code in region.languages if code in base.languages)
+        if not languages:
+            raise ValueError(f"output_filters: the region allows languages {list(region.languages)}, none of "
+                             f"which the '*' entry allows ({list(base.languages)}): nothing could pass")
+    else:
+        languages = base.languages or region.languages
+    holdbacks = [base.stream_holdback, region.stream_holdback]
+    return OutputFilterConfig(
+        blocklist=tuple(dict.fromkeys(base.blocklist + region.blocklist)),
+        patterns=tuple(dict.fromkeys(base.patterns + region.patterns)), languages=languages,
+        best_of=max(base.best_of, region.best_of), reward=region.reward or base.reward,
+        temperature=region.temperature, judge_threshold=max(base.judge_threshold, region.judge_threshold),
+        fallback=region.fallback, stream_holdback=None if None in holdbacks else max(holdbacks))
+
+
+# (base, region) -> their combination, built once so its blocklist compiles once, not per request. The
+# entry keeps both objects alive, so their ids cannot be reused by other configs while it exists.
+_combined: dict[tuple[int, int], tuple[OutputFilterConfig, OutputFilterConfig, OutputFilterConfig]] = {}
+
+
 def filters_for(output_filters: dict[str, OutputFilterConfig], region: str | None) -> OutputFilterConfig | None:
-    """The filters of ``region`` (case-insensitive), else the ``"*"`` entry; None when nothing applies."""
+    """The ``"*"`` entry with ``region``'s (case-insensitive) added; None when nothing applies."""
     by_name = {k.lower(): v for k, v in output_filters.items()}
-    filters = by_name.get((region or "").lower()) or by_name.get(DEFAULT_REGION)
+    base = by_name.get(DEFAULT_REGION)
+    own = by_name.get((region or "").lower()) if (region or "").lower() != DEFAULT_REGION else None
+    if base is not None and own is not None:
+        key = (id(base), id(own))
+        if key not in _combined:
+            _combined[key] = (base, own, combine(base, own))
+        filters = _combined[key][2]
+    else:
+        filters = own or base
     return filters if filters is not None and filters.active else None
 
 

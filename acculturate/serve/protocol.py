@@ -1,7 +1,10 @@
 """The OpenAI wire format: parse and check request bodies, build responses and stream chunks.
 
 Checked by hand rather than with a schema library so every error names the parameter (``param``)
-exactly as the OpenAI API does. Fields a client may send that do not change what we generate
+exactly as the OpenAI API does. Every field is checked before any generation against what the
+decoder and both feedback stores (SQLite, PostgreSQL) accept: types, ranges, counts, lengths, valid
+Unicode (no lone surrogate), no NUL character, nesting depth (:func:`check_json`), and the rows a
+request would decode (prompts x n) against the batch size. Fields a client may send that do not change what we generate
 (``user``, ``stream_options``, ``store``, ``service_tier`` ...) are accepted and ignored; fields
 that would change it and that we do not implement (logprobs, tools, logit_bias, penalties, image
 content ...) are refused with a 400 naming them, rather than silently ignored.
@@ -15,11 +18,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from acculturate.decode import Completion, GenerationConfig
+from acculturate.feedback.store import MAX_CHARS, MAX_INDEX, FEEDBACK_KINDS
 from acculturate.serve.errors import invalid
 
 # OpenAI's defaults: temperature 1, top_p 1, n 1; /v1/completions answers 16 tokens unless asked.
 LEGACY_DEFAULT_MAX_TOKENS = 16
 MAX_STOP_STRINGS = 4
+MAX_DEPTH = 32                      # JSON nesting; a chat body needs 4 (body, messages, message, part)
+MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512   # OpenAI's metadata bounds
+MAX_SEED = 2 ** 63 - 1
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 # Parameters that would change the output and that we do not implement: name -> the value(s) meaning "off".
@@ -74,6 +81,58 @@ class Limits:
     default_max_tokens: int = 256
     max_n: int = 8
     max_prompts: int = 16
+    max_rows: int = 16
+    """Most rows (prompts x n) one request may decode: the server's max_batch_size."""
+    max_chars: int = 200_000
+    """Longest message content or prompt (characters)."""
+    max_messages: int = 256
+    max_stop_chars: int = 256
+
+
+def check_json(body: Any) -> None:
+    """Refuse a parsed body nested deeper than :data:`MAX_DEPTH` or holding a string (or key) that
+    is not valid Unicode or contains NUL; raises a 400 naming where. Iterative: a 50k-deep body
+    cannot exhaust the stack here."""
+    stack = [(body, "body", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise invalid(f"{where}: the JSON body is nested more than {MAX_DEPTH} levels deep",
+                              code="invalid_json")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_text(key, f"{where} key {key[:40]!r}")
+                stack.append((item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]", depth + 1))
+
+
+def _check_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise invalid(f"{where}: contains a NUL character (\\u0000), which is not accepted", param=_param(where))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"{where}: is not valid Unicode (a lone surrogate such as \\ud800)",
+                      param=_param(where)) from None
+
+
+def _param(where: str) -> str | None:
+    name = where.removeprefix("body").lstrip(".")
+    return name.split(" ", 1)[0] or None
+
+
+def _string(value: Any, name: str, max_chars: int, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise invalid(f"{name} must be a {'non-empty ' if required else ''}string, got {value!r:.80}", param=name)
+    if len(value) > max_chars:
+        raise invalid(f"{name} is {len(value)} characters long; at most {max_chars}", param=name,
+                      code="string_above_max_length")
+    return value
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
@@ -91,7 +150,7 @@ def _integer(body: dict, name: str, default: int | None, lo: int, hi: int | None
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise invalid(f"{name} must be an integer {bound}, got {value!r}", param=name)
+        raise invalid(f"{name} must be an integer {bound}, got {value!r:.60}", param=name)
     return value
 
 
@@ -115,10 +174,12 @@ def _sampling(body: dict, limits: Limits, default_max_tokens: int, chat: bool) -
         raise invalid(f"stop must be a string or a list of strings, got {stop!r:.100}", param="stop")
     if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
         raise invalid(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings", param="stop")
+    if any(len(s) > limits.max_stop_chars for s in stop):
+        raise invalid(f"each stop string may be at most {limits.max_stop_chars} characters", param="stop")
     return Sampling(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
                     top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1e-6,  # top_p 0 = most likely token
                     n=_integer(body, "n", 1, 1, limits.max_n), stop=stop,
-                    seed=_integer(body, "seed", None, -(2 ** 63)))
+                    seed=_integer(body, "seed", None, -(2 ** 63), MAX_SEED))
 
 
 def _common(body: Any, limits: Limits, default_max_tokens: int, chat: bool) -> dict:
@@ -127,6 +188,7 @@ def _common(body: Any, limits: Limits, default_max_tokens: int, chat: bool) -> d
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("you must provide a model parameter (a string)", param="model")
+    _string(model, "model", MAX_CHARS["model"])
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise invalid(f"stream must be a boolean, got {stream!r}", param="stream")
@@ -136,12 +198,25 @@ def _common(body: Any, limits: Limits, default_max_tokens: int, chat: bool) -> d
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise invalid("metadata must be an object of strings", param="metadata")
+    if len(metadata) > MAX_METADATA_KEYS or any(len(k) > MAX_METADATA_KEY_CHARS or len(v) > MAX_METADATA_VALUE_CHARS
+                                                for k, v in metadata.items()):
+        raise invalid(f"metadata takes at most {MAX_METADATA_KEYS} keys of up to {MAX_METADATA_KEY_CHARS} "
+                      f"characters, values of up to {MAX_METADATA_VALUE_CHARS}", param="metadata")
+    _string(metadata.get("region"), "metadata.region", MAX_CHARS["region"])
     return {"model": model, "stream": stream, "include_usage": bool(options.get("include_usage")),
             "sampling": _sampling(body, limits, default_max_tokens, chat),
             "region": metadata.get("region") or None}
 
 
-def _content(message: dict, i: int) -> str:
+def _content(message: dict, i: int, limits: Limits) -> str:
+    text = _raw_content(message, i)
+    if len(text) > limits.max_chars:
+        raise invalid(f"messages[{i}].content is {len(text)} characters long; at most {limits.max_chars}",
+                      param=f"messages[{i}].content", code="string_above_max_length")
+    return text
+
+
+def _raw_content(message: dict, i: int) -> str:
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -164,12 +239,17 @@ def parse_chat(body: Any, limits: Limits) -> ParsedRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages must be a non-empty list of {role, content} objects", param="messages")
+    if len(messages) > limits.max_messages:
+        raise invalid(f"at most {limits.max_messages} messages per request, got {len(messages)}", param="messages")
+    if common["sampling"].n > limits.max_rows:
+        raise invalid(f"n is {common['sampling'].n}; this server decodes at most {limits.max_rows} rows per request",
+                      param="n")
     checked = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got "
                           f"{m.get('role') if isinstance(m, dict) else m!r}", param=f"messages[{i}].role")
-        checked.append({"role": ROLES[m["role"]], "content": _content(m, i)})
+        checked.append({"role": ROLES[m["role"]], "content": _content(m, i, limits)})
     if checked[-1]["role"] == "assistant":
         raise invalid("the last message must not be the assistant's: there is nothing to answer",
                       param="messages")
@@ -186,7 +266,46 @@ def parse_completion(body: Any, limits: Limits) -> ParsedRequest:
                       param="prompt")
     if len(prompts) > limits.max_prompts:
         raise invalid(f"at most {limits.max_prompts} prompts per request, got {len(prompts)}", param="prompt")
+    for i, p in enumerate(prompts):
+        if len(p) > limits.max_chars:
+            raise invalid(f"prompt[{i}] is {len(p)} characters long; at most {limits.max_chars}", param="prompt",
+                          code="string_above_max_length")
+    rows = len(prompts) * common["sampling"].n
+    if rows > limits.max_rows:
+        raise invalid(f"{len(prompts)} prompts x n={common['sampling'].n} is {rows} rows; this server decodes at "
+                      f"most {limits.max_rows} per request: send fewer prompts or a smaller n", param="n")
     return ParsedRequest(prompts=prompts, **common)
+
+
+@dataclass
+class FeedbackRequest:
+    """A checked ``POST /v1/feedback`` body."""
+
+    completion_id: str
+    kind: str
+    choice_index: int = 0
+    corrected_text: str | None = None
+    region: str | None = None
+    comment: str | None = None
+
+
+def parse_feedback(body: Any, limits: Limits) -> FeedbackRequest:
+    """Check a ``POST /v1/feedback`` body against what both stores hold. Raises a 400 naming the param."""
+    if not isinstance(body, dict):
+        raise invalid(f"the request body must be a JSON object, got {type(body).__name__}")
+    completion_id = _string(body.get("completion_id"), "completion_id", MAX_CHARS["completion_id"], required=True)
+    kind = body.get("kind")
+    if kind is None:
+        raise invalid("kind is required", param="kind")
+    if not isinstance(kind, str) or kind not in FEEDBACK_KINDS:
+        raise invalid(f"kind must be one of {sorted(FEEDBACK_KINDS)}, got {kind!r:.60}", param="kind")
+    # A completion has at most max_prompts x max_n choices; and an index must fit both stores' INTEGER.
+    choice_index = _integer(body, "choice_index", 0, 0, min(MAX_INDEX, limits.max_prompts * limits.max_n - 1))
+    return FeedbackRequest(
+        completion_id=completion_id, kind=kind, choice_index=choice_index,
+        corrected_text=_string(body.get("corrected_text"), "corrected_text", limits.max_chars),
+        region=_string(body.get("region"), "region", MAX_CHARS["region"]),
+        comment=_string(body.get("comment"), "comment", limits.max_chars))
 
 
 # --- responses -------------------------------------------------------------------------------------

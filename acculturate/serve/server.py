@@ -10,7 +10,15 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
 
     One process, one worker: the model and the batching worker live in this process, so more
     uvicorn workers would load the model again each and batch separately.
+
+    Raises:
+        AuthConfigError (a ConfigError): ``host`` is not a loopback address and no API key is set
+            (unless ``insecure``), or a key or key file is malformed.
     """
+    from acculturate.serve.auth import check_bind
+
+    # Before the model loads: a server that would be open to the network does not start.
+    check_bind(config.host, config.resolved_api_keys(), config.insecure)
     import uvicorn
 
     from acculturate.serve.app import create_app

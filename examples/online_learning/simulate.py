@@ -156,7 +156,8 @@ def main(argv=None) -> int:
                          f"{sim.questions_per_round} need {needed}")
 
     serve_config = ServeConfig(model=config.model, db=str(out / "feedback.db"), admin_token=TOKEN,
-                               max_batch_size=max(16, sim.questions_per_round), max_n=1)
+                               max_batch_size=max(16, sim.questions_per_round), max_n=1,
+                               rate_limit_per_minute=0)   # one simulated user asks in bursts on purpose
     app = create_app(serve_config, learn=config)
     rows = []
     with Server(app) as url, httpx.Client(base_url=url, timeout=600) as client:

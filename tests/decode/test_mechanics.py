@@ -132,3 +132,13 @@ def test_text_stream_flushes_a_held_prefix_at_the_end(tokenizer):
     deltas = [stream.add(t) for t in ids_of(tokenizer, "done\n\n")]
     assert "".join(deltas) == "done"  # "\n\n" could still become the stop string
     assert stream.flush() == "\n\n" and stream.text == "done\n\n"
+
+
+def test_text_stream_cut_inside_a_character_drops_it(tokenizer):
+    """max_tokens reached after the first byte-token of an emoji: the text must not end with U+FFFD."""
+    tokens = ids_of(tokenizer, "ok 🇮🇩")
+    cut = next(n for n in range(1, len(tokens) + 1)
+               if tokenizer.decode(tokens[:n], clean_up_tokenization_spaces=False).endswith("\ufffd"))
+    stream = TextStream(tokenizer)
+    deltas = [stream.add(t) for t in tokens[:cut]] + [stream.flush()]
+    assert stream.text == "ok " and "".join(deltas) == "ok " and "\ufffd" not in stream.text

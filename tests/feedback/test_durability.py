@@ -23,11 +23,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def test_feedback_survives_kill_9(tmp_path):
     from acculturate.feedback import FeedbackStore
 
     db, port = tmp_path / "feedback.db", free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--port", str(port), "--db", str(db)],
+    # One judgement per completion per client: twelve judgements need twelve clients (API keys).
+    keys = [f"durability-key-{i:02d}" for i in range(12)]
+    (tmp_path / "keys.txt").write_text("\n".join(keys))
+    proc = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--port", str(port), "--db", str(db),
+                             "--api-keys-file", str(tmp_path / "keys.txt")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -41,14 +49,14 @@ def test_feedback_survives_kill_9(tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
-        answer = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        answer = httpx.post(f"{url}/v1/chat/completions", timeout=120, headers=auth(keys[0]), json={
             "model": "none", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 2,
             "temperature": 0, "metadata": {"region": "Mexico"}}).json()
         cid = answer["id"]
         kinds = [("correct_cultural", None), ("inappropriate", None), ("adjustment", "¡Hola!")] * 4
         ids = []
         for i, (kind, text) in enumerate(kinds):
-            r = httpx.post(f"{url}/v1/feedback", timeout=30, json={
+            r = httpx.post(f"{url}/v1/feedback", timeout=30, headers=auth(keys[i]), json={
                 "completion_id": cid, "kind": kind, "corrected_text": text, "comment": f"#{i}"})
             assert r.status_code == 200, r.text
             ids.append(r.json()["id"])

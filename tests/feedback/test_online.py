@@ -60,10 +60,28 @@ def test_guard_accepts_within_tolerance_and_rejects_a_regression():
     assert not bad.accepted and "REGRESSED" in bad.reasons[0] and "tolerance -0.05" in bad.reasons[0]
     # A metric with no tolerance of its own uses the default (0: any drop rejects).
     assert not decide({"feedback_logp": -1.0}, {"feedback_logp": -1.01}, config).accepted
-    # A metric the parent lacks cannot regress.
-    assert decide({}, {"feedback_logp": -3.0}, config).accepted
+    # A configured metric that could not be computed, for either side, rejects: the guard fails closed.
+    lacking = decide({"blend_accuracy": 0.3}, {"blend_accuracy": 0.3, "feedback_logp": -3.0}, config)
+    assert not lacking.accepted and "feedback_logp: could not be computed for the parent" in lacking.reasons[1]
+    missing = decide({"blend_accuracy": 0.3, "feedback_logp": -1.0}, {"blend_accuracy": 0.3}, config)
+    assert not missing.accepted and "could not be computed for the candidate" in missing.reasons[1]
+    assert not decide({"blend_accuracy": 0.3}, {"blend_accuracy": float("nan")}, config).accepted
+    # Held-apart feedback off: only blend_accuracy is expected.
+    assert decide({"blend_accuracy": 0.3}, {"blend_accuracy": 0.3}, config, expected=config.metrics(False)).accepted
     with pytest.raises(ValueError, match=r"max_regression\['blend_accuracy'\]"):
         GuardConfig(max_regression={"blend_accuracy": -1})
+
+
+def test_a_guard_with_no_metric_rejects_unless_told_otherwise():
+    off = GuardConfig(blend_questions=0, feedback=False)
+    assert off.metrics() == []
+    refused = decide({}, {}, off)
+    assert not refused.accepted and "no guard metric is configured" in refused.reasons[0]
+    assert "allow_unguarded" in refused.reasons[0]
+    allowed = decide({}, {}, GuardConfig(blend_questions=0, feedback=False, allow_unguarded=True))
+    assert allowed.accepted and "accepted unchecked" in allowed.reasons[0]
+    # Configured but not computed is not "unguarded": rejected even with allow_unguarded.
+    assert not decide({}, {}, GuardConfig(blend_questions=4, allow_unguarded=True)).accepted
 
 
 def test_simulated_user_rule():

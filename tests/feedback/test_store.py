@@ -96,3 +96,23 @@ def test_cli_feedback_export(tmp_path, capsys):
     assert main(["feedback", "export", "--db", str(tmp_path / "fb.db"), "--out", str(tmp_path / "o")]) == 0
     assert "2 reward rows" in capsys.readouterr().out
     assert (tmp_path / "o" / "preferences.jsonl").read_text().count("\n") == 1
+
+
+def test_an_older_store_gains_the_client_column(tmp_path):
+    """A store written before feedback recorded its client opens, keeps its rows and takes new ones."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = FeedbackStore(path)
+    store.record_completions([record("o1")])
+    store.add_feedback("o1", "inappropriate")
+    store.close()
+    with sqlite3.connect(path) as conn:   # back to the old schema: no client column, no index
+        conn.execute("DROP INDEX feedback_one_per_client")
+        conn.execute("ALTER TABLE feedback DROP COLUMN client")
+    store = FeedbackStore(path)
+    assert [(r["kind"], r["client"]) for r in store.feedback()] == [("inappropriate", None)]
+    store.add_feedback("o1", "correct_cultural", client="key:abcd")
+    assert store.add_feedback("o1", "inappropriate", client="key:abcd")["replaced"] == 1
+    assert store.count() == 2
+    store.close()

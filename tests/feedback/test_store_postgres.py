@@ -1,21 +1,10 @@
-"""The feedback store on a real PostgreSQL server (``--db postgresql+psycopg://...``).
-
-A throw-away server is started for this module with Debian's PostgreSQL binaries (initdb + pg_ctl),
-listening on a Unix socket only (no TCP port), and removed afterwards. scripts/setup.sh installs the
-binaries as root (Debian's postgresql); the test is skipped, with the reason, where the binaries or
-psycopg are missing.
-"""
+"""The feedback store on a real PostgreSQL server (``--db postgresql+psycopg://...``), started by
+the ``postgres_url`` fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -23,48 +12,6 @@ pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 
 from acculturate.feedback import CompletionRecord, FeedbackError, FeedbackStore, export_feedback  # noqa: E402
-
-
-def _bin_dir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def _as_server_user(args: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; Debian's package creates the 'postgres' user.
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
-    root = Path(tempfile.mkdtemp(prefix="acculturate-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    run = lambda *a: subprocess.run(_as_server_user([str(bin_dir / a[0]), *a[1:]]), check=True,  # noqa: E731
-                                    capture_output=True, text=True, timeout=120)
-    try:
-        run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        run("pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-            f"-c listen_addresses='' -k {sock} -p 54329 -c fsync=on", "start")
-        run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", "acculturate")
-    except subprocess.CalledProcessError as e:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {e.stderr.strip()[:300]}")
-    try:
-        yield f"postgresql+psycopg://postgres@/acculturate?host={sock}&port=54329"
-    finally:
-        subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def record(cid: str, index: int = 0, text: str = "Tea with milk.") -> CompletionRecord:
@@ -124,3 +71,60 @@ def test_export_from_postgres(postgres_url, tmp_path):
     rewards = [json.loads(line) for line in (tmp_path / "out" / "rewards.jsonl").read_text().splitlines()]
     assert sorted(r["reward"] for r in rewards if r["completion_id"] == "e1") == [-0.5, 0.5]
     assert result["preferences"] == len(pairs)
+
+
+# Feedback values one database would take and the other refuse (or fail on mid-transaction): both
+# must refuse them alike, before any query, naming the field.
+BAD_FEEDBACK = [
+    ({"completion_id": "x" * 65}, "completion_id"),
+    ({"completion_id": "b1\ud800"}, "completion_id"),
+    ({"completion_id": "b1\x00"}, "completion_id"),
+    ({"choice_index": 2 ** 40}, "choice_index"),
+    ({"choice_index": 2 ** 70}, "choice_index"),
+    ({"choice_index": -1}, "choice_index"),
+    ({"region": "R" * 129}, "region"),
+    ({"region": "UK\x00"}, "region"),
+    ({"comment": "nice \ud83d"}, "comment"),
+    ({"comment": "a\x00b"}, "comment"),
+    ({"kind": "adjustment", "corrected_text": "tea\x00"}, "corrected_text"),
+    ({"kind": "k" * 40}, "kind"),
+]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_both_backends_refuse_the_same_feedback_and_keep_one_judgement_per_client(backend, request, tmp_path):
+    url = str(tmp_path / "fb.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store = FeedbackStore(url)
+    store.record_completions([record("b1")])
+    before = store.count()
+    for overrides, field in BAD_FEEDBACK:
+        args = {"completion_id": "b1", "kind": "inappropriate", **overrides}
+        with pytest.raises(FeedbackError) as e:
+            store.add_feedback(**args)
+        assert e.value.field == field, (overrides, str(e.value))
+    assert store.count() == before
+    ok = store.add_feedback("b1", "inappropriate", region="R" * 128, comment="fine ☕")
+    assert ok["region"] == "R" * 128
+    # One judgement per client: a later one replaces the earlier (a new id); other clients add theirs.
+    first = store.add_feedback("b1", "correct_cultural", client="key:aaaa")
+    again = store.add_feedback("b1", "inappropriate", client="key:aaaa")
+    other = store.add_feedback("b1", "correct_cultural", client="key:bbbb")
+    assert again["replaced"] == 1 and again["id"] > first["id"] and other["replaced"] == 0
+    mine = [(r["client"], r["kind"]) for r in store.feedback(since_id=ok["id"])]
+    assert mine == [("key:aaaa", "inappropriate"), ("key:bbbb", "correct_cultural")]
+
+    errors = []
+
+    def give(i: int) -> None:   # concurrent judgements of one client: exactly one survives
+        try:
+            store.add_feedback("b1", "correct_cultural" if i % 2 else "inappropriate", client="key:cccc")
+        except Exception as e:  # noqa: BLE001 - collected, asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=give, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sum(r["client"] == "key:cccc" for r in store.feedback()) == 1
+    store.close()

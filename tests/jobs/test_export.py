@@ -87,6 +87,24 @@ def test_multi_lora_export_has_what_vllm_serves(tiny_model_dir, tmp_path):
     assert result["command"] in (out / "serve.sh").read_text() and "mexico" in (out / "README.md").read_text()
 
 
+def test_a_legacy_bin_adapter_exports_as_safetensors(tiny_model_dir, tmp_path):
+    """PEFT's older adapter_model.bin loads for serving, so it must export to a complete folder too."""
+    from safetensors.torch import load_file
+
+    a = _adapter(tiny_model_dir, tmp_path / "uk", r=4, seed=0)
+    tensors = load_file(str(a / "adapter_model.safetensors"))
+    torch.save(tensors, a / "adapter_model.bin")
+    (a / "adapter_model.safetensors").unlink()
+    out = tmp_path / "export"
+    result = export_vllm(str(tiny_model_dir), [f"uk={a}"], out)
+    exported = out / "adapters" / "uk"
+    assert "adapters/uk/adapter_model.safetensors" in result["files"]
+    assert not (exported / "adapter_model.bin").exists()
+    got = _tensors(exported / "adapter_model.safetensors")
+    assert got.keys() == tensors.keys() and all(torch.equal(got[k], tensors[k]) for k in tensors)
+    assert (exported / "adapter_config.json").read_text() == (a / "adapter_config.json").read_text()
+
+
 def test_merged_export_fuses_the_adapter(tiny_model_dir, tmp_path):
     from acculturate.models import load
 

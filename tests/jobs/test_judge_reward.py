@@ -27,6 +27,8 @@ def test_judge_reward_on_the_real_model(fresh_model):
                           model=model, tokenizer=tokenizer)
     prompt = render_prompt("What do people in the UK usually drink in the afternoon?", tokenizer, "chat")
     scores = reward([prompt, prompt], ["Tea, often with milk.", "Tea, often with milk."])
-    # (score - 3) / 2 for a parsed 1-5 score, else unparsed_reward; greedy: the same answer, the same score.
-    assert all(s in (-1.0, -0.5, 0.0, 0.5, 1.0, -7.0) for s in scores) and scores[0] == scores[1]
+    # (score - 3) / 2 for a parsed 1-5 score; unparsed_reward (-7) would mean the judge's reply was not
+    # read, which is a failure here. Greedy: the same answer, the same score.
+    assert all(s in (-1.0, -0.5, 0.0, 0.5, 1.0) for s in scores), scores
+    assert scores[0] == scores[1]
     assert registry.active() == "policy"     # the base model judged, and the policy is back

@@ -4,6 +4,8 @@ an accepted one changes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("sqlalchemy")
@@ -65,17 +67,31 @@ def test_rejected_then_accepted_round(tmp_path, tokenizer, monkeypatch):
     assert v1.training["sft"]["examples"] == 3 and v1.training["sft"]["steps"] == 1
     assert versions.current().version == "v0" and versions.state()["feedback_cursor"] == 0
 
-    # The same feedback again, with a guard that passes: v2 (parent v0) is served, the cursor moves.
+    # The same feedback again with no guard metric at all: rejected, and the round says why.
     monkeypatch.undo()
+    unguarded = learn_round(config, store, versions)
+    assert unguarded.status == "rejected" and "no guard metric is configured" in unguarded.reason
+    round_json = json.loads((tmp_path / "rounds" / "after-v0-feedback-3" / "round.json").read_text())
+    assert round_json["status"] == "rejected" and "allow_unguarded" in round_json["reason"]
+    assert versions.current().version == "v0" and versions.state()["feedback_cursor"] == 0
+
+    # Again with a real guard (a small BLEnD slice, every candidate within tolerance): v3 (parent v0)
+    # is served, the cursor moves, and the guard's numbers were computed for both sides.
+    config.guard = GuardConfig(blend_questions=4, max_new_tokens=6, feedback=False,
+                               max_regression={"blend_accuracy": 1.0})
     accepted = learn_round(config, store, versions)
-    assert accepted.status == "accepted" and accepted.version.version == "v2"
-    assert [v.version for v in versions.lineage("v2")] == ["v2", "v0"]
-    assert versions.current().version == "v2" and versions.state()["feedback_cursor"] == 3
+    assert accepted.status == "accepted" and accepted.version.version == "v3", accepted.reason
+    v3 = versions.get("v3")
+    assert set(v3.guard["candidate"]) == set(v3.guard["parent"]) == {"blend_accuracy"}
+    assert all(0 <= v3.guard[side]["blend_accuracy"] <= 1 for side in ("candidate", "parent"))
+    assert "blend_accuracy" in v3.guard["deltas"] and "ok" in accepted.reason
+    assert [v.version for v in versions.lineage("v3")] == ["v3", "v0"]
+    assert versions.current().version == "v3" and versions.state()["feedback_cursor"] == 3
     # The supervised step moved the adapter off v0's B = 0.
-    b = [t for k, t in load_file(versions.get("v2").adapter_dir / "adapter_model.safetensors").items() if "lora_B" in k]
+    b = [t for k, t in load_file(versions.get("v3").adapter_dir / "adapter_model.safetensors").items() if "lora_B" in k]
     b0 = [t for k, t in load_file(versions.get("v0").adapter_dir / "adapter_model.safetensors").items() if "lora_B" in k]
     assert all(float(t.abs().max()) == 0 for t in b0) and any(float(t.abs().max()) > 0 for t in b)
-    assert learn_round(config, store, versions).status == "skipped"   # nothing new since v2
+    assert learn_round(config, store, versions).status == "skipped"   # nothing new since v3
     store.close()
 
 

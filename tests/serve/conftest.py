@@ -58,7 +58,7 @@ def live_server(model_pool, tmp_path):
     from acculturate.serve import ServeConfig, create_app
 
     def start(**overrides):
-        config = ServeConfig(db=str(tmp_path / "feedback.db"), **overrides)
+        config = ServeConfig(**{"db": str(tmp_path / "feedback.db"), **overrides})
         app = create_app(config, pool=model_pool)
         return LiveServer(app), app
     return start

@@ -22,13 +22,31 @@ def test_config_builds_filters_per_region_and_names_bad_fields():
                                          "Indonesia": {"languages": ["id", "en"], "best_of": 2}})
     assert isinstance(config.output_filters["Indonesia"], OutputFilterConfig)
     assert filters_for(config.output_filters, "indonesia").best_of == 2
+    # A region's entry adds to "*": naming a region never drops the "*" blocklist.
+    assert filters_for(config.output_filters, "indonesia").blocklist == ("default",)
+    assert filters_for(config.output_filters, "indonesia").languages == ("id", "en")
     assert filters_for(config.output_filters, "UK").blocklist == ("default",)
+    assert filters_for(config.output_filters, "*").blocklist == ("default",)
     assert filters_for(config.output_filters, None).blocklist == ("default",)
     assert filters_for({}, "UK") is None
     with pytest.raises(ValueError, match=r"output_filters.UK: best_of"):
         ServeConfig(output_filters={"UK": {"best_of": 0}})
     with pytest.raises(ValueError, match=r"output_filters.UK: unknown field|bogus"):
         ServeConfig(output_filters={"UK": {"bogus": 1}})
+
+
+def test_a_region_adds_to_the_star_filters_and_cannot_loosen_them():
+    star = {"blocklist": ["default"], "patterns": ["forbidden"], "languages": ["en", "fr"], "best_of": 2}
+    config = ServeConfig(output_filters={"*": star, "UK": {"patterns": ["crumpet"], "languages": ["en"],
+                                                           "best_of": 1, "stream_holdback": None}})
+    uk = filters_for(config.output_filters, "uk")
+    assert uk.blocklist == ("default",) and uk.patterns == ("forbidden", "crumpet")
+    assert uk.languages == ("en",) and uk.best_of == 2 and uk.stream_holdback is None
+    assert filters_for(config.output_filters, "uk") is uk   # combined once, not per request
+    blocklist = uk.compiled_blocklist()
+    assert blocklist.find("a forbidden word") and blocklist.find("a crumpet")
+    with pytest.raises(ValueError, match=r"output_filters\['UK'\].*nothing could pass"):
+        ServeConfig(output_filters={"*": {"languages": ["en"]}, "UK": {"languages": ["fr"]}})
 
 
 def _streamed(filters: OutputFilterConfig, text: str, chunk: int = 1) -> tuple[str, HeldBackStream]:

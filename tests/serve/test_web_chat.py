@@ -77,12 +77,13 @@ def test_chat_stream_and_every_feedback_kind(live_server):
         page.wait_for_selector(f"{status}[data-kind=adjustment]")
         assert errors == []
 
+    # One judgement per completion per client: each click replaced the one before, the last counts.
     rows = store.feedback()
-    assert [(r["kind"], r["reward"]) for r in rows] == [
-        ("correct_cultural", 1.0), ("inappropriate", -1.0), ("adjustment", -0.5)]
+    assert [(r["kind"], r["reward"]) for r in rows] == [("adjustment", -0.5)]
+    assert rows[0]["id"] == 3   # the third judgement, stored after the first two were replaced
     assert all(r["completion_id"] == cid and r["region"] == "Mexico" for r in rows)
-    assert rows[2]["corrected_text"] == "Chilaquiles with salsa verde, and a cup of café de olla."
-    assert rows[2]["corrected_reward"] == 0.5 and rows[2]["comment"] == "more typical"
+    assert rows[0]["corrected_text"] == "Chilaquiles with salsa verde, and a cup of café de olla."
+    assert rows[0]["corrected_reward"] == 0.5 and rows[0]["comment"] == "more typical"
 
 
 def test_chat_answers_from_an_index_and_lists_its_sources(live_server, rag_home):
