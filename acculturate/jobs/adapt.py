@@ -25,6 +25,7 @@ from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, Model
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
 from acculturate.train import TrainConfig
+from acculturate.train.tracking import log_report
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     }
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.md", render_report(config, metrics))
+    log_report(out / "train", config.train.report_to, [out / "report.md", out / "metrics.json"], metrics)
     return metrics
 
 

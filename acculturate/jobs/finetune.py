@@ -20,6 +20,7 @@ from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import DEFAULT_MODEL, LoadedModel, load
 from acculturate.train import TrainConfig, TrainResult, train
 from acculturate.train.regularizers import ForgettingConfig, Objective, frozen_reference
+from acculturate.train.tracking import log_report
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
         readme += f"\nSaved: `{saved}`. All numbers: metrics.json.\n"
         write_text(out / "report.md", readme)
     write_text(out / "README.md", readme)
+    log_report(out / "train", config.train.report_to, [out / "report.md", out / "metrics.json"], metrics)
     return metrics
 
 
