@@ -23,7 +23,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,8 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
             "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None}
 
 
-def _tensor(name: str, data: np.ndarray, quant: str, embedding: bool):
+def _tensor(data: np.ndarray, quant: str, embedding: bool):
     """``(array, raw_dtype)`` for ``GGUFWriter.add_tensor``: 1-D in f32, matrices as ``quant``."""
-    import gguf
     from gguf import quants
 
     if data.ndim < 2:
@@ -179,7 +177,7 @@ def write_gguf(model, tokenizer, path: str | Path, *, quant: str = "f16", name: 
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"GGUF export: no GGUF name for tensor {hf_name!r}")
-        array, raw = _tensor(gguf_name, data, quant, embedding=gguf_name.startswith("token_embd"))
+        array, raw = _tensor(data, quant, embedding=gguf_name.startswith("token_embd"))
         writer.add_tensor(gguf_name, array, raw_dtype=raw)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
