@@ -90,6 +90,9 @@ def read_examples(
         raise ValueError(f"roles: values must be among {ROLES}, got {[(k, role_map[k]) for k in bad]}")
     path = Path(path)
     table = is_table(path)
+    if path.is_dir() and not table:
+        raise DataError(path, None, None, "a data file or a folder written by Dataset.save_to_disk "
+                        "(with dataset_info.json or dataset_dict.json)", "a folder without them")
     text = "" if table else _read_text(path)
     if not table and not text.strip():
         raise DataError(path, None, None, "at least one example", "an empty file")

@@ -117,3 +117,9 @@ def test_save_to_disk_folders_dataset_and_dataset_dict(tmp_path):
     assert len(read_examples(tmp_path / "dd", split="test")) == 1
     with pytest.raises(DataError, match=r"field 'split': expected one of the saved splits \['train', 'test'\]"):
         read_examples(tmp_path / "dd", split="validation")
+
+
+def test_a_plain_folder_is_refused_with_what_was_expected(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError, match="folder written by Dataset.save_to_disk"):
+        read_examples(tmp_path / "notes")
