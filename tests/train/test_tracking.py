@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,11 @@ def test_wandb_offline_run_is_written_in_the_run_folder(tmp_path):
     run_id = json.loads((out / "tracking" / "runs.json").read_text())["wandb"]
     # wandb ships no reader for its offline log (`wandb sync` uploads it): the protobuf records hold
     # the metric and config names as plain UTF-8.
-    data = (run_dir / f"run-{run_id}.wandb").read_bytes()
+    # the wandb service process writes the log after finish() returns: wait for it (up to 60 s)
+    deadline = time.monotonic() + 60
+    while b"peak_memory_mib" not in (data := (run_dir / f"run-{run_id}.wandb").read_bytes()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
     for key in (b"loss", b"eval_loss", b"tokens_per_s", b"peak_memory_mib", b"max_steps"):
         assert key in data
     assert result.eval_loss is not None
