@@ -101,3 +101,22 @@ def test_gguf_export_refuses_two_adapters_and_quant_without_gguf(tmp_path):
     with pytest.raises(ValueError, match="quant: expected one of"):
         export_gguf("smollm2-135m", [], tmp_path / "o", quant="q2_k")
     assert main(["export", "--format", "vllm", "--quant", "q8_0", "--output", str(tmp_path / "v")]) == 2
+
+
+def test_llama_cpp_runs_the_exported_file(tmp_path):
+    """Where llama-cpp-python is installed (it builds llama.cpp from source: not in the test extra),
+    llama.cpp itself reads the file, applies its chat template and answers as the model does."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from acculturate.jobs.export import export_gguf
+
+    result = export_gguf("smollm2-135m", [], tmp_path / "gguf", quant="f16")
+    model, tok = load("smollm2-135m", device="cpu", dtype="fp32")
+    expected = [tok.decode(ids, skip_special_tokens=True).strip() for ids in _greedy(model, tok)]
+    llm = llama_cpp.Llama(model_path=result["path"], n_ctx=512, verbose=False, seed=0)
+    got = []
+    for prompt in PROMPTS:
+        reply = llm.create_chat_completion([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=16)
+        got.append(reply["choices"][0]["message"]["content"].strip())
+    # llama.cpp sums in another order than torch: allow one of the three answers to drift late
+    same = sum(a == b or a[:20] == b[:20] for a, b in zip(got, expected))
+    assert same >= 2, (got, expected)
