@@ -306,8 +306,18 @@ def cmd_tune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from acculturate.jobs.export import export_vllm
+    from acculturate.config_loading import ConfigError
+    from acculturate.jobs.export import export_gguf, export_vllm
 
+    if args.format == "gguf":
+        if args.quant is None:
+            args.quant = "f16"
+        result = export_gguf(args.model, args.adapter, args.output, quant=args.quant, quantized_base=args.qlora)
+        print(f"exported {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['quant']}); "
+              f"run it with Ollama:\n  {result['command']}")
+        return 0
+    if args.quant is not None:
+        raise ConfigError("--quant: only with --format gguf")
     result = export_vllm(args.model, args.adapter, args.output, merge=args.merge, quantized_base=args.qlora,
                          dtype=args.dtype)
     print(f"exported ({result['layout']}) to {args.output}; serve it with:\n  {result['command']}")
@@ -788,14 +798,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="delete the study of this name and start over")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("export", help="write a folder vLLM serves directly (merged model, or base + LoRA adapters)")
-    p.add_argument("--format", required=True, choices=["vllm"])
+    p = sub.add_parser("export", help="write a folder vLLM serves directly (merged model, or base + LoRA "
+                                      "adapters), or a GGUF file for llama.cpp / Ollama (--format gguf)")
+    p.add_argument("--format", required=True, choices=["vllm", "gguf"])
+    p.add_argument("--quant", default=None, choices=["f16", "q8_0", "q4_0", "q4_1"],
+                   help="--format gguf: weights type (default f16)")
     p.add_argument("--output", required=True, help="the folder to write (replaced whole)")
     p.add_argument("--model", default="smollm2-135m", help="base model, or a fine-tuned full/head model directory")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="a LoRA adapter (repeatable): served by name with vLLM's --enable-lora")
-    p.add_argument("--merge", action="store_true", help="fuse the one adapter into the weights instead")
-    p.add_argument("--qlora", action="store_true", help="with --merge: the adapter was trained with QLoRA")
+    p.add_argument("--merge", action="store_true", help="fuse the one adapter into the weights instead "
+                                                        "(--format gguf always merges)")
+    p.add_argument("--qlora", action="store_true", help="with --merge or gguf: the adapter was trained with QLoRA")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="exported weights dtype")
     p.set_defaults(func=cmd_export)
 

@@ -10,15 +10,20 @@ class DataError(ValueError):
 
     Attributes:
         path: the file (str), or None for in-memory data.
-        line: 1-based line number where the bad record starts, or None.
+        line: 1-based line number where the bad record starts (a row number for Parquet/Arrow
+            tables, see ``unit``), or None.
         field: the offending field (``"output"``, ``"messages[2].role"``), or None for the whole record.
         expected: what was expected, as words (``"a string"``).
         got: what was found, as words (``"int (42)"``); see ``describe``.
+        unit: what ``line`` counts: ``"line"`` (text files: ``x.jsonl:17``) or ``"row"`` (tables:
+            ``x.parquet: row 17``).
     """
 
-    def __init__(self, path: str | os.PathLike | None, line: int | None, field: str | None, expected: str, got: str):
+    def __init__(self, path: str | os.PathLike | None, line: int | None, field: str | None, expected: str, got: str,
+                 unit: str = "line"):
         self.path = None if path is None else str(path)
         self.line = line
+        self.unit = unit
         self.field = field
         self.expected = expected
         self.got = got
@@ -27,13 +32,13 @@ class DataError(ValueError):
     def _message(self) -> str:
         where = self.path if self.path is not None else "<data>"
         if self.line is not None:
-            where += f":{self.line}"
+            where += f":{self.line}" if self.unit == "line" else f": {self.unit} {self.line}"
         what = f"field {self.field!r}: " if self.field is not None else ""
         return f"{where}: {what}expected {self.expected}, got {self.got}"
 
     def __reduce__(self):
         # Exceptions pickle as cls(*args); ours has five arguments, not the message (multiprocessing).
-        return (type(self), (self.path, self.line, self.field, self.expected, self.got))
+        return (type(self), (self.path, self.line, self.field, self.expected, self.got, self.unit))
 
 
 _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "dict", type(None): "null"}

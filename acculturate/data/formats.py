@@ -1,4 +1,6 @@
-"""Read and write example files: Alpaca (JSON list or JSONL), chat JSONL, and CSV with a column map.
+"""Read and write example files: Alpaca (JSON list or JSONL), chat (``messages``) and ShareGPT
+(``conversations``) JSON/JSONL, CSV with a column map, and Parquet / Arrow files / ``save_to_disk``
+folders holding any of these record shapes (see ``tables.py``).
 
 Every problem in the input becomes a ``DataError`` naming the file, the line where the bad record
 starts, the field and what was expected, so a 50,000-line file can be fixed without a debugger.
@@ -16,15 +18,20 @@ from typing import Iterator
 
 from acculturate.data.errors import DataError, describe
 from acculturate.data.example import ROLES, WEIGHT_EXPECTED, Example, loss_weight
+from acculturate.data.tables import is_table, table_rows
 from acculturate.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "alpaca", "chat", "csv")
-# The canonical field names that ``columns`` may map to names used in a file.
-FIELDS = ("instruction", "input", "output", "messages")
+FORMATS = ("auto", "alpaca", "chat", "sharegpt", "csv")
+# The canonical field names that ``columns`` may map to names used in a file: Alpaca's fields, the
+# chat / ShareGPT turn lists, a turn's role and content keys, and ShareGPT's top-level system prompt.
+FIELDS = ("instruction", "input", "output", "messages", "conversations", "role", "content", "system")
+# How each conversation kind names its turn list and a turn's keys (before ``columns``).
+_TURN_KEYS = {"chat": ("messages", "role", "content"), "sharegpt": ("conversations", "from", "value")}
+# Role names found in ShareGPT-style data -> ours; ``roles`` adds to or overrides these.
+DEFAULT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 _MISSING = "nothing (the field is missing)"
-_ROLE_WORDS = "one of " + ", ".join(repr(r) for r in ROLES)
 
 
 def read_examples(
@@ -34,18 +41,31 @@ def read_examples(
     skip_invalid: bool = False,
     errors: list[DataError] | None = None,
     allow_no_response: bool = False,
+    roles: dict[str, str] | None = None,
+    split: str = "train",
 ) -> list[Example]:
     """Read a data file into Examples.
 
+    The container comes from the path: a ``.parquet`` or ``.arrow`` file or a ``save_to_disk``
+    folder is read as a table (one record per row; errors name the row), a ``.csv``/``.tsv`` file
+    as CSV, anything else as a JSON list or JSON Lines.
+
     Args:
-        path: the file.
-        format: ``"alpaca"`` (a JSON list or JSONL of ``instruction``, optional ``input``, ``output``),
-            ``"chat"`` (JSON list or JSONL of ``{"messages": [{"role", "content"}, ...]}``),
-            ``"csv"`` (a header row; ``.tsv`` files are tab-separated), or ``"auto"``: CSV from a
-            ``.csv``/``.tsv`` extension, else chat when the first record has ``messages``, else Alpaca.
-        columns: maps canonical field names (``instruction``, ``input``, ``output``, ``messages``) to the
-            names used in the file, e.g. ``{"instruction": "question", "output": "answer"}``. Fields
-            not mapped keep their canonical names; other fields/columns go to ``Example.meta``.
+        path: the file (or ``save_to_disk`` folder).
+        format: the record shape: ``"alpaca"`` (``instruction``, optional ``input``, ``output``),
+            ``"chat"`` (``{"messages": [{"role", "content"}, ...]}``), ``"sharegpt"``
+            (``{"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}``, optional
+            top-level ``system``), ``"csv"`` (a header row of Alpaca columns; ``.tsv`` files are
+            tab-separated), or ``"auto"``: CSV from a ``.csv``/``.tsv`` extension, else chat when the
+            first record has ``messages``, ShareGPT when it has ``conversations``, else Alpaca.
+        columns: maps canonical field names (``instruction``, ``input``, ``output``, ``messages``,
+            ``conversations``, and a turn's ``role`` / ``content`` keys, ShareGPT's ``system``) to the
+            names used in the file, e.g. ``{"instruction": "question", "output": "answer"}`` or
+            ``{"conversations": "dialog", "role": "speaker", "content": "text"}``. Fields not mapped
+            keep their canonical names; other fields/columns go to ``Example.meta``.
+        roles: maps role names in the file to ``system``/``user``/``assistant``, added to
+            ``DEFAULT_ROLES`` (``human`` -> user, ``gpt`` -> assistant), e.g. ``{"bot": "assistant"}``.
+        split: the split to read from a ``save_to_disk`` folder of a ``DatasetDict``.
         skip_invalid: skip bad records (logging a warning with the count) instead of raising.
         errors: when given with ``skip_invalid``, the skipped records' DataErrors are appended to it.
         allow_no_response: accept prompt-only records (no ``output``; chat not ending with an
@@ -64,13 +84,26 @@ def read_examples(
     unknown = sorted(set(columns) - set(FIELDS))
     if unknown:
         raise ValueError(f"columns: keys must be among {FIELDS}, got {unknown}")
+    role_map = {**DEFAULT_ROLES, **(roles or {})}
+    bad = sorted(k for k, v in role_map.items() if v not in ROLES)
+    if bad:
+        raise ValueError(f"roles: values must be among {ROLES}, got {[(k, role_map[k]) for k in bad]}")
     path = Path(path)
-    text = _read_text(path)
-    if not text.strip():
+    table = is_table(path)
+    if path.is_dir() and not table:
+        raise DataError(path, None, None, "a data file or a folder written by Dataset.save_to_disk "
+                        "(with dataset_info.json or dataset_dict.json)", "a folder without them")
+    text = "" if table else _read_text(path)
+    if not table and not text.strip():
         raise DataError(path, None, None, "at least one example", "an empty file")
 
     is_csv = format == "csv" or (format == "auto" and path.suffix.lower() in (".csv", ".tsv"))
-    if is_csv:
+    if table:
+        if format == "csv":
+            raise ValueError(f"format: 'csv' is for CSV files; {path} is a table (use auto, alpaca, chat or sharegpt)")
+        records = table_rows(path, split)
+        kind = format if format != "auto" else _detect_kind(records, columns)
+    elif is_csv:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         records = list(_csv_records(path, text, columns, delimiter, allow_no_response))
         kind = "alpaca"
@@ -82,16 +115,20 @@ def read_examples(
 
     examples: list[Example] = []
     found: list[DataError] = []
+    unit = "row" if table else "line"
     for line, record in records:
         try:
             if isinstance(record, DataError):
                 raise record
-            make = _chat_example if kind == "chat" else _alpaca_example
-            example = make(record, columns, allow_no_response, path, line)
+            if kind in _TURN_KEYS:
+                example = _chat_example(record, kind, columns, role_map, allow_no_response, path, line, unit)
+            else:
+                example = _alpaca_example(record, columns, allow_no_response, path, line, unit)
             try:
                 loss_weight(example.meta)
             except ValueError:
-                raise DataError(path, line, "meta.weight", WEIGHT_EXPECTED, describe(example.meta["weight"])) from None
+                raise DataError(path, line, "meta.weight", WEIGHT_EXPECTED, describe(example.meta["weight"]),
+                                unit) from None
             examples.append(example)
         except DataError as err:
             if not skip_invalid:
@@ -219,32 +256,35 @@ def _csv_records(path: Path, text: str, columns: dict, delimiter: str, allow_no_
 
 
 def _detect_kind(records: list[tuple[int, object]], columns: dict) -> str:
-    key = columns.get("messages", "messages")
     for _, record in records:
         if isinstance(record, dict):
-            return "chat" if key in record else "alpaca"
+            for kind, (turns, _, _) in _TURN_KEYS.items():
+                if columns.get(turns, turns) in record:
+                    return kind
+            return "alpaca"
     return "alpaca"
 
 
 # --- record -> Example ------------------------------------------------------------------------
 
 
-def _alpaca_example(record, columns: dict, allow_no_response: bool, path: Path, line: int) -> Example:
+def _alpaca_example(record, columns: dict, allow_no_response: bool, path: Path, line: int, unit: str = "line"
+                    ) -> Example:
     if not isinstance(record, dict):
-        raise DataError(path, line, None, "a JSON object with 'instruction' and 'output'", describe(record))
+        raise DataError(path, line, None, "a JSON object with 'instruction' and 'output'", describe(record), unit)
     names = {f: columns.get(f, f) for f in ("instruction", "input", "output")}
 
     def text_field(canonical: str, required: bool) -> str:
         name = names[canonical]
         if name not in record or record[name] is None:
             if required:
-                raise DataError(path, line, name, "a non-empty string", _MISSING if name not in record else "null")
+                raise DataError(path, line, name, "a non-empty string", _MISSING if name not in record else "null", unit)
             return ""
         value = record[name]
         if not isinstance(value, str):
-            raise DataError(path, line, name, "a string", describe(value))
+            raise DataError(path, line, name, "a string", describe(value), unit)
         if required and not value.strip():
-            raise DataError(path, line, name, "a non-empty string", "an empty string")
+            raise DataError(path, line, name, "a non-empty string", "an empty string", unit)
         return value
 
     instruction = text_field("instruction", required=True)
@@ -265,38 +305,59 @@ def _extra_meta(record: dict, used) -> dict:
     return meta
 
 
-def _chat_example(record, columns: dict, allow_no_response: bool, path: Path, line: int) -> Example:
-    name = columns.get("messages", "messages")
+def _chat_example(record, kind: str, columns: dict, role_map: dict, allow_no_response: bool, path: Path,
+                  line: int, unit: str = "line") -> Example:
+    """A chat (``messages`` of role/content) or ShareGPT (``conversations`` of from/value) record."""
+    turns_key, role_key, content_key = _TURN_KEYS[kind]
+    name = columns.get(turns_key, turns_key)
+    role_key, content_key = columns.get("role", role_key), columns.get("content", content_key)
+    shape = f"{{{role_key}, {content_key}}} turns"
+
+    def error(field, expected, got):
+        return DataError(path, line, field, expected, got, unit)
+
     if not isinstance(record, dict):
-        raise DataError(path, line, None, f"a JSON object with {name!r}", describe(record))
+        raise error(None, f"a JSON object with {name!r}", describe(record))
     if name not in record:
-        raise DataError(path, line, name, "a list of {role, content} messages", _MISSING)
+        raise error(name, f"a list of {shape}", _MISSING)
     raw = record[name]
     if not isinstance(raw, list) or not raw:
-        raise DataError(path, line, name, "a non-empty list of {role, content} messages", describe(raw))
+        raise error(name, f"a non-empty list of {shape}", describe(raw))
     messages = []
+    used = [name]
+    system_key = columns.get("system", "system")
+    if kind == "sharegpt" and record.get(system_key) is not None:
+        used.append(system_key)
+        if not isinstance(record[system_key], str):
+            raise error(system_key, "a string (the system prompt)", describe(record[system_key]))
+        if record[system_key].strip():
+            messages.append({"role": "system", "content": record[system_key]})
+    aliases = [r for r in role_map if r not in ROLES]
+    role_words = "one of " + ", ".join(repr(r) for r in ROLES)
+    if aliases:
+        role_words += " (or a name that roles maps: " + ", ".join(repr(r) for r in aliases) + ")"
     for i, m in enumerate(raw):
         where = f"{name}[{i}]"
         if not isinstance(m, dict):
-            raise DataError(path, line, where, "an object with 'role' and 'content'", describe(m))
-        role = m.get("role")
-        if role not in ROLES:
-            raise DataError(path, line, f"{where}.role", _ROLE_WORDS, _MISSING if "role" not in m else describe(role))
-        if role == "system" and i > 0:
-            raise DataError(path, line, f"{where}.role", "'system' only as the first message", f"'system' at position {i}")
-        content = m.get("content")
+            raise error(where, f"an object with {role_key!r} and {content_key!r}", describe(m))
+        found = m.get(role_key)
+        role = role_map.get(found) if isinstance(found, str) else None
+        if role is None:
+            raise error(f"{where}.{role_key}", role_words, _MISSING if role_key not in m else describe(found))
+        if role == "system" and messages:
+            raise error(f"{where}.{role_key}", "'system' only as the first message", f"{found!r} at position {i}")
+        content = m.get(content_key)
         if not isinstance(content, str):
-            raise DataError(path, line, f"{where}.content", "a string", _MISSING if "content" not in m else describe(content))
+            raise error(f"{where}.{content_key}", "a string", _MISSING if content_key not in m else describe(content))
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "user" for m in messages):
-        raise DataError(path, line, name, "at least one 'user' message", f"roles {[m['role'] for m in messages]}")
+        raise error(name, "at least one 'user' message", f"roles {[m['role'] for m in messages]}")
     last = messages[-1]
     if not allow_no_response:
-        where = f"{name}[{len(messages) - 1}]"
+        where = f"{name}[{len(raw) - 1}]"
         if last["role"] != "assistant":
-            raise DataError(path, line, f"{where}.role",
-                            "'assistant' as the last message (the response to train on; "
-                            "pass allow_no_response=True for prompt-only data)", repr(last["role"]))
+            raise error(f"{where}.{role_key}", "'assistant' as the last message (the response to train on; "
+                        "pass allow_no_response=True for prompt-only data)", repr(raw[-1].get(role_key)))
         if not last["content"].strip():
-            raise DataError(path, line, f"{where}.content", "a non-empty response", "an empty string")
-    return Example(messages, _extra_meta(record, (name,)))
+            raise error(f"{where}.{content_key}", "a non-empty response", "an empty string")
+    return Example(messages, _extra_meta(record, used))

@@ -11,6 +11,9 @@ from __future__ import annotations
 from acculturate.data.example import Example
 
 TEMPLATES = ("chat", "alpaca")
+# Which assistant turns of a multi-turn conversation carry the loss: every one, or the last only
+# (the earlier answers are then context, as at inference time).
+LOSS_TURNS = ("all", "last")
 
 # Verbatim from Alpaca / rasbt LLMs-from-scratch ch07 (format_input); the model sees exactly this.
 ALPACA_PREAMBLE = (
@@ -33,7 +36,8 @@ def with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + messages
 
 
-def render_segments(example: Example, tokenizer, template: str = "chat", system: str | None = None) -> list[Segment]:
+def render_segments(example: Example, tokenizer, template: str = "chat", system: str | None = None,
+                    loss_turns: str = "all") -> list[Segment]:
     """The training text of ``example`` cut into segments.
 
     Args:
@@ -41,16 +45,24 @@ def render_segments(example: Example, tokenizer, template: str = "chat", system:
         tokenizer: a Hugging Face tokenizer (its chat template, eos and bos tokens are used).
         template: ``"chat"`` or ``"alpaca"``.
         system: optional persona that replaces or inserts the system message.
+        loss_turns: ``"all"``: every assistant turn is a response; ``"last"``: only the final one
+            (earlier assistant turns become context).
 
     Returns:
         ``[(text, is_response), ...]`` whose texts concatenate to the full training text. With
-        ``"chat"`` each assistant turn, including its end-of-turn token (``<|im_end|>``), is a response
-        segment; with ``"alpaca"`` the response is ``output + tokenizer.eos_token``.
+        ``"chat"`` each assistant turn (the last only, with ``loss_turns="last"``), including its
+        end-of-turn token (``<|im_end|>``), is a response segment; with ``"alpaca"`` the response is ``output + tokenizer.eos_token``.
     """
     _check_template(template)
+    if loss_turns not in LOSS_TURNS:
+        raise ValueError(f"loss_turns: expected one of {LOSS_TURNS}, got {loss_turns!r}")
     messages = with_system(example.messages, system)
     if template == "chat":
-        return _chat_segments(messages, tokenizer)
+        segments = _chat_segments(messages, tokenizer)
+        if loss_turns == "last":
+            last = max((i for i, (_, r) in enumerate(segments) if r), default=-1)
+            segments = [(text, r and i == last) for i, (text, r) in enumerate(segments)]
+        return segments
     prompt_messages = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     prompt = _alpaca_prompt(prompt_messages, example.meta, tokenizer)
     if example.response is None:

@@ -16,7 +16,8 @@ IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
 
 def tokenize_example(
-    example: Example, tokenizer, template: str = "chat", max_length: int | None = None, system: str | None = None
+    example: Example, tokenizer, template: str = "chat", max_length: int | None = None, system: str | None = None,
+    loss_turns: str = "all",
 ) -> dict | None:
     """Token ids and labels of one example.
 
@@ -29,6 +30,7 @@ def tokenize_example(
         template: ``"chat"`` or ``"alpaca"`` (see ``templates.render_segments``).
         max_length: keep at most this many tokens (cut from the end); None keeps all.
         system: optional persona replacing or inserting the system message.
+        loss_turns: ``"all"`` assistant turns carry loss, or the ``"last"`` only.
 
     Returns:
         ``{"input_ids": [int], "labels": [int]}`` (python lists of equal length), or None when
@@ -42,7 +44,7 @@ def tokenize_example(
     """
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length: expected a positive integer or None, got {max_length!r}")
-    segments = render_segments(example, tokenizer, template, system=system)
+    segments = render_segments(example, tokenizer, template, system=system, loss_turns=loss_turns)
     if not any(is_response for _, is_response in segments):
         raise ValueError(f"example has no assistant turn to train on (meta={example.meta!r})")
     input_ids: list[int] = []
@@ -71,12 +73,13 @@ def tokenize_examples(
     progress: bool = True,
     system: str | None = None,
     dropped: list[int] | None = None,
+    loss_turns: str = "all",
 ) -> list[dict]:
     """``tokenize_example`` over a list, with a progress bar, dropping examples whose response was
     truncated away entirely (a warning gives the count).
 
     Args:
-        examples, tokenizer, template, max_length, system: as for ``tokenize_example``.
+        examples, tokenizer, template, max_length, system, loss_turns: as for ``tokenize_example``.
         progress: show a tqdm bar.
         dropped: when given, the indices of the dropped examples are appended to it.
 
@@ -86,7 +89,7 @@ def tokenize_examples(
     features: list[dict] = []
     lost: list[int] = []
     for i, example in enumerate(tqdm(examples, desc="tokenize", unit="ex", disable=not progress)):
-        feature = tokenize_example(example, tokenizer, template, max_length, system=system)
+        feature = tokenize_example(example, tokenizer, template, max_length, system=system, loss_turns=loss_turns)
         if feature is None:
             lost.append(i)
         else:

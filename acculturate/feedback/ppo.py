@@ -42,12 +42,13 @@ from acculturate.feedback.ppo_loss import (entropy_from_logits, gae, kl_penalty_
 from acculturate.feedback.rewards import RewardFn, check_rewards
 from acculturate.io import append_jsonl, write_jsonl
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from acculturate.train.tracking import Tracker, check_backends
 
 log = logging.getLogger(__name__)
 
 REFERENCE_COPY = "ppo-reference"      # the registry name of the frozen copy of the starting adapter
 # Fields that change only logging or saving, not the weights a run ends with: a resumed run may change them.
-_RESUME_FREE_FIELDS = {"log_every", "save_every", "rollouts_to_log"}
+_RESUME_FREE_FIELDS = {"log_every", "save_every", "rollouts_to_log", "report_to"}
 
 
 @dataclass
@@ -109,10 +110,15 @@ class PPOConfig:
     """Write ``out_dir/checkpoint`` every this many steps (0: only at the end)."""
     rollouts_to_log: int = 2
     """Completions per step written to ``rollouts.jsonl`` (with prompt and score)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers for the metrics rows and the config: any of 'tensorboard', 'mlflow',
+    'wandb' (offline, under ``<out_dir>/tracking``; see :mod:`acculturate.train.tracking`)."""
 
     def __post_init__(self):
         def fail(name, expected):
             raise ValueError(f"PPOConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        check_backends(self.report_to, "PPOConfig.report_to")
 
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
@@ -368,6 +374,8 @@ def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: Re
         log.info("resuming PPO from %s at step %d of %d", found, start_step, config.steps)
     if log_path is not None:
         write_jsonl(log_path, history)   # drops rows a killed run logged after its last checkpoint
+    tracker = Tracker(out_dir, config.report_to if out_dir is not None else [])
+    tracker.params({"ppo": json.loads(json.dumps(asdict(config)))})
 
     def checkpoint(step: int) -> None:
         if ckpt_dir is not None:
@@ -454,6 +462,7 @@ def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: Re
                 history.append(row)
                 if log_path is not None:
                     append_jsonl(log_path, row)
+                tracker.metrics(row)
                 if on_step is not None:
                     on_step(row)
             if rollouts_path is not None:
@@ -466,6 +475,7 @@ def train_ppo(model: nn.Module, tokenizer, prompts: Sequence[str], reward_fn: Re
             checkpoint(config.steps)
     finally:
         bar.close()
+        tracker.close()
         if made_reference and REFERENCE_COPY in registry:
             registry.remove(REFERENCE_COPY)
         model.eval()

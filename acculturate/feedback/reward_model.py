@@ -39,6 +39,7 @@ from acculturate.feedback.heads import ScalarHead, hidden_size, last_hidden, las
 from acculturate.feedback.order import cycle_indices
 from acculturate.io import append_jsonl, atomic_dir, write_json, write_jsonl
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from acculturate.train.tracking import Tracker, check_backends
 from acculturate.train.schedule import warmup_cosine_lambda, warmup_steps_for
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ CONFIG_FILE = "reward_model.json"
 HEAD_FILE = "head.safetensors"
 ADAPTER_DIR = "adapter"
 FORMAT = "acculturate-reward-model"
-_RESUME_FREE_FIELDS = {"log_every", "save_every", "eval_every"}
+_RESUME_FREE_FIELDS = {"log_every", "save_every", "eval_every", "report_to"}
 
 
 @dataclass
@@ -84,10 +85,15 @@ class RewardModelConfig:
     """Write ``out_dir/checkpoint`` every this many steps (0: only at the end)."""
     seed: int = 0
     """Seed of the data order and of the head's initialisation."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers for the metrics rows and the config: any of 'tensorboard', 'mlflow',
+    'wandb' (offline, under ``<out_dir>/tracking``; see :mod:`acculturate.train.tracking`)."""
 
     def __post_init__(self):
         def fail(name, expected):
             raise ValueError(f"RewardModelConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        check_backends(self.report_to, "RewardModelConfig.report_to")
 
         for name in ("epochs", "batch_size", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
@@ -318,6 +324,8 @@ def train_reward_model(model: nn.Module, tokenizer, pairs: Sequence[dict] = (), 
         before = pair_accuracy(model, head, tokenizer, eval_pairs, config.max_length, config.batch_size)
     if log_path is not None:
         write_jsonl(log_path, history)
+    tracker = Tracker(out_dir, config.report_to if out_dir is not None else [])
+    tracker.params({"reward_model": saved_config})
 
     def checkpoint(step: int) -> None:
         if ckpt_dir is not None:
@@ -376,6 +384,7 @@ def train_reward_model(model: nn.Module, tokenizer, pairs: Sequence[dict] = (), 
             history.append(row)
             if log_path is not None:
                 append_jsonl(log_path, row)
+            tracker.metrics(row)
         if config.save_every and done % config.save_every == 0 and done < total_steps:
             checkpoint(done)
     bar.close()
@@ -389,6 +398,8 @@ def train_reward_model(model: nn.Module, tokenizer, pairs: Sequence[dict] = (), 
         history.append(row)
         if log_path is not None:
             append_jsonl(log_path, row)
+        tracker.metrics(row)
+    tracker.close()
     return RewardModelResult(steps=total_steps, eval_accuracy_before=before, eval_accuracy=after,
                              eval_pairs=len(eval_pairs), train_pairs=len(pairs), train_scored=len(scored),
                              score_offset=offset, wall_time_s=time.perf_counter() - t0, history=history, head=head)

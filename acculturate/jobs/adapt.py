@@ -37,6 +37,7 @@ from acculturate.models import load
 from acculturate.rag.chunking import ChunkConfig
 from acculturate.rag.raft import RaftConfig
 from acculturate.train import TrainConfig
+from acculturate.train.tracking import log_report
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
 
     write_text(out / "report.md", render_report(metrics))
     write_text(out / "report.html", render_html(metrics))
+    log_report(out / "train", config.train.report_to, [out / "report.md", out / "metrics.json"], metrics)
     return metrics
 
 

@@ -38,6 +38,7 @@ from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, Model
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
 from acculturate.train import TrainConfig, evaluate_loss
+from acculturate.train.tracking import log_report
 from acculturate.train.sft import prepare_rows
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def run_method(config: CompareConfig, method: MethodRun, out: Path, *, base_dir:
         "method_wall_time_s": round(time.perf_counter() - start, 1),
     }
     write_json(out / "result.json", row)
+    log_report(out / "train", train_cfg.report_to, [out / "result.json"], row)
     return row
 
 

@@ -1,4 +1,6 @@
-"""`acculturate export --format vllm`: a folder vLLM serves as it is.
+"""`acculturate export --format vllm`: a folder vLLM serves as it is; `--format gguf`: one GGUF file
+(base + adapter merged) for llama.cpp, Ollama and LM Studio, with an Ollama ``Modelfile`` (see
+``export_gguf`` below).
 
 Two layouts (``vllm serve`` reads both without conversion):
 
@@ -146,3 +148,73 @@ def _readme(layout: str, cmd: str, names: list[str]) -> str:
         lines += ["`model/` is a plain Hugging Face model directory (the adapter, if any, merged into the weights).",
                   ""]
     return "\n".join(lines)
+
+
+# --- GGUF (llama.cpp, Ollama, LM Studio) ------------------------------------------------------
+
+
+def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: str = "f16",
+                quantized_base: bool = False, name: str | None = None) -> dict:
+    """Write ``OUT/<name>.gguf`` (the base with the adapter merged in, new vocabulary rows included,
+    tokenizer and chat template inside) and an Ollama ``Modelfile`` beside it.
+
+    Args:
+        model: the base model (anything :func:`acculturate.models.load` takes; a vocabulary-extended
+            model directory brings its added tokens), or a fine-tuned full/head model directory.
+        adapters: at most one ``[NAME=]DIR`` LoRA adapter (merged into the weights).
+        output: the folder to write (replaced whole).
+        quant: ``f16``, ``q8_0``, ``q4_0`` or ``q4_1`` (:mod:`acculturate.models.gguf_export`).
+        quantized_base: the adapter was trained with QLoRA: merge into the NF4-rounded weights.
+        name: the file's and Ollama model's name (default: the adapter's name, else ``model``).
+
+    Returns:
+        ``{"path", "quant", "bytes", "modelfile", "command"}``.
+    """
+    from acculturate.models.gguf_export import QUANTS, base_pre_tokenizer, write_gguf
+
+    if quant not in QUANTS:
+        raise ValueError(f"quant: expected one of {QUANTS}, got {quant!r}")
+    if len(adapters) > 1:
+        raise ValueError(f"--format gguf merges one adapter into the weights, got {len(adapters)}")
+    specs = [parse_adapter_spec(s) for s in adapters]
+    name = name or (specs[0][0] if specs else "model")
+    output = Path(output)
+    with atomic_dir(output) as tmp:
+        loaded = _load_fp32(model)
+        if specs:
+            load_adapter(loaded.model, specs[0][1])   # refuses adapters that do not fit this base
+            if quantized_base:
+                from acculturate.adapters.qlora import quantize_lora_bases
+
+                quantize_lora_bases(loaded.model)
+            merge_lora(loaded.model)
+        filename = f"{name}-{quant}.gguf"
+        write_gguf(loaded.model, loaded.tokenizer, tmp / filename, quant=quant, name=name,
+                   pre=base_pre_tokenizer(model) or "default")
+        write_text(tmp / "Modelfile", modelfile(filename, loaded.tokenizer))
+        command = f"ollama create {name} -f {output / 'Modelfile'} && ollama run {name}"
+        write_text(tmp / "README.md", "\n".join([
+            f"# GGUF export (written by `acculturate export --format gguf --quant {quant}`)", "",
+            f"`{filename}`: the merged model with its tokenizer and chat template. Run it with", "",
+            "```bash", f"llama-cli -m {output / filename} -cnv", command, "```", ""]))
+    path = output / filename
+    return {"path": str(path), "quant": quant, "bytes": path.stat().st_size,
+            "modelfile": str(output / "Modelfile"), "command": command}
+
+
+def modelfile(filename: str, tokenizer) -> str:
+    """An Ollama Modelfile for the GGUF file: ``FROM`` it, a Go ``TEMPLATE`` for ChatML models
+    (SmolLM2's ``<|im_start|>`` format; other templates are left to Ollama, which reads
+    ``tokenizer.chat_template`` from the file), and the end-of-turn token as the stop string."""
+    lines = [f"FROM ./{filename}", ""]
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if "<|im_start|>" in template:
+        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system',
+                  "{{ .System }}<|im_end|>",
+                  "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}",
+                  "{{ .Content }}<|im_end|>",
+                  '{{ end }}<|im_start|>assistant',
+                  '"""', 'PARAMETER stop "<|im_end|>"']
+    elif tokenizer.eos_token:
+        lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+    return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import DEFAULT_MODEL, LoadedModel, load
 from acculturate.train import TrainConfig, TrainResult, train
 from acculturate.train.regularizers import ForgettingConfig, Objective, frozen_reference
+from acculturate.train.tracking import log_report
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,15 @@ class DataConfig:
                                       # text, continued pre-training: packed rows of max_length, loss on every token)
     text_packing: str = "stream"      # text: 'stream' (concatenate + cut) or 'document' (see data/text.py)
     group_by: str | None = None       # examples: a meta field naming each example's group (group DRO)
+    loss_turns: str = "all"           # multi-turn chats: loss on 'all' assistant turns or the 'last' only
 
     def __post_init__(self):
         if self.kind not in cpt.KINDS:
             raise ValueError(f"kind: expected one of {list(cpt.KINDS)}, got {self.kind!r}")
         if self.text_packing not in ("stream", "document"):
             raise ValueError(f"text_packing: expected 'stream' or 'document', got {self.text_packing!r}")
+        if self.loss_turns not in ("all", "last"):
+            raise ValueError(f"loss_turns: expected 'all' or 'last', got {self.loss_turns!r}")
         if self.template not in ("chat", "alpaca"):
             raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
         if not 0.0 <= self.test_fraction < 1.0:
@@ -129,7 +133,7 @@ def read_sources(data: DataConfig, base_dir: Path | None = None) -> list[Example
 
 def tokenize(examples: list[Example], tokenizer, data: DataConfig) -> list[dict]:
     return tokenize_examples(examples, tokenizer, data.template, data.max_length, system=data.system,
-                             progress=bool(examples))
+                             progress=bool(examples), loss_turns=data.loss_turns)
 
 
 def run_dir(output_dir: str, name: str) -> Path:
@@ -292,6 +296,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
         readme += f"\nSaved: `{saved}`. All numbers: metrics.json.\n"
         write_text(out / "report.md", readme)
     write_text(out / "README.md", readme)
+    log_report(out / "train", config.train.report_to, [out / "report.md", out / "metrics.json"], metrics)
     return metrics
 
 
@@ -305,7 +310,8 @@ def _example_datasets(config: FinetuneConfig, loaded: LoadedModel, base_dir: Pat
     for exs in (train_ex, test_ex):
         lost: list[int] = []
         feats = tokenize_examples(exs, loaded.tokenizer, config.data.template, config.data.max_length,
-                                  system=config.data.system, progress=bool(exs), dropped=lost)
+                                  system=config.data.system, progress=bool(exs), dropped=lost,
+                                  loss_turns=config.data.loss_turns)
         cpt.attach_groups(exs, feats, config.data.group_by, lost)
         features.append(feats)
     return Datasets(train_ex, test_ex, *features)

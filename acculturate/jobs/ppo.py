@@ -31,6 +31,7 @@ from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
 from acculturate.jobs.rewards import build_reward
 from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
+from acculturate.train.tracking import log_report
 
 log = logging.getLogger(__name__)
 
@@ -220,4 +221,5 @@ def run_ppo(config: PPOJobConfig, *, overwrite: bool = False, base_dir: Path | N
                f"- rollout reward, first 3 steps -> last 3: {summary['reward_first_steps']} -> "
                f"{summary['reward_last_steps']}\n- held-apart greedy reward before -> after: {b} -> {a}\n\n"
                f"Adapter: `adapter/`; per-step metrics: `metrics.jsonl`; plot: `reward.png`.\n")
+    log_report(out, config.ppo.report_to, [out / "summary.json", out / "README.md", out / "reward.png"], summary)
     return summary

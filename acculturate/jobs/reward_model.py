@@ -28,6 +28,7 @@ from acculturate.io import write_json, write_text
 from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
 from acculturate.jobs.sources import resolve_path
 from acculturate.models import load
+from acculturate.train.tracking import log_report
 
 
 @dataclass
@@ -144,4 +145,5 @@ def run_reward_model(config: RewardModelJobConfig, *, overwrite: bool = False, b
                f"scored rows, {result.steps} steps.\n\nHeld-out pair accuracy ({len(eval_pairs)} pairs): "
                f"{result.eval_accuracy_before} before -> {acc} after.\n\nUse it as a reward: "
                f"`{{kind: reward_model, path: {out / 'reward_model'}}}`.\n")
+    log_report(out, config.train.report_to, [out / "summary.json", out / "README.md"], summary)
     return summary

@@ -19,15 +19,21 @@ SHIPPED_PREFIX = "shipped:"
 class DataSource:
     """One data set to read.
 
-    ``path`` is a file (Alpaca JSON/JSONL, chat JSONL or CSV), ``shipped:<file under resources/data>``
+    ``path`` is a file (Alpaca JSON/JSONL, chat or ShareGPT JSON/JSONL, CSV, Parquet, Arrow) or a
+    ``datasets`` folder written with ``save_to_disk``, ``shipped:<file under resources/data>``
     (e.g. ``shipped:instructions/instruction-data.json``), or ``blend`` for the shipped BLEnD questions.
     For raw text (``data.kind: text``): a ``.txt``, ``.jsonl`` or ``.csv`` file, with
     ``columns: {text: <JSONL key or CSV column>}`` (see :mod:`acculturate.data.text`).
     """
 
     path: str
-    format: str = "auto"                 # auto | alpaca | chat | csv
-    columns: dict | None = None          # CSV: {"instruction": "<column>", "input": ..., "output": ...}
+    format: str = "auto"                 # auto | alpaca | chat | sharegpt | csv (the record shape; the
+                                         # container comes from the path: .parquet, .arrow, save_to_disk folder)
+    columns: dict | None = None          # {"instruction": "<column>", "input": ..., "output": ...}; chat/ShareGPT:
+                                         # {"conversations" or "messages": ..., "role": ..., "content": ..., "system": ...}
+    roles: dict | None = None            # chat/ShareGPT role names -> system/user/assistant, e.g. {bot: assistant}
+                                         # (human -> user and gpt -> assistant are built in)
+    split: str = "train"                 # a save_to_disk folder of several splits: the one to read
     countries: list[str] | None = None   # blend only: which countries (default: all)
     limit: int | None = None             # keep N examples, chosen by a seeded shuffle
     group: str | None = None             # text data: the documents' group (language, region) for
@@ -64,7 +70,7 @@ def read_source(source: DataSource, *, seed: int = 0, skip_invalid: bool = False
         path = resolve_path(source.path, base_dir)
         errors: list = []
         examples = read_examples(path, format=source.format, columns=source.columns,
-                                 skip_invalid=skip_invalid, errors=errors)
+                                 skip_invalid=skip_invalid, errors=errors, roles=source.roles, split=source.split)
         for error in errors:
             log.warning("skipped: %s", error)
         if errors:

@@ -31,12 +31,13 @@ from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_
 from acculturate.train.loss import count_targets, loss_sum
 from acculturate.train.memory import PeakMemory
 from acculturate.train.schedule import warmup_cosine_lambda, warmup_steps_for
+from acculturate.train.tracking import Tracker, check_backends
 
 log = logging.getLogger(__name__)
 
 # Fields that only change how often the loop reports or saves, not the weights it ends with: a
 # resumed run may change them. Any other field must match the checkpoint's.
-_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed"}
+_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed", "report_to"}
 
 
 @dataclass
@@ -78,6 +79,10 @@ class TrainConfig:
     distributed: str = "ddp"
     """Under torchrun (several processes): 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded
     parameters, gradients and optimizer state). ``batch_size`` stays the global micro-batch."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers to log the config, losses, learning rate, tokens/s, eval loss, peak memory
+    and the final report to: any of 'tensorboard', 'mlflow', 'wandb' (offline, under
+    ``<out_dir>/tracking``; each needs its extra installed). Empty: the JSONL log only."""
 
     def __post_init__(self):
         def fail(name, expected):
@@ -109,6 +114,7 @@ class TrainConfig:
                 fail(name, "true or false")
         if self.distributed not in distributed.STRATEGIES:
             fail("distributed", f"one of {list(distributed.STRATEGIES)}")
+        check_backends(self.report_to, "TrainConfig.report_to")
 
 
 @dataclass
@@ -327,6 +333,9 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         torch.manual_seed(config.seed)
     if par.is_main:
         write_jsonl(log_path, history)   # drops rows a killed run logged after its last checkpoint
+    # TensorBoard / MLflow / wandb (train.report_to), on the main process only; closed on any exit.
+    tracker = Tracker(out_dir, config.report_to if par.is_main else [])
+    tracker.params({"train": asdict(config), **job_config(out_dir)})
 
     def checkpoint(step: int) -> None:
         epoch, done = divmod(step, steps_per_epoch)
@@ -344,91 +353,111 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     batches, batches_epoch = None, -1
     t0 = t_window = time.perf_counter()
     window_tokens = window_labels = 0
-    with PeakMemory(device) as memory:
-        for step in range(start_step, total_steps):
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch != batches_epoch:
-                batches, batches_epoch = epoch_batches(rows, config, epoch), epoch
-            group_idx = batches[k * config.grad_accum:(k + 1) * config.grad_accum]
-            shards = [par.shard(idx) for idx in group_idx]   # one process: (idx, 1.0)
-            group = [collate([rows[i] for i in idx], config, pad_id) for idx, _ in shards]
-            window_tokens += sum(len(rows[i]["input_ids"]) for idx in group_idx for i in idx)
-            n_targets = int(par.all_sum(sum(count_targets(b) * w for b, (_, w) in zip(group, shards))))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            if objective is not None:
-                objective.start_step(step, [[rows[i] for i in idx] for idx in group_idx])
-            for j, (batch, (_, weight)) in enumerate(zip(group, shards)):
-                if objective is None:
-                    with par.no_sync(last=j == len(group) - 1):
-                        s, _ = loss_sum(par.model, batch, device, amp_dtype)
-                        (s * (weight * par.grad_scale) / n_targets).backward()
-                else:   # regularised loss (one process only, checked above); returns the plain loss sum
-                    s = objective.backward(model, batch, n_targets, j, len(group), device, amp_dtype)
-                step_loss += s.item() * weight
-            step_loss = par.all_sum(step_loss)
-            grad_norm = None
-            if config.max_grad_norm:
-                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                grad_norm = float(distributed.full_tensor(norm))
-            optimizer.step()
-            scheduler.step()
-            window["loss"] += step_loss
-            window["targets"] += n_targets
-            window["steps"] += 1
-            window_labels += n_targets
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss / n_targets:.4f}", lr=f"{lr:.2e}")
-
-            done = step + 1
-            eval_loss = None
-            if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-                eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
-            if done % config.log_every == 0 or done == total_steps or eval_loss is not None:
-                now = time.perf_counter()
-                last_train_loss = window["loss"] / max(window["targets"], 1)
-                row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
-                       "loss": round(last_train_loss, 6), "lr": lr, "grad_norm": grad_norm,
-                       "tokens_per_s": round(window_tokens / (now - t_window), 2),
-                       "label_tokens_per_s": round(window_labels / (now - t_window), 2)}
-                if eval_loss is not None:
-                    row["eval_loss"] = round(eval_loss, 6)
+    with tracker:
+        with PeakMemory(device) as memory:
+            for step in range(start_step, total_steps):
+                epoch, k = divmod(step, steps_per_epoch)
+                if epoch != batches_epoch:
+                    batches, batches_epoch = epoch_batches(rows, config, epoch), epoch
+                group_idx = batches[k * config.grad_accum:(k + 1) * config.grad_accum]
+                shards = [par.shard(idx) for idx in group_idx]   # one process: (idx, 1.0)
+                group = [collate([rows[i] for i in idx], config, pad_id) for idx, _ in shards]
+                window_tokens += sum(len(rows[i]["input_ids"]) for idx in group_idx for i in idx)
+                n_targets = int(par.all_sum(sum(count_targets(b) * w for b, (_, w) in zip(group, shards))))
+                lr = scheduler.get_last_lr()[0]
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
                 if objective is not None:
-                    row.update(objective.log_fields())
-                history.append(row)
-                if par.is_main:
-                    append_jsonl(log_path, row)
-                tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
-                window = {"loss": 0.0, "targets": 0, "steps": 0}
-                window_tokens = window_labels = 0
-                t_window = now
-            if eval_loss is not None and on_eval is not None:
-                on_eval(done, eval_loss)
-            if config.save_every and done % config.save_every == 0 and done < total_steps:
-                checkpoint(done)
-        bar.close()
-        if start_step < total_steps:
-            checkpoint(total_steps)
-        final_eval = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
-    if final_eval is not None:   # logged after the final checkpoint: a resume at the end re-evaluates
-        row = {"step": total_steps, "eval_loss": round(final_eval, 6)}
-        history.append(row)
-        if par.is_main:
-            append_jsonl(log_path, row)
-    wall = time.perf_counter() - t0
-    if amp_dtype is not None:
-        for p in params:
-            p.data = p.data.to(model_dtype)
-    model.eval()
-    trainable, total = count_params(model)
-    if last_train_loss is None and history:   # resumed at the very end: report the logged value
-        last_train_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
-    return TrainResult(
-        steps=total_steps, train_loss=last_train_loss, eval_loss=final_eval, wall_time_s=wall,
-        peak_memory_bytes=memory.peak_bytes, peak_memory_kind=memory.kind,
-        trainable_params=trainable, total_params=total,
-        tokens_per_s=tokens_seen / wall if wall > 0 else 0.0,
-        label_tokens_per_s=labels_seen / wall if wall > 0 else 0.0,
-        log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
-        dropped_features=dropped, history=history)
+                    objective.start_step(step, [[rows[i] for i in idx] for idx in group_idx])
+                for j, (batch, (_, weight)) in enumerate(zip(group, shards)):
+                    if objective is None:
+                        with par.no_sync(last=j == len(group) - 1):
+                            s, _ = loss_sum(par.model, batch, device, amp_dtype)
+                            (s * (weight * par.grad_scale) / n_targets).backward()
+                    else:   # regularised loss (one process only, checked above); returns the plain loss sum
+                        s = objective.backward(model, batch, n_targets, j, len(group), device, amp_dtype)
+                    step_loss += s.item() * weight
+                step_loss = par.all_sum(step_loss)
+                grad_norm = None
+                if config.max_grad_norm:
+                    norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    grad_norm = float(distributed.full_tensor(norm))
+                optimizer.step()
+                scheduler.step()
+                window["loss"] += step_loss
+                window["targets"] += n_targets
+                window["steps"] += 1
+                window_labels += n_targets
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss / n_targets:.4f}", lr=f"{lr:.2e}")
+
+                done = step + 1
+                eval_loss = None
+                if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+                    eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
+                if done % config.log_every == 0 or done == total_steps or eval_loss is not None:
+                    now = time.perf_counter()
+                    last_train_loss = window["loss"] / max(window["targets"], 1)
+                    row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
+                           "loss": round(last_train_loss, 6), "lr": lr, "grad_norm": grad_norm,
+                           "tokens_per_s": round(window_tokens / (now - t_window), 2),
+                           "label_tokens_per_s": round(window_labels / (now - t_window), 2)}
+                    if eval_loss is not None:
+                        row["eval_loss"] = round(eval_loss, 6)
+                    if objective is not None:
+                        row.update(objective.log_fields())
+                    history.append(row)
+                    if par.is_main:
+                        append_jsonl(log_path, row)
+                    tracker.metrics(row)
+                    tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
+                    window = {"loss": 0.0, "targets": 0, "steps": 0}
+                    window_tokens = window_labels = 0
+                    t_window = now
+                if eval_loss is not None and on_eval is not None:
+                    on_eval(done, eval_loss)
+                if config.save_every and done % config.save_every == 0 and done < total_steps:
+                    checkpoint(done)
+            bar.close()
+            if start_step < total_steps:
+                checkpoint(total_steps)
+            final_eval = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
+        if final_eval is not None:   # logged after the final checkpoint: a resume at the end re-evaluates
+            row = {"step": total_steps, "eval_loss": round(final_eval, 6)}
+            history.append(row)
+            if par.is_main:
+                append_jsonl(log_path, row)
+            tracker.metrics(row)
+        wall = time.perf_counter() - t0
+        if amp_dtype is not None:
+            for p in params:
+                p.data = p.data.to(model_dtype)
+        model.eval()
+        trainable, total = count_params(model)
+        if last_train_loss is None and history:   # resumed at the very end: report the logged value
+            last_train_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
+        tracker.metrics({"peak_memory_mib": memory.peak_bytes / 2**20, "wall_time_s": wall,
+                         "run_tokens_per_s": tokens_seen / wall if wall > 0 else 0.0,
+                         "trainable_params": trainable}, step=total_steps)
+        return TrainResult(
+            steps=total_steps, train_loss=last_train_loss, eval_loss=final_eval, wall_time_s=wall,
+            peak_memory_bytes=memory.peak_bytes, peak_memory_kind=memory.kind,
+            trainable_params=trainable, total_params=total,
+            tokens_per_s=tokens_seen / wall if wall > 0 else 0.0,
+            label_tokens_per_s=labels_seen / wall if wall > 0 else 0.0,
+            log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
+            dropped_features=dropped, history=history)
+
+
+def job_config(out_dir: Path) -> dict:
+    """The job's whole configuration, when the job saved it beside the training folder
+    (``<run>/config.json``, as train/adapt/compare write it): logged to the trackers with TrainConfig."""
+    path = Path(out_dir).parent / "config.json"
+    if Path(out_dir).name != "train" or not path.is_file():
+        return {}
+    import json
+
+    try:
+        return {"job": json.loads(path.read_text())}
+    except ValueError:
+        return {}

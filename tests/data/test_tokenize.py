@@ -31,6 +31,11 @@ def test_multi_turn_trains_on_every_assistant_turn(tokenizer):
     assert tokenizer.decode(response_tokens(f)) == "A one.<|im_end|>A two.<|im_end|>"
     full = tokenizer.apply_chat_template(ex.messages, tokenize=False)
     assert tokenizer.decode(f["input_ids"]) == full
+    last = tokenize_example(ex, tokenizer, "chat", max_length=512, loss_turns="last")
+    assert last["input_ids"] == f["input_ids"]
+    assert tokenizer.decode(response_tokens(last)) == "A two.<|im_end|>"
+    with pytest.raises(ValueError, match="loss_turns"):
+        tokenize_example(ex, tokenizer, "chat", loss_turns="first")
 
 
 def test_truncation_keeps_partial_responses_and_drops_empty_ones(tokenizer, caplog):
