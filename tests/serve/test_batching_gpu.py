@@ -15,10 +15,8 @@ from acculturate.serve.batching import Batcher, Job
 
 
 @pytest.mark.gpu
-def test_rows_join_and_leave_a_running_batch_on_cuda():
-    from acculturate.models import load
-
-    model, tok = load("smollm2-135m", device="cuda", dtype="fp32")
+def test_rows_join_and_leave_a_running_batch_on_cuda(cuda_llama):
+    model, tok = cuda_llama
     served = SimpleNamespace(model=model, tokenizer=tok, adapter=None, version="v", active=nullcontext)
     chat = lambda q: tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,  # noqa: E731
                                              add_generation_prompt=True)

@@ -3,6 +3,7 @@ the memory estimate, and a run that cannot fit fails before its first step namin
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -90,14 +91,13 @@ def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
 # --- on a GPU ----------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("policy", ["mlp", "full"])
-def test_policies_equal_no_checkpointing_on_gpu(policy):
-    """The default model with LoRA on every projection, bf16 weights and fp32 adapters under autocast,
-    Liger's kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
-    from acculturate.models import load
+def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
+    """A Llama with LoRA on every projection, bf16 weights and fp32 adapters under autocast, Liger's
+    kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
     from acculturate.models.kernels import use_fused_kernels
 
     cuda = torch.device("cuda")
-    model = load("smollm2-135m", device="cuda", dtype="bf16").model
+    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
     use_fused_kernels(model)
     apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
     for p in model.parameters():
@@ -113,14 +113,12 @@ def test_policies_equal_no_checkpointing_on_gpu(policy):
 
 
 @pytest.mark.gpu
-def test_auto_policy_on_gpu_reads_free_memory():
+def test_auto_policy_on_gpu_reads_free_memory(cuda_llama):
     """On the GPU auto measures the free memory itself: a small micro-batch runs with checkpointing
     off; one whose activations without checkpointing exceed the free memory gets a policy that fits;
     and one that fits under no policy fails before training, naming the settings to change."""
-    from acculturate.models import load
-
     cuda = torch.device("cuda")
-    model = load("smollm2-135m", device="cuda", dtype="bf16").model
+    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
     apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
     free = torch.cuda.mem_get_info(cuda)[0]
     per = {p: checkpointing.activation_bytes(model.config, 1, p) for p in ("off", "mlp", "full")}
