@@ -237,11 +237,13 @@ def environment() -> dict:
     import torch
 
     info = dict(case="env", torch=torch.__version__, gpu=torch.cuda.get_device_name())
-    for name in ("transformers", "peft", "liger_kernel", "triton"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("transformers", "peft", "liger-kernel", "triton"):
         try:
-            info[name] = __import__(name).__version__
-        except Exception as e:   # noqa: BLE001
-            info[name] = f"missing ({type(e).__name__})"
+            info[name] = version(name)   # liger_kernel has no __version__
+        except PackageNotFoundError:
+            info[name] = "missing"
     return info
 
 
