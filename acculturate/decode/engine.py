@@ -175,6 +175,7 @@ class DecodeBatch:
         if not keep:
             self._clear()
             return finished
+        tokens = tokens.to(self.device)   # sampled on the CPU side; the index below lives on the model's device
         if len(keep) < len(self.rows):
             index = torch.tensor(keep, device=self.device)
             self.cache.batch_select_indices(index)
@@ -182,7 +183,6 @@ class DecodeBatch:
             self.history = self.history[index]
             self.rows = [self.rows[j] for j in keep]
             self._trim()
-        tokens = tokens.to(self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
         self.history = torch.cat([self.history, tokens[:, None]], dim=-1)
         with torch.inference_mode():

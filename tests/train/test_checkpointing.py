@@ -1,0 +1,132 @@
+"""Activation checkpointing: the policies give the same loss and gradients as none, auto chooses by
+the memory estimate, and a run that cannot fit fails before its first step naming the setting."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from acculturate.adapters import LoRAConfig, apply_lora
+from acculturate.train import TrainConfig, train
+from acculturate.train import checkpointing
+from acculturate.train.loss import loss_sum
+
+_spec = importlib.util.spec_from_file_location("resume_script", Path(__file__).with_name("resume_script.py"))
+resume_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(resume_script)
+tiny_model, tiny_features = resume_script.tiny_model, resume_script.tiny_features
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def loss_and_grads(model, policy: str, batch: dict, device: torch.device, amp_dtype=None):
+    model.train()
+    checkpointing.apply(model, policy)
+    try:
+        total, n = loss_sum(model, batch, device, amp_dtype)
+        (total / n).backward()
+    finally:
+        checkpointing.remove(model, policy)
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return (total / n).item(), grads
+
+
+def _batch(vocab: int, rows: int, length: int, device) -> dict:
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, vocab, (rows, length), generator=g).to(device)
+    return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.mark.parametrize("policy", ["mlp", "full"])
+def test_policies_equal_no_checkpointing_on_cpu(policy):
+    model = tiny_model()
+    apply_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=TARGETS))
+    for p in model.parameters():   # non-zero B, so LoRA's gradients are not all zero for A
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _batch(97, 3, 17, torch.device("cpu"))
+    ref_loss, ref = loss_and_grads(model, "off", batch, torch.device("cpu"))
+    loss, grads = loss_and_grads(model, policy, batch, torch.device("cpu"))
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert ref.keys() == grads.keys() and len(ref) > 0
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-5, atol=1e-7)
+
+
+def test_auto_chooses_by_the_estimate_and_refuses_what_cannot_fit():
+    model = tiny_model()
+    c, cpu = model.config, torch.device("cpu")
+    per = {p: checkpointing.activation_bytes(c, 1, p) for p in ("off", "mlp", "full")}
+    assert per["off"] > per["mlp"] > per["full"]
+    free = 10 ** 9
+    fits = lambda policy: int(0.85 * free / per[policy])  # noqa: E731  tokens that fit under policy
+    assert checkpointing.plan(model, "auto", fits("off"), cpu, free_bytes=free).policy == "off"
+    assert checkpointing.plan(model, "auto", fits("mlp"), cpu, free_bytes=free).policy == "mlp"
+    assert checkpointing.plan(model, "auto", fits("full"), cpu, free_bytes=free).policy == "full"
+    with pytest.raises(ValueError, match="train.batch_size or train.max_length"):
+        checkpointing.plan(model, "auto", 2 * fits("full"), cpu, free_bytes=free)
+    with pytest.raises(ValueError, match="set train.activation_checkpointing to 'mlp'"):
+        checkpointing.plan(model, "off", fits("mlp"), cpu, free_bytes=free)
+    # Without a budget (the CPU): auto is off, an explicit policy is applied as asked.
+    assert checkpointing.plan(model, "auto", 10 ** 9, cpu).policy == "off"
+    assert checkpointing.plan(model, "full", 10 ** 9, cpu).policy == "full"
+    with pytest.raises(ValueError, match="TrainConfig.activation_checkpointing: expected one of"):
+        TrainConfig(activation_checkpointing="some")
+
+
+def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
+    model = tiny_model()
+    config = TrainConfig(max_steps=2, batch_size=4, log_every=1, save_every=0, activation_checkpointing="mlp")
+    result = train(model, tiny_features(8), None, config, tmp_path, pad_id=0, progress=False)
+    assert result.activation_checkpointing == "mlp"
+    assert all("forward" not in vars(layer.mlp) for layer in model.model.layers)
+    assert TrainConfig().activation_checkpointing == "auto"
+
+
+# --- on a GPU ----------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", ["mlp", "full"])
+def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
+    """A Llama with LoRA on every projection, bf16 weights and fp32 adapters under autocast, Liger's
+    kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
+    from acculturate.models.kernels import use_fused_kernels
+
+    cuda = torch.device("cuda")
+    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
+    use_fused_kernels(model)
+    apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _batch(model.config.vocab_size, 4, 256, cuda)
+    ref_loss, ref = loss_and_grads(model, "off", batch, cuda, torch.bfloat16)
+    loss, grads = loss_and_grads(model, policy, batch, cuda, torch.bfloat16)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_auto_policy_on_gpu_reads_free_memory(cuda_llama):
+    """On the GPU auto measures the free memory itself: a small micro-batch runs with checkpointing
+    off; one whose activations without checkpointing exceed the free memory gets a policy that fits;
+    and one that fits under no policy fails before training, naming the settings to change."""
+    cuda = torch.device("cuda")
+    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
+    apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
+    free = torch.cuda.mem_get_info(cuda)[0]
+    per = {p: checkpointing.activation_bytes(model.config, 1, p) for p in ("off", "mlp", "full")}
+    assert checkpointing.plan(model, "auto", 4 * 512, cuda).policy == "off"
+    too_many_for_off = int(1.2 * free / per["off"])
+    chosen = checkpointing.plan(model, "auto", too_many_for_off, cuda)
+    assert chosen.policy in ("mlp", "full") and chosen.activation_bytes < chosen.free_bytes
+    with pytest.raises(ValueError, match="train.activation_checkpointing to"):
+        checkpointing.plan(model, "off", too_many_for_off, cuda)
+    with pytest.raises(ValueError, match="train.batch_size"):
+        checkpointing.plan(model, "auto", int(2 * free / per["full"]), cuda)
