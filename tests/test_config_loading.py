@@ -52,8 +52,8 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     bad.write_text("train:\n  lr: [1\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_yaml(AdaptConfig, bad)
-    bad.write_text("region: Atlantis\n")
-    with pytest.raises(ConfigError, match="region: expected one of the BLEnD countries"):
+    bad.write_text("region: Atlantis\n")   # any name, but a region that is no preset brings its questions
+    with pytest.raises(ConfigError, match="questions: region 'Atlantis' is not a shipped preset"):
         load_yaml(AdaptConfig, bad)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(AdaptConfig, tmp_path / "missing.yaml")

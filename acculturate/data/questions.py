@@ -93,10 +93,12 @@ def _read_answer_lists(path: Path) -> list[Example]:
         answers = row.get("answers")
         if isinstance(answers, str):
             answers = [answers]
-        if (not isinstance(answers, list) or not answers
-                or not all(isinstance(a, str) and a.strip() for a in answers)):
-            raise DataError(path, line, "answers", "a non-empty list of non-empty strings",
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise DataError(path, line, "answers", "a list of answer strings",
                             "nothing (the field is missing)" if "answers" not in row else describe(answers))
+        answers = [a for a in answers if a.strip()]   # a blank answer accepts nothing: dropped
+        if not answers:
+            raise DataError(path, line, "answers", "at least one non-blank answer", "none")
         topic = row.get("topic")
         if topic is not None and not isinstance(topic, str):
             raise DataError(path, line, "topic", "a string", describe(topic))

@@ -64,6 +64,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         A FastAPI app; its batching worker starts and stops with the app's lifespan.
     """
     config = config or ServeConfig()
+    run_defaults = rag.load_run(config)   # ServeConfig.run: the adapt run's model, adapter and index
     api_keys = config.resolved_api_keys()
     limiter = auth.RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
     if pool is None:
@@ -347,9 +348,12 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
     @app.post("/v1/chat/completions", openapi_extra=openapi.chat_body())
     async def chat_completions(request: Request):
         check_api(request)
-        body = await read_json(request)
+        body = rag.run_defaults(await read_json(request), run_defaults)
         parsed = protocol.parse_chat(body, limits)
-        return await complete(request, "chat.completions", parsed, rag.parse_retrieval(body))
+        retrieval = rag.parse_retrieval(body)
+        if retrieval is not None and run_defaults and body.get("model") == run_defaults["model"]:
+            retrieval.max_chars = run_defaults["max_passage_chars"]
+        return await complete(request, "chat.completions", parsed, retrieval)
 
     @app.post("/v1/completions", openapi_extra=openapi.completion_body())
     async def completions(request: Request):

@@ -71,6 +71,10 @@ class ServeConfig:
     rag_home: str | None = None
     """Where the indexes a request's ``retrieval.index`` names live (default $ACCULTURATE_RAG_HOME or
     ~/.cache/acculturate/rag); clients give names only, never paths."""
+    run: str | None = None
+    """An ``acculturate adapt`` run folder: serve its regional assistant as model ``<folder name>``
+    (base + adapter, the run's index as retrieval index ``index``, its persona as the system message
+    of a conversation that has none, retrieval on unless a request sends ``"retrieval": null``)."""
     output_filters: dict = field(default_factory=dict)
     """Region -> OutputFilterConfig (blocklist, languages, best_of, reward...; see
     acculturate/serve/output_filters.py); "*" applies to requests of any other region. Empty: off."""

@@ -35,6 +35,7 @@ class Retrieval:
     config: object                  # acculturate.rag.RetrieveConfig
     hits: list | None = None
     query: str = ""
+    max_chars: int = 1000           # a longer passage is cut in the prompt
 
 
 def parse_retrieval(body: dict) -> Retrieval | None:
@@ -84,7 +85,7 @@ def augment(messages: list[dict], retrieval: Retrieval, home: str | None) -> lis
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     _retrieve(retrieval, home, messages[last]["content"])
     out = [dict(m) for m in messages]
-    out[last]["content"] = passages_turn(messages[last]["content"], retrieval.hits)
+    out[last]["content"] = passages_turn(messages[last]["content"], retrieval.hits, retrieval.max_chars)
     if out[0]["role"] == "system":
         out[0]["content"] = f"{out[0]['content']}\n\n{SYSTEM}"
     else:
@@ -99,7 +100,7 @@ def augment_prompt(prompt: str, retrieval: Retrieval, home: str | None) -> str:
     from acculturate.rag.pipeline import SYSTEM, passages_turn
 
     _retrieve(retrieval, home, prompt)
-    return f"{SYSTEM}\n\n{passages_turn(prompt, retrieval.hits)}" if retrieval.hits else prompt
+    return f"{SYSTEM}\n\n{passages_turn(prompt, retrieval.hits, retrieval.max_chars)}" if retrieval.hits else prompt
 
 
 def _retrieve(retrieval: Retrieval, home: str | None, query: str) -> None:
@@ -129,3 +130,40 @@ def response_fields(retrieval: Retrieval, texts: list[str], question: str = "") 
     if not texts:
         shown = cited("", retrieval.hits or [])[1]
     return {"passages": shown, "citations": [by_number[n] for n in union]}, per_choice
+
+
+def load_run(config) -> dict | None:
+    """``ServeConfig.run``: put the adapt run's model, adapter and index into ``config`` and return the
+    request defaults (``model``, ``persona``, ``retrieval``) that :func:`run_defaults` applies."""
+    from pathlib import Path
+
+    from acculturate.rag.assistant import AssistantSpec
+
+    if not config.run:
+        return None
+    run = Path(config.run)
+    spec = AssistantSpec.read(run)
+    name = run.resolve().name
+    config.model = spec.model
+    if spec.adapter:
+        config.adapters[name] = str(run / spec.adapter)
+    config.rag_home = str(run)
+    return {"model": name if spec.adapter else "base", "persona": spec.persona,
+            "retrieval": {"index": spec.index, "k": int(spec.retrieve.get("k", 3)),
+                          "mode": spec.retrieve.get("mode", "hybrid")},
+            "max_passage_chars": spec.max_passage_chars}
+
+
+def run_defaults(body, defaults: dict | None):
+    """A chat request to the run's model gets the run's persona (when it has no system message) and
+    retrieval (unless it sends its own option, or ``"retrieval": null`` to turn it off)."""
+    if not defaults or not isinstance(body, dict) or body.get("model") != defaults["model"]:
+        return body
+    body = dict(body)
+    if "retrieval" not in body:
+        body["retrieval"] = dict(defaults["retrieval"])
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and not any(
+            isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        body["messages"] = [{"role": "system", "content": defaults["persona"]}] + messages
+    return body

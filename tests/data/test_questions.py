@@ -28,6 +28,7 @@ def test_answer_lists_become_blend_like_examples(tmp_path):
 @pytest.mark.parametrize("row, field", [
     ({"answers": ["x"]}, "question"),
     ({"question": "Why?", "answers": []}, "answers"),
+    ({"question": "Why?", "answers": [" "]}, "answers"),
     ({"question": "Why?", "answers": ["ok", 3]}, "answers"),
     ({"question": "Why?", "answers": ["ok"], "topic": 5}, "topic"),
 ])

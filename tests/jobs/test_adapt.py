@@ -54,6 +54,19 @@ def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path
     assert [a["answer"] for a in asked] == [r["answer"] for r in adapted[:3]]
     assert [[p["id"] for p in a["passages"]] for a in asked] == [[p["id"] for p in r["passages"]] for r in adapted[:3]]
 
+    # serve --run: the run's adapter, index and persona by default, the same answer again.
+    from fastapi.testclient import TestClient
+
+    from acculturate.serve import ServeConfig
+    from acculturate.serve.app import create_app
+
+    with TestClient(create_app(ServeConfig(run=str(out), db=str(tmp_path / "feedback.db")))) as client:
+        reply = client.post("/v1/chat/completions", json={
+            "model": "t", "messages": [{"role": "user", "content": adapted[0]["question"]}],
+            "max_tokens": 8, "stop": ["\n"], "temperature": 0}).json()
+    assert reply["choices"][0]["message"]["content"].strip() == adapted[0]["answer"]
+    assert [p["id"] for p in reply["passages"]] == [p["id"] for p in adapted[0]["passages"]]
+
     # A different config under the same name is refused, naming what differs.
     with pytest.raises(ConfigError, match="differs in: region"):
         run_adapt(small_config(tmp_path, "region=Mexico"), progress=False)
