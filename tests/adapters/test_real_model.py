@@ -90,11 +90,13 @@ def test_exported_dir_reloads_with_transformers(trained_lora, tokenizer, ids, tm
     save_adapter(model, tmp_path / "adapter", "smollm2-135m", config)
     out = export_merged(model, tokenizer, tmp_path / "merged")
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    torch.testing.assert_close(_logits(reloaded, ids), expected, atol=1e-4, rtol=0)
+    # Merged weights sum in another order than base + LoRA: logits of size ~10 differ by up to 1.1e-4 in
+    # fp32 (seen with CPU kernels picked at load), far below the 1e-3 a merge error would show.
+    torch.testing.assert_close(_logits(reloaded, ids), expected, atol=3e-4, rtol=0)
     # The CLI path: base name from the adapter's config, merged on load.
     out2 = merge_adapter_dir(None, tmp_path / "adapter", tmp_path / "merged2")
     model2, tok2 = load(out2, device="cpu")
-    torch.testing.assert_close(_logits(model2, ids), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_logits(model2, ids), expected, atol=3e-4, rtol=0)
     assert tok2(TEXT).input_ids == ids[0].tolist()
 
 
