@@ -223,7 +223,8 @@ def test_proc_and_sys_snooping_is_denied():
             print("DENIED", path, type(e).__name__)
     for path in ("/proc", "/sys/class/net", f"/proc/{ppid}/fd"):
         try:
-            print("LISTED", path, sorted(os.listdir(path))[:50])
+            names = os.listdir(path)   # the process ids in /proc: numbers, so sort them as numbers
+            print("LISTED", path, sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)))
         except OSError as e:
             print("DENIED", path, type(e).__name__)
     """
