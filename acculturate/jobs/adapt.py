@@ -147,20 +147,23 @@ def region_documents(config: AdaptConfig, out: Path, base_dir: Path | None) -> l
 
 def general_split(config: AdaptConfig, base_dir: Path | None) -> tuple[list[Example], list[Example]]:
     """(general training examples, held-out general instructions for the skill check): the check's
-    rows come from the same files, never one that is trained on."""
+    rows come from the same files, never one that is trained on. Each file is read once; a source's
+    ``limit`` picks its training rows with the same seeded sample ``read_source`` takes."""
     import random
 
-    train = [ex for src in config.data.sources
-             for ex in read_source(src, seed=config.data.seed, skip_invalid=config.data.skip_invalid,
-                                   base_dir=base_dir)]
+    train, held = [], []
+    for src in config.data.sources:
+        rows = read_source(DataSource(path=src.path, format=src.format, columns=src.columns),
+                           seed=config.data.seed, skip_invalid=config.data.skip_invalid, base_dir=base_dir)
+        chosen = (random.Random(config.data.seed).sample(rows, src.limit)
+                  if src.limit is not None and src.limit < len(rows) else rows)
+        picked = {id(ex) for ex in chosen}
+        train += chosen
+        held += [ex for ex in rows if id(ex) not in picked]
     if config.eval.general == 0:
         return train, []
     seen = {repr(ex.messages) for ex in train}
-    pool = []
-    for src in config.data.sources:
-        pool += read_source(DataSource(path=src.path, format=src.format, columns=src.columns),
-                            seed=config.data.seed, skip_invalid=config.data.skip_invalid, base_dir=base_dir)
-    held = [ex for ex in pool if repr(ex.messages) not in seen]
+    held = [ex for ex in held if repr(ex.messages) not in seen]
     random.Random(config.data.seed).shuffle(held)
     return train, held[:config.eval.general]
 
