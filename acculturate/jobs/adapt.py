@@ -265,7 +265,8 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     model, tok = loaded.model, loaded.tokenizer
     spec = AssistantSpec(region=config.region, model=config.model.name,
-                         persona=config.persona or default_persona(config.region), template=config.data.template,
+                         persona=config.persona or default_persona(config.region), dtype=config.model.dtype,
+                         template=config.data.template,
                          retrieve={"k": k, "mode": config.retrieval.mode},
                          max_passage_chars=config.retrieval.max_passage_chars,
                          max_new_tokens=config.eval.max_new_tokens)
@@ -278,8 +279,11 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
                                           f"{tag}: {len(region_test)} questions, {mode.replace('_', '-')}")
         return rows
 
+    stages = {"setup": time.perf_counter() - start}   # seconds per stage, this call (saved answers are not redone)
+    clock = time.perf_counter()
     base_rows = evaluate("base")
     general_before = general_skill(model, tok, general_check, config, out / "eval" / "general_base.json")
+    stages["base_eval"], clock = time.perf_counter() - clock, time.perf_counter()
 
     # Training data: retrieval-aware examples, the same questions closed-book, raw text, general data.
     train_hits = retrieve_many(index, [q.meta["question"] for q in region_train], deep, embedder)
@@ -297,9 +301,11 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     if spec.adapter is None:
         spec.model = str(saved.resolve())
     spec.save(out)
+    stages["training"], clock = time.perf_counter() - clock, time.perf_counter()
 
     adapted_rows = evaluate("adapted")
     general_after = general_skill(model, tok, general_check, config, out / "eval" / "general_adapted.json")
+    stages["adapted_eval"] = time.perf_counter() - clock
 
     systems = {"base_closed_book": base_rows["closed_book"], "base_retrieval": base_rows["retrieval"],
                "adapted_closed_book": adapted_rows["closed_book"], "adapted_retrieval": adapted_rows["retrieval"]}
@@ -317,6 +323,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
         "general": {"base": general_before, "adapted": general_after, "relative_change": _relative(general_before, general_after)},
         "parameters": summary, "train": to_dict(result), "saved": str(saved), "assistant": str(out / "assistant.json"),
         "indexing_s": round(report.seconds, 1),
+        "stage_seconds": {name: round(seconds, 1) for name, seconds in stages.items()},
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
     write_json(out / "metrics.json", metrics)

@@ -56,6 +56,8 @@ def cost_row(m: dict) -> list[str]:
             f"{t['tokens_per_s']:.0f}", f"{t['peak_memory_bytes'] / 2**20:.0f} MiB", f"{m['wall_time_s']:.0f} s"]
 
 
+STAGES = {"setup": "set-up (documents, index, model)", "base_eval": "base evaluation", "training": "training",
+          "adapted_eval": "adapted evaluation"}
 COST_HEADER = ["trainable parameters", "total", "training time", "tokens/s", "peak memory", "whole job"]
 
 
@@ -91,6 +93,9 @@ def render_report(m: dict) -> str:
               f"{te['closed_book']} closed-book, {te['general']} general instructions"
               + (f", {te['text_rows']} raw-text rows" if te["text_rows"] else "") + ".", ""]
     lines += _md_table(COST_HEADER, [cost_row(m)])
+    if m.get("stage_seconds"):
+        lines += ["", "Time by stage: " + ", ".join(f"{STAGES.get(k, k)} {v:.0f} s" for k, v in m["stage_seconds"].items())
+                  + "."]
     lines += ["", f"Run it: `acculturate ask --run {m['assistant'].rsplit('/', 1)[0]} \"your question\"`, or "
               f"`acculturate serve --run {m['assistant'].rsplit('/', 1)[0]}`. Every answer: `eval/*.jsonl`.", ""]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ class AssistantSpec:
     region: str
     model: str                          # the base model: embedded name, HF directory or .gguf file
     persona: str                        # the system message of every conversation
+    dtype: str | None = None            # the weights' dtype the evaluation ran in (None: the loader's default)
     adapter: str | None = "adapter"     # the LoRA adapter (None: the base model alone)
     index: str = "index"                # the knowledge-base index
     template: str = "chat"
@@ -149,7 +150,8 @@ class Assistant:
 
 
 def load_assistant(run_dir: str | Path, device: str | None = None, dtype: str | None = None) -> Assistant:
-    """Load what ``acculturate adapt`` built in ``run_dir``: base model + adapter, index, persona."""
+    """Load what ``acculturate adapt`` built in ``run_dir``: base model + adapter, index, persona;
+    the weights in the dtype the job evaluated in unless ``dtype`` says otherwise."""
     from acculturate.adapters import load_adapter
     from acculturate.models import load
     from acculturate.models.embedding import load_embedder
@@ -157,7 +159,7 @@ def load_assistant(run_dir: str | Path, device: str | None = None, dtype: str | 
 
     run_dir = Path(run_dir)
     spec = AssistantSpec.read(run_dir)
-    loaded = load(spec.model, device=device, dtype=dtype)
+    loaded = load(spec.model, device=device, dtype=dtype or spec.dtype)
     if spec.adapter:
         load_adapter(loaded.model, run_dir / spec.adapter)
     loaded.model.eval()

@@ -145,6 +145,8 @@ def load_run(config) -> dict | None:
     spec = AssistantSpec.read(run)
     name = run.resolve().name
     config.model = spec.model
+    if config.dtype is None:   # the dtype the run was evaluated in: the same answers as its report
+        config.dtype = spec.dtype
     if spec.adapter:
         config.adapters[name] = str(run / spec.adapter)
     config.rag_home = str(run)

@@ -72,6 +72,48 @@ def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path
         run_adapt(small_config(tmp_path, "region=Mexico"), progress=False)
 
 
+def test_adapt_killed_during_training_resumes_to_the_same_result(tmp_path):
+    """SIGKILL once the first training checkpoint is saved; the same command then finishes the run
+    with the metrics of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = SMALL[:-2] + ["train.max_steps=4", "train.save_every=2", "train.batch_size=4",
+                             "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
+
+    def command(root):
+        return [sys.executable, "-m", "acculturate", "adapt", "--name", "k"] + [
+            x for kv in settings + [f"output_dir={root}"] for x in ("--set", kv)]
+
+    whole = run_adapt(from_dict(AdaptConfig, apply_overrides({"output_dir": str(tmp_path / "whole"), "name": "k"},
+                                                             settings)), progress=False)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoint = killed / "k" / "train" / "checkpoint"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (killed / "k" / "metrics.json").exists(), "not killed during training"
+    assert not (killed / "k" / "eval" / "adapted_retrieval.jsonl").exists()
+
+    done = subprocess.run(command(killed), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((killed / "k" / "metrics.json").read_text())
+    assert resumed["systems"] == whole["systems"] and resumed["general"] == whole["general"]
+    assert resumed["train"]["steps"] == whole["train"]["steps"] == 4
+    assert resumed["train"]["train_loss"] == whole["train"]["train_loss"] and resumed["train"]["resumed_from_step"] == 2
+    for name in ("adapted_closed_book", "adapted_retrieval"):
+        answers = [json.loads(l)["answer"] for l in (killed / "k" / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        assert answers == [json.loads(l)["answer"] for l in
+                           (tmp_path / "whole" / "k" / "eval" / f"{name}.jsonl").read_text().splitlines()]
+
+
 def test_any_region_name_needs_its_own_questions_and_documents(tmp_path):
     with pytest.raises(ValueError, match="questions: region 'Bavaria' is not a shipped preset"):
         from_dict(AdaptConfig, {"region": "Bavaria"})
