@@ -54,6 +54,49 @@ STEPS: dict[str, Step] = {
 }
 
 
+@dataclass(frozen=True)
+class Generator:
+    """A data step that generates with a model (`acculturate.augment`), run by ``jobs/data.py``.
+    Named as 'module:attribute' so that listing the steps (the CLI's help) loads no model code."""
+
+    config: str
+    run: str
+    help: str
+
+    def config_class(self) -> type:
+        import importlib
+
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+GENERATORS: dict[str, Generator] = {
+    "backtranslate": Generator("acculturate.augment:BackTranslateConfig", "acculturate.augment:backtranslate",
+                               "paraphrase prompts by round-trip translation through a pivot language (model)"),
+    "self-instruct": Generator("acculturate.augment:SelfInstructConfig", "acculturate.augment:self_instruct",
+                               "generate new instruction/answer pairs from seed tasks (Self-Instruct, model)"),
+}
+"""The model-driven steps; with :data:`STEPS`, the one catalogue of data steps (`acculturate data`)."""
+
+
+def step_names() -> list[str]:
+    return list(STEPS) + list(GENERATORS)
+
+
+def step_help(name: str) -> str:
+    return STEPS[name].help if name in STEPS else GENERATORS[name].help
+
+
+def step_config_class(name: str) -> type:
+    from acculturate.config_loading import ConfigError
+
+    if name in STEPS:
+        return STEPS[name].config
+    if name in GENERATORS:
+        return GENERATORS[name].config_class()
+    raise ConfigError(f"step: expected one of {step_names()}, got {name!r}")
+
+
 def read_input(path: str | os.PathLike, format: str = "auto", skip_invalid: bool = False,
                columns: dict[str, str] | None = None) -> list[Example]:
     """Read a step's input: any format ``read_examples`` reads (Alpaca, chat, CSV with ``columns``)."""
