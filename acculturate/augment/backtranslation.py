@@ -18,6 +18,7 @@ from acculturate.augment.progress import log_row, read_partial
 from acculturate.data import Example, render_prompt, write_examples
 from acculturate.data.dedupe import normalize_text
 from acculturate.data.summary import example_id
+from acculturate.data.templates import check_template
 from acculturate.decode import GenerationConfig, generate
 
 TRANSLATE_PROMPT = ("Translate this {source} text into {target}. Reply with the {target} "
@@ -56,8 +57,7 @@ class BackTranslateConfig:
                              f"{self.min_similarity}, {self.max_similarity}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit: expected a positive integer, got {self.limit}")
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
+        check_template(self.template)
 
 
 def prompt_text(example: Example) -> str:

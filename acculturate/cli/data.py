@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from acculturate.cli.common import add_job_parser, job_config
 
@@ -58,7 +57,7 @@ def cmd_step(args) -> int:
         raise SystemExit(f"acculturate data {args.step}: give " + ("INPUT OUTPUT" if wants_input else "[INPUT] OUTPUT"))
     *inputs, output = args.paths
     config = load_config(step_config_class(args.step), args.config, args.set)
-    from acculturate.jobs.sources import resolve_path
+    from acculturate.data.sources import resolve_path
 
     source = resolve_path(inputs[0]) if inputs else None
     columns = dict(item.split("=", 1) for item in args.columns.split(",")) if args.columns else None

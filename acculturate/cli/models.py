@@ -73,7 +73,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_tokenizer_extend(args) -> int:
-    from acculturate.jobs.sources import DataSource
+    from acculturate.data.sources import DataSource
     from acculturate.jobs.vocab import run_extend
     from acculturate.models.vocab import ExtendConfig
 

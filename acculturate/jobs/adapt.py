@@ -29,10 +29,10 @@ from pathlib import Path
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, blend_countries, load_blend
 from acculturate.data.questions import read_questions
+from acculturate.data.sources import DataConfig, DataSource, read_source, resolve_path
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
-                                       prepare_and_train, run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import DataSource, read_source, resolve_path
+from acculturate.jobs.common import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
 from acculturate.rag.chunking import ChunkConfig
 from acculturate.rag.raft import RaftConfig
@@ -333,7 +333,7 @@ def _text_features(config: AdaptConfig, tok, base_dir: Path | None) -> list[dict
     if not config.text:
         return []
     from acculturate.data.text import text_features
-    from acculturate.jobs.cpt import read_text_sources
+    from acculturate.data.sources import read_text_sources
 
     docs = read_text_sources(config.text, seed=config.data.seed, base_dir=base_dir)
     if not docs:

@@ -29,13 +29,13 @@ from pathlib import Path
 from acculturate.adapters import METHODS, LoRAConfig, PromptTuningConfig
 from acculturate.config_loading import from_dict, to_dict
 from acculturate.data import blend_countries, load_blend
+from acculturate.data.sources import DataConfig, DataSource, read_source
 from acculturate.decode import GenerationConfig
 from acculturate.evaluate.qa import QAResult, evaluate_qa
 from acculturate.io import atomic_path, write_json, write_text
 from acculturate.jobs.adapt import EvalConfig
-from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
-                                       prepare_and_train, run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import DataSource, read_source
+from acculturate.jobs.common import JobConfig, open_run
+from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
 from acculturate.train import TrainConfig, evaluate_loss
 from acculturate.train.tracking import log_report
@@ -73,13 +73,11 @@ def _all_methods() -> list[MethodRun]:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(JobConfig):
     """`acculturate compare CONFIG`: every method on the same region data, steps and evaluation."""
 
     name: str = "compare-uk"
-    output_dir: str = "runs"
     region: str = "UK"     # a BLEnD country: its questions are split into train and held-apart test
-    model: ModelConfig = field(default_factory=ModelConfig)
     # General instructions mixed into training (as in `adapt`); the region's questions are added.
     data: DataConfig = field(default_factory=lambda: DataConfig(
         sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=50)],
@@ -242,9 +240,7 @@ def run_compare(config: CompareConfig, *, overwrite: bool = False, base_dir: Pat
         ``{"region", "model", "steps", "train_examples", "test_questions", "base", "methods": [row...],
         "files": {...}}``, also written to ``results.json``.
     """
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
 
     region_train, region_test = _region_split(config)
     base_path = out / "base.json"

@@ -17,10 +17,10 @@ from pathlib import Path
 from acculturate.augment import backtranslate, self_instruct
 from acculturate.config_loading import ConfigError, from_dict, to_dict
 from acculturate.data import Example, write_examples
+from acculturate.data.sources import resolve_path
 from acculturate.data.steps import GENERATORS, STEPS, read_input, run_step, step_config_class, step_names
 from acculturate.data.summary import format_comparison, summarize
 from acculturate.io import write_bytes, write_json, write_text
-from acculturate.jobs.sources import resolve_path
 from acculturate.models import DEFAULT_MODEL
 
 def load_model(name: str):

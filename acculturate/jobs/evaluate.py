@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.config_loading import ConfigError, from_dict, to_dict
+from acculturate.config_loading import ConfigError, from_dict
 from acculturate.evaluate.tasks import TASKS, TaskConfig
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import check_run_dir, run_dir
+from acculturate.jobs.common import RunConfig, open_run, run_dir
 from acculturate.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,10 @@ class JudgeConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     """`acculturate eval CONFIG`."""
 
     name: str = "eval"
-    output_dir: str = "runs"
     systems: list[SystemConfig] = field(default_factory=lambda: [SystemConfig("base")])
     tasks: list[TaskConfig] = field(default_factory=list)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -178,8 +177,7 @@ def run_eval(config: EvalConfig, *, resume: bool = False, overwrite: bool = Fals
     if (out / "config.json").exists() and not (resume or overwrite):
         raise ConfigError(f"{out} already holds an evaluation run: use --resume to continue it, "
                           "--rescore to recompute its metrics, --restart to replace it, or another --name")
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    open_run(config, overwrite)
     rubrics = load_rubrics(config.judge.rubrics)   # fail on a bad rubrics file before any generation
     items = {t.name: TASKS[t.kind].load(t, base_dir) for t in config.tasks}
     start = time.perf_counter()

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.config_loading import apply_overrides, to_dict
+from acculturate.config_loading import apply_overrides
 from acculturate.evaluate.qa import wilson_interval
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.common import JobConfig, ModelConfig, open_run
 from acculturate.prompting import STRATEGIES, Task, load_task, run_strategy, strategy_config
 from acculturate.prompting.trace import StrategyResult
 
@@ -62,12 +62,10 @@ class TaskConfig:
 
 
 @dataclass
-class PromptEvalConfig:
+class PromptEvalConfig(JobConfig):
     """`acculturate prompt-eval CONFIG`: compare prompting strategies on one task sample."""
 
     name: str = "prompt-eval"
-    output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
     adapter: str | None = None     # a LoRA adapter directory applied to the model
     task: TaskConfig = field(default_factory=TaskConfig)
     strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
@@ -167,9 +165,7 @@ def run_prompt_eval(config: PromptEvalConfig, *, overwrite: bool = False, progre
         ``<run>/results.json``, with the table in ``<run>/results.md``.
     """
     start = time.perf_counter()
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
     options = {"countries": config.task.countries} if config.task.countries else {}
     task, evaluated = split_task(load_task(config.task.name, config.task.path, **options),
                                  config.task.sample, config.task.seed)

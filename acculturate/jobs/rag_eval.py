@@ -36,7 +36,7 @@ from pathlib import Path
 from acculturate.config_loading import to_dict
 from acculturate.data import load_blend
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, run_dir
+from acculturate.jobs.common import JobConfig, run_dir
 from acculturate.rag.chunking import ChunkConfig
 from acculturate.rag.index import IndexConfig
 
@@ -44,11 +44,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RagEvalConfig:
+class RagEvalConfig(JobConfig):
     """`acculturate rag eval CONFIG`: build the BLEnD document set, index it, measure retrieval and answers."""
 
     name: str = "rag-blend"
-    output_dir: str = "runs"
     countries: list[str] | None = None          # BLEnD countries (default: all shipped)
     chunk: ChunkConfig = field(default_factory=lambda: ChunkConfig(max_chars=500, overlap_chars=100))
     embedder: str | None = None                 # sentence-transformers model directory (default MiniLM)
@@ -57,7 +56,6 @@ class RagEvalConfig:
     modes: list[str] = field(default_factory=lambda: ["dense", "bm25", "hybrid"])
     answer_sample: int | None = 40              # questions answered with and without retrieval (0: skip)
     answer_k: int = 3                           # passages shown to the model
-    model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
 
     def __post_init__(self):

@@ -43,10 +43,11 @@ from typing import Any
 
 from acculturate.config_loading import ConfigError, from_dict, to_dict
 from acculturate.data import Example, train_test_split
-from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import (Datasets, FinetuneConfig, MethodConfig, check_run_dir, prepare_and_train, read_sources,
-                                       run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import SHIPPED_PREFIX, resolve_path
+from acculturate.data.sources import SHIPPED_PREFIX, read_sources, resolve_path
+from acculturate.io import write_json
+from acculturate.jobs.common import RunConfig, open_run, run_dir
+from acculturate.jobs.finetune import (Datasets, FinetuneConfig, MethodConfig, prepare_and_train, save_trained,
+                                       split_examples, tokenize)
 from acculturate.train import TrainConfig
 from acculturate.train.hpo import Param, assign_devices, default_workers, pruning_hook, suggest, visible_gpus
 
@@ -120,11 +121,10 @@ class StudyConfig:
 
 
 @dataclass
-class TuneConfig:
+class TuneConfig(RunConfig):
     """`acculturate tune CONFIG`: search ``search`` around the `acculturate train` config ``base``."""
 
     name: str = "tune"
-    output_dir: str = "runs"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: dict[str, Param] = field(default_factory=_default_search)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -417,8 +417,7 @@ def run_tune(config: TuneConfig, *, workers: int | None = None, overwrite: bool 
 
     run = run_dir(config.output_dir, config.name)
     _allow_more_trials(run, config)
-    check_run_dir(run, config, overwrite)
-    write_json(run / "config.json", to_dict(config))
+    open_run(config, overwrite)
     study = open_study(config, run)
     if config.study.include_default and not any(t.user_attrs.get("default") for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial({k: _get(to_dict(config.base), k) for k in config.search}, user_attrs={"default": True})
