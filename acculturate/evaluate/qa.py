@@ -17,6 +17,23 @@ from acculturate.io import append_jsonl, read_jsonl_by_key
 
 
 @dataclass
+class QAEvalConfig:
+    """How held-apart questions and the general-skill check are answered (`adapt`, `compare`)."""
+
+    limit: int | None = None      # answer only the first N held-apart questions (None: all)
+    max_new_tokens: int = 24      # short answers
+    batch_size: int = 16
+    general: int = 40             # held-out general instructions for the general-skill check (0: skip)
+    general_max_new_tokens: int = 48
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: expected a positive integer, got {self.limit}")
+        if self.general < 0:
+            raise ValueError(f"general: expected >= 0, got {self.general}")
+
+
+@dataclass
 class QAResult:
     accuracy: float
     correct: int

@@ -30,6 +30,7 @@ from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, blend_countries, load_blend
 from acculturate.data.questions import read_questions
 from acculturate.data.sources import DataConfig, DataSource, read_source, resolve_path
+from acculturate.evaluate.qa import QAEvalConfig
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
 from acculturate.jobs.common import ModelConfig, check_run_dir, run_dir
 from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
@@ -42,23 +43,6 @@ from acculturate.train.tracking import log_report
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("base_closed_book", "base_retrieval", "adapted_closed_book", "adapted_retrieval")
-
-
-@dataclass
-class EvalConfig:
-    """How the held-apart questions and the general-skill check are answered."""
-
-    limit: int | None = None      # answer only the first N held-apart questions (None: all)
-    max_new_tokens: int = 24      # short answers
-    batch_size: int = 16
-    general: int = 40             # held-out general instructions for the general-skill check (0: skip)
-    general_max_new_tokens: int = 48
-
-    def __post_init__(self):
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: expected a positive integer, got {self.limit}")
-        if self.general < 0:
-            raise ValueError(f"general: expected >= 0, got {self.general}")
 
 
 @dataclass
@@ -99,7 +83,7 @@ class AdaptConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, max_length=384))
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
 
     def __post_init__(self):
         if not isinstance(self.region, str) or not self.region.strip():

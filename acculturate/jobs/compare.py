@@ -31,9 +31,8 @@ from acculturate.config_loading import from_dict, to_dict
 from acculturate.data import blend_countries, load_blend
 from acculturate.data.sources import DataConfig, DataSource, read_source
 from acculturate.decode import GenerationConfig
-from acculturate.evaluate.qa import QAResult, evaluate_qa
+from acculturate.evaluate.qa import QAEvalConfig, QAResult, evaluate_qa
 from acculturate.io import atomic_path, write_json, write_text
-from acculturate.jobs.adapt import EvalConfig
 from acculturate.jobs.common import JobConfig, open_run
 from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
@@ -88,7 +87,7 @@ class CompareConfig(JobConfig):
     # The shared budget: set max_steps so every method takes the same optimizer steps.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=20, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, save_every=0))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(limit=40))
+    eval: QAEvalConfig = field(default_factory=lambda: QAEvalConfig(limit=40))
     isolate: bool = True   # each method in its own process (honest CPU peak memory); False: in this one
 
     def __post_init__(self):

@@ -45,7 +45,7 @@ class StrategyRun:
 
 
 @dataclass
-class TaskConfig:
+class PromptTaskConfig:
     """Which questions, and how many."""
 
     name: str = "svamp"            # 'svamp' or 'blend'
@@ -67,7 +67,7 @@ class PromptEvalConfig(JobConfig):
 
     name: str = "prompt-eval"
     adapter: str | None = None     # a LoRA adapter directory applied to the model
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: PromptTaskConfig = field(default_factory=PromptTaskConfig)
     strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
     save_traces: bool = True       # keep every prompt and completion in the outputs (large)
 
@@ -222,5 +222,5 @@ def answer_question(strategy: str, task_name: str, question: str, *, overrides: 
     return task, run_strategy(strategy, m, tok, task, example, config)
 
 
-__all__ = ["PromptEvalConfig", "StrategyRun", "TaskConfig", "answer_question", "run_prompt_eval",
+__all__ = ["PromptEvalConfig", "StrategyRun", "PromptTaskConfig", "answer_question", "run_prompt_eval",
            "results_table", "split_task", "summarize"]

@@ -168,7 +168,7 @@ def run_rag_eval(config: RagEvalConfig, *, overwrite: bool = False, progress: bo
     """
     import shutil
 
-    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, TaskConfig, run_prompt_eval
+    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, PromptTaskConfig, run_prompt_eval
     from acculturate.rag import open_index, update_index
 
     start = time.perf_counter()
@@ -193,7 +193,7 @@ def run_rag_eval(config: RagEvalConfig, *, overwrite: bool = False, progress: bo
     if config.answer_sample != 0:
         pe = PromptEvalConfig(
             name="answers", output_dir=str(out), model=config.model,
-            task=TaskConfig(name="blend", countries=config.countries, sample=config.answer_sample, seed=config.seed),
+            task=PromptTaskConfig(name="blend", countries=config.countries, sample=config.answer_sample, seed=config.seed),
             strategies=[StrategyRun("zero_shot", "without-retrieval"),
                         StrategyRun("rag", "with-retrieval", {"index": str((out / "index").resolve()),
                                                               "k": config.answer_k})])

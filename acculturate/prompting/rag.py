@@ -77,6 +77,6 @@ def run(model, tokenizer, task: Task, example: Example, config: RagConfig | None
 
 
 def _strip_citations(text: str) -> str:
-    from acculturate.rag.pipeline import _CITATION
+    from acculturate.rag.pipeline import CITATION
 
-    return _CITATION.sub("", text).replace(" .", ".").strip()
+    return CITATION.sub("", text).replace(" .", ".").strip()

@@ -22,7 +22,7 @@ _STOP = frozenset("""a an the and or of in on at to for from by with is are was 
 those as into than then there their they them he she his her we our you your i my me what which who whom when where
 why how do does did not no yes so such can could would should will may might most more many much some any all each
 other answer question passage passages people""".split())
-_CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:[,;]|-|–|and)\s*\d+\s*)*)\]")
+CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:[,;]|-|–|and)\s*\d+\s*)*)\]")
 
 
 @dataclass
@@ -86,7 +86,7 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
     """Passage numbers cited in ``text`` (1-based, first citation first, each once); numbers outside
     1..n_passages are ignored (the model may invent them)."""
     cited: list[int] = []
-    for group in _CITATION.findall(text):
+    for group in CITATION.findall(text):
         for part in re.split(r"[,;]|\band\b", group):
             part = part.strip()
             m = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)
