@@ -114,7 +114,7 @@ def backtranslate(model, tokenizer, examples: list[Example], output: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    from acculturate.prompting.retrieval import embed
+    from acculturate.models.embedding import embed
 
     config = config or BackTranslateConfig()
     todo = examples[: config.limit] if config.limit else list(examples)

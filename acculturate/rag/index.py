@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -390,14 +389,3 @@ def update_index(paths: list[str | os.PathLike], index: str | os.PathLike, confi
         report.passages = len(passages)
     report.seconds = round(time.perf_counter() - start, 3)
     return report
-
-
-def delete_index(index: str | os.PathLike, home: str | os.PathLike | None = None) -> Path:
-    """Remove an index directory (and the lock file beside it)."""
-    path = resolve_index(index, home)
-    with _locked(path):
-        if not (path / "manifest.json").exists():
-            raise RagIndexError(f"no index at {path}")
-        shutil.rmtree(path)
-    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
-    return path
