@@ -45,11 +45,15 @@ class BackTranslateConfig:
     """Write every original (also those past ``limit``) followed by the accepted paraphrases;
     False: the paraphrases only."""
     max_new_tokens: int = 64
+    """Tokens per translation."""
     batch_size: int = 8
+    """Prompts translated per generate call."""
     temperature: float = 0.0
     """0: greedy translation (the usual choice); > 0 samples, seeded by ``seed``."""
     seed: int = 0
+    """Sampling seed (with temperature > 0)."""
     template: str = "chat"
+    """How translation requests are rendered: 'chat' or 'alpaca'."""
 
     def __post_init__(self):
         if not 0.0 <= self.min_similarity <= self.max_similarity <= 1.0:

@@ -38,17 +38,24 @@ class DataSource:
     """
 
     path: str
-    format: str = "auto"                 # auto | alpaca | chat | sharegpt | csv (the record shape; the
-                                         # container comes from the path: .parquet, .arrow, save_to_disk folder)
-    columns: dict | None = None          # {"instruction": "<column>", "input": ..., "output": ...}; chat/ShareGPT:
-                                         # {"conversations" or "messages": ..., "role": ..., "content": ..., "system": ...}
-    roles: dict | None = None            # chat/ShareGPT role names -> system/user/assistant, e.g. {bot: assistant}
-                                         # (human -> user and gpt -> assistant are built in)
-    split: str = "train"                 # a save_to_disk folder of several splits: the one to read
-    countries: list[str] | None = None   # blend only: which countries (default: all)
-    limit: int | None = None             # keep N examples, chosen by a seeded shuffle
-    group: str | None = None             # text data: the documents' group (language, region) for
-                                         # per-group perplexity and group DRO (default: CSV column or file stem)
+    format: str = "auto"
+    """auto | alpaca | chat | sharegpt | csv (the record shape; the container comes from the path: .parquet,
+    .arrow, save_to_disk folder)."""
+    columns: dict | None = None
+    """{"instruction": "<column>", "input": ..., "output": ...}; chat/ShareGPT: {"conversations" or
+    "messages": ..., "role": ..., "content": ..., "system": ...}."""
+    roles: dict | None = None
+    """Chat/ShareGPT role names -> system/user/assistant, e.g. {bot: assistant} (human -> user and gpt ->
+    assistant are built in)."""
+    split: str = "train"
+    """A save_to_disk folder of several splits: the one to read."""
+    countries: list[str] | None = None
+    """Blend only: which countries (default: all)."""
+    limit: int | None = None
+    """Keep N examples, chosen by a seeded shuffle."""
+    group: str | None = None
+    """Text data: the documents' group (language, region) for per-group perplexity and group DRO (default: CSV
+    column or file stem)."""
 
     def __post_init__(self):
         if not self.path:
@@ -146,18 +153,30 @@ class DataConfig:
     """Training data and how it becomes token sequences."""
 
     sources: list[DataSource] = field(default_factory=list)
-    template: str = "chat"            # 'chat' (the model's chat template) or 'alpaca'
-    system: str | None = None         # a system persona put in every prompt, e.g. a region's
-    max_length: int = 256             # tokens per example (longer ones are truncated)
-    test_fraction: float = 0.1        # held apart for evaluation
-    stratify: str | None = None       # a meta field to stratify the split by (e.g. 'country')
-    seed: int = 0                     # split and sampling seed
-    skip_invalid: bool = False        # skip malformed rows (counted) instead of stopping
-    kind: str = "examples"            # 'examples' (instructions/chat: loss on responses) or 'text' (raw
-                                      # text, continued pre-training: packed rows of max_length, loss on every token)
-    text_packing: str = "stream"      # text: 'stream' (concatenate + cut) or 'document' (see data/text.py)
-    group_by: str | None = None       # examples: a meta field naming each example's group (group DRO)
-    loss_turns: str = "all"           # multi-turn chats: loss on 'all' assistant turns or the 'last' only
+    """The data sets to read (examples or, with kind 'text', raw text), in order."""
+    template: str = "chat"
+    """'chat' (the model's chat template) or 'alpaca'."""
+    system: str | None = None
+    """A system persona put in every prompt, e.g. a region's."""
+    max_length: int = 256
+    """Tokens per example (longer ones are truncated)."""
+    test_fraction: float = 0.1
+    """Held apart for evaluation."""
+    stratify: str | None = None
+    """A meta field to stratify the split by (e.g. 'country')."""
+    seed: int = 0
+    """Split and sampling seed."""
+    skip_invalid: bool = False
+    """Skip malformed rows (counted) instead of stopping."""
+    kind: str = "examples"
+    """'examples' (instructions/chat: loss on responses) or 'text' (raw text, continued pre-training: packed
+    rows of max_length, loss on every token)."""
+    text_packing: str = "stream"
+    """Text: 'stream' (concatenate + cut) or 'document' (see data/text.py)."""
+    group_by: str | None = None
+    """Examples: a meta field naming each example's group (group DRO)."""
+    loss_turns: str = "all"
+    """Multi-turn chats: loss on 'all' assistant turns or the 'last' only."""
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -27,9 +27,13 @@ class BlocklistFilterConfig:
     """Drop examples matching blocklists (shipped region names or YAML files) or extra patterns."""
 
     lists: tuple[str, ...] = ("default",)
+    """Blocklists: shipped region names (e.g. 'uk', 'indonesia', 'default') or YAML files."""
     words: tuple[str, ...] = ()
+    """Extra words or phrases to block."""
     patterns: tuple[str, ...] = ()
+    """Extra regular expressions to block."""
     part: str = "all"
+    """What is checked: 'all' messages, the 'prompt' turns or the 'response'."""
 
 
 def _blocklist(examples, config: BlocklistFilterConfig):

@@ -49,8 +49,10 @@ class MethodRun:
     fine-tuning diverges at a rate prompt tuning needs) and, for ``head``, the blocks it trains."""
 
     name: str
-    lr: float | None = None   # None: ``train.lr``
-    head_blocks: int = 0      # 'head' only: also train the last N transformer blocks
+    lr: float | None = None
+    """None: ``train.lr``."""
+    head_blocks: int = 0
+    """'head' only: also train the last N transformer blocks."""
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -76,19 +78,23 @@ class CompareConfig(JobConfig):
     """`acculturate compare CONFIG`: every method on the same region data, steps and evaluation."""
 
     name: str = "compare-uk"
-    region: str = "UK"     # a BLEnD country: its questions are split into train and held-apart test
-    # General instructions mixed into training (as in `adapt`); the region's questions are added.
+    region: str = "UK"
+    """A BLEnD country: its questions are split into train and held-apart test."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
         sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=50)],
         test_fraction=0.25, stratify="topic"))
+    """General instructions mixed into training (as in `adapt`); the region's questions are added."""
     methods: list[MethodRun] = field(default_factory=_all_methods)
-    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=16, alpha=32))   # 'lora' and 'qlora'
+    """The methods to train, each a name and its own settings (default: full, head, lora, qlora, prompt_tuning)."""
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=16, alpha=32))
+    """'lora' and 'qlora'."""
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
-    # The shared budget: set max_steps so every method takes the same optimizer steps.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=20, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, save_every=0))
+    """The shared budget: set max_steps so every method takes the same optimizer steps."""
     eval: QAEvalConfig = field(default_factory=lambda: QAEvalConfig(limit=40))
-    isolate: bool = True   # each method in its own process (honest CPU peak memory); False: in this one
+    isolate: bool = True
+    """Each method in its own process (honest CPU peak memory); False: in this one."""
 
     def __post_init__(self):
         if self.region not in blend_countries():

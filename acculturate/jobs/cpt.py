@@ -36,13 +36,19 @@ class GeneralConfig:
 
     sources: list[DataSource] = field(default_factory=lambda: [
         DataSource(path="shipped:instructions/instruction-data.json", format="alpaca", limit=300)])
-    template: str = "alpaca"          # how general examples become text: 'alpaca' or 'chat'
-    max_length: int = 256             # tokens per general example
-    test_fraction: float = 0.2        # held apart for the report; the rest feeds mixing and KL
-    task_examples: int = 16           # held-apart instructions answered for the task score (0: skip)
-    max_new_tokens: int = 48          # per task answer
-    report: bool | None = None        # measure and report general ability (default: for text data or
-                                      # when a forgetting control is on)
+    """The general instructions (default: 300 of the shipped ones)."""
+    template: str = "alpaca"
+    """How general examples become text: 'alpaca' or 'chat'."""
+    max_length: int = 256
+    """Tokens per general example."""
+    test_fraction: float = 0.2
+    """Held apart for the report; the rest feeds mixing and KL."""
+    task_examples: int = 16
+    """Held-apart instructions answered for the task score (0: skip)."""
+    max_new_tokens: int = 48
+    """Per task answer."""
+    report: bool | None = None
+    """Measure and report general ability (default: for text data or when a forgetting control is on)."""
 
     def __post_init__(self):
         check_template(self.template)

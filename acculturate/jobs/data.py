@@ -91,11 +91,14 @@ class DataPipelineConfig:
     input: str = "shipped:instructions/instruction-data.json"
     """The data: a file or ``shipped:<file under resources/data>``."""
     output_dir: str = "runs/data"
+    """Where each step's output, data.jsonl and summary.md are written."""
     model: str = DEFAULT_MODEL
     """The model the generators use."""
     group: str | None = None
     """A field whose balance every summary reports (a meta key or 'gender')."""
     steps: list[PipelineStep] = field(default_factory=list)
+    """The steps in order, each {step: NAME, settings: {...}} (`acculturate data STEP --settings` lists a step's
+    settings)."""
 
     def __post_init__(self):
         if not self.steps:

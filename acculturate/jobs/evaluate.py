@@ -29,13 +29,18 @@ class SystemConfig:
     """One system under evaluation: model + adapter + prompting strategy + its decoding settings."""
 
     name: str
-    model: str = DEFAULT_MODEL        # 'smollm2-135m', an HF model directory or a .gguf file
-    adapter: str | None = None        # an adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)
-    strategy: str = "zero_shot"       # a key of acculturate.prompting.STRATEGIES; zero_shot is batched,
-                                      # the others run per example on blend and cot tasks
-    strategy_config: dict = field(default_factory=dict)   # fields of that strategy's config (its
+    model: str = DEFAULT_MODEL
+    """'smollm2-135m', an HF model directory or a .gguf file."""
+    adapter: str | None = None
+    """An adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)."""
+    strategy: str = "zero_shot"
+    """A key of acculturate.prompting.STRATEGIES; zero_shot is batched, the others run per example on blend
+    and cot tasks."""
+    strategy_config: dict = field(default_factory=dict)
+    """Fields of that strategy's config (its."""
                                       # decoding too: max_new_tokens, samples, temperature, top_p...)
-    system_prompt: str | None = None  # a persona put in every prompt (a strategy's `persona` if it has none)
+    system_prompt: str | None = None
+    """A persona put in every prompt (a strategy's `persona` if it has none)."""
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 8
@@ -75,10 +80,15 @@ class JudgeConfig:
     """The model that rates cultural appropriateness (may be bigger than the judged ones)."""
 
     model: str = DEFAULT_MODEL
+    """The judge model: an embedded name, an HF model directory or a GGUF file."""
     adapter: str | None = None
-    rubrics: str | None = None        # a rubrics YAML; default the shipped resources/rubrics.yaml
+    """A LoRA adapter directory the judge uses (None: the base model)."""
+    rubrics: str | None = None
+    """A rubrics YAML; default the shipped resources/rubrics.yaml."""
     max_new_tokens: int = 48
+    """Tokens the judge may write per rating."""
     batch_size: int = 8
+    """Answers judged per generate call."""
 
 
 @dataclass
@@ -87,7 +97,9 @@ class EvalConfig(RunConfig):
 
     name: str = "eval"
     systems: list[SystemConfig] = field(default_factory=lambda: [SystemConfig("base")])
+    """The systems compared: a model, an optional adapter, a prompting strategy, a system prompt."""
     tasks: list[TaskConfig] = field(default_factory=list)
+    """The tasks each system answers (kinds: blend, nusax, appropriateness, cot)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self):

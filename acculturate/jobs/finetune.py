@@ -30,12 +30,16 @@ class MethodConfig:
     over NF4-quantized weights) or 'prompt_tuning' (learned virtual tokens, the model frozen)."""
 
     name: str = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)   # 'lora' and 'qlora'
-    head_blocks: int = 0   # 'head': also train the last N transformer blocks (0: only the output head)
-    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)   # 'prompt_tuning'
-    # lora/qlora on a model from `acculturate tokenizer extend`: also train the added tokens' embedding
-    # rows (saved in the adapter as PEFT's trainable_token_indices). full/head train them anyway.
+    """'full', 'head', 'lora', 'qlora' or 'prompt_tuning' (adapters.METHODS)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """'lora' and 'qlora'."""
+    head_blocks: int = 0
+    """'head': also train the last N transformer blocks (0: only the output head)."""
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    """'prompt_tuning'."""
     train_new_tokens: bool = True
+    """Lora/qlora on a model from `acculturate tokenizer extend`: also train the added tokens' embedding rows
+    (saved in the adapter as PEFT's trainable_token_indices). full/head train them anyway."""
 
     def __post_init__(self):
         from acculturate.adapters import METHODS
@@ -53,9 +57,9 @@ class FinetuneConfig(JobConfig):
         sources=[DataSource(path="shipped:instructions/instruction-data.json")]))
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Specialise without forgetting: KL to the base, general-data mixing, group DRO (off by default),
-    # and the general data they use and the report measures.
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    """Specialise without forgetting: KL to the base, general-data mixing, group DRO (off by default), and the
+    general data they use and the report measures."""
     general: cpt.GeneralConfig = field(default_factory=cpt.GeneralConfig)
 
     def __post_init__(self):

@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 class StrategyRun:
     """One column of the comparison: a strategy and its settings."""
 
-    strategy: str                  # a key of acculturate.prompting.STRATEGIES
-    label: str | None = None       # name in the table and of the outputs file (default: strategy)
-    config: dict = field(default_factory=dict)   # fields of the strategy's config dataclass
+    strategy: str
+    """A key of acculturate.prompting.STRATEGIES."""
+    label: str | None = None
+    """Name in the table and of the outputs file (default: strategy)."""
+    config: dict = field(default_factory=dict)
+    """Fields of the strategy's config dataclass."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -48,11 +51,16 @@ class StrategyRun:
 class PromptTaskConfig:
     """Which questions, and how many."""
 
-    name: str = "svamp"            # 'svamp' or 'blend'
-    path: str | None = None        # a data file instead of the shipped one
-    countries: list[str] | None = None   # blend: only these countries
-    sample: int | None = 20        # evaluate a seeded random sample of N questions (None: all)
+    name: str = "svamp"
+    """'svamp' or 'blend'."""
+    path: str | None = None
+    """A data file instead of the shipped one."""
+    countries: list[str] | None = None
+    """Blend: only these countries."""
+    sample: int | None = 20
+    """Evaluate a seeded random sample of N questions (None: all)."""
     seed: int = 0
+    """Seed of the sample."""
 
     def __post_init__(self):
         if self.sample is not None and self.sample < 1:
@@ -66,10 +74,13 @@ class PromptEvalConfig(JobConfig):
     """`acculturate prompt-eval CONFIG`: compare prompting strategies on one task sample."""
 
     name: str = "prompt-eval"
-    adapter: str | None = None     # a LoRA adapter directory applied to the model
+    adapter: str | None = None
+    """A LoRA adapter directory applied to the model."""
     task: PromptTaskConfig = field(default_factory=PromptTaskConfig)
     strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
-    save_traces: bool = True       # keep every prompt and completion in the outputs (large)
+    """The strategies compared, each a name and its config fields (see `acculturate prompt --help`)."""
+    save_traces: bool = True
+    """Keep every prompt and completion in the outputs (large)."""
 
     def __post_init__(self):
         labels = [s.label for s in self.strategies]

@@ -48,15 +48,23 @@ class RagEvalConfig(JobConfig):
     """`acculturate rag eval CONFIG`: build the BLEnD document set, index it, measure retrieval and answers."""
 
     name: str = "rag-blend"
-    countries: list[str] | None = None          # BLEnD countries (default: all shipped)
+    countries: list[str] | None = None
+    """BLEnD countries (default: all shipped)."""
     chunk: ChunkConfig = field(default_factory=lambda: ChunkConfig(max_chars=500, overlap_chars=100))
-    embedder: str | None = None                 # sentence-transformers model directory (default MiniLM)
-    retrieval_sample: int | None = 600          # questions for recall/MRR (None: all)
+    embedder: str | None = None
+    """Sentence-transformers model directory (default MiniLM)."""
+    retrieval_sample: int | None = 600
+    """Questions for recall/MRR (None: all)."""
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    """The k of recall@k."""
     modes: list[str] = field(default_factory=lambda: ["dense", "bm25", "hybrid"])
-    answer_sample: int | None = 40              # questions answered with and without retrieval (0: skip)
-    answer_k: int = 3                           # passages shown to the model
+    """The retrieval modes measured: 'dense', 'bm25', 'hybrid'."""
+    answer_sample: int | None = 40
+    """Questions answered with and without retrieval (0: skip)."""
+    answer_k: int = 3
+    """Passages shown to the model."""
     seed: int = 0
+    """Seed of the question samples."""
 
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:

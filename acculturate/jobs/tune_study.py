@@ -94,6 +94,8 @@ class TuneConfig(RunConfig):
     name: str = "tune"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     search: dict[str, Param] = field(default_factory=_default_search)
+    """Field path -> the space searched for it, e.g. train.lr: {low: 1e-4, high: 3e-3, log: true} or method.name:
+    {choices: [lora, full]} (train.* and method.* fields only)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
 
@@ -181,7 +183,8 @@ def trial_config(config: TuneConfig, values: dict[str, Any]) -> FinetuneConfig:
 
 @dataclass
 class TuneData:
-    fit: Datasets          # trains on fit, scored (eval loss, pruning) on validation
+    fit: Datasets
+    """Trains on fit, scored (eval loss, pruning) on validation."""
     test_examples: list[Example]
     test_features: list[dict]
 

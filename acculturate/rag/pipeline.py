@@ -30,10 +30,13 @@ class AskConfig:
     """Retrieval plus the generation around it."""
 
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
-    system: str = SYSTEM           # the instruction to answer from the passages and cite them
-    max_passage_chars: int = 1000  # a passage longer than this is cut in the prompt
+    system: str = SYSTEM
+    """The instruction to answer from the passages and cite them."""
+    max_passage_chars: int = 1000
+    """A passage longer than this is cut in the prompt."""
     max_new_tokens: int = 128
-    template: str = "chat"         # 'chat' (the model's template) or 'alpaca'
+    template: str = "chat"
+    """'chat' (the model's template) or 'alpaca'."""
 
     def __post_init__(self):
         if self.max_passage_chars < 20:
@@ -44,20 +47,17 @@ class AskConfig:
 
 @dataclass
 class RagAnswer:
-    """An answer and its evidence.
-
-    Attributes:
-        answer: the generated text.
-        citations: the passages the answer cites, as :func:`citation` dicts, in citation order
-            (``how``: ``"cited"`` by number, or ``"inferred"`` from the words it copies).
-        passages: every passage shown to the model, as :func:`citation` dicts, numbered from 1.
-        prompt: the rendered prompt.
-    """
+    """An answer and its evidence."""
 
     answer: str
+    """The generated text."""
     citations: list[dict]
+    """The passages the answer cites, as :func:`citation` dicts, in citation order (``how``: ``"cited"`` by
+    number, or ``"inferred"`` from the words it copies)."""
     passages: list[dict]
+    """Every passage shown to the model, as :func:`citation` dicts, numbered from 1."""
     prompt: str
+    """The rendered prompt."""
 
     def as_dict(self) -> dict:
         return {"answer": self.answer, "citations": self.citations, "passages": self.passages}
