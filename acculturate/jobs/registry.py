@@ -94,11 +94,3 @@ JOBS: dict[str, Job] = {job.verb: job for job in (
     Job("serve", "acculturate.serve.config:ServeConfig", "acculturate.serve:run_server",
         "serve models over an OpenAI-compatible API with a web chat and feedback", run_folder=False),
 )}
-
-
-def job_for_configs_dir(folder: str) -> Job:
-    """The job whose shipped YAMLs live in acculturate/configs/<folder>/."""
-    for job in JOBS.values():
-        if job.configs_dir == folder:
-            return job
-    raise KeyError(f"no job registered for configs/{folder}/")
