@@ -37,8 +37,7 @@ class SystemConfig:
     """A key of acculturate.prompting.STRATEGIES; zero_shot is batched, the others run per example on blend
     and cot tasks."""
     strategy_config: dict = field(default_factory=dict)
-    """Fields of that strategy's config (its."""
-                                      # decoding too: max_new_tokens, samples, temperature, top_p...)
+    """Fields of that strategy's config (its decoding too: max_new_tokens, samples, temperature, top_p...)."""
     system_prompt: str | None = None
     """A persona put in every prompt (a strategy's `persona` if it has none)."""
     device: str | None = None

@@ -81,11 +81,11 @@ class SimulateConfig:
     """The simulated user of the example and of ``reward: simulated`` (see :mod:`acculturate.feedback.simulated`)."""
 
     region: str = "Indonesia"
-    """The region the simulated user cares about."""
+    """A BLEnD country (its questions are asked, its name is what ``mentions_region`` looks for)."""
     rule: str = "mentions_region"
-    """How the simulated user judges an answer (a rule of acculturate.feedback.simulated)."""
+    """``mentions_region`` or ``answers_correctly`` (:mod:`acculturate.feedback.simulated`)."""
     adjust_probability: float = 0.5
-    """Chance the user also writes a corrected answer for a disliked one."""
+    """How often a failed answer gets an ``adjustment`` (a rewrite) instead of ``inappropriate``."""
     seed: int = 0
     """Seed of the user's questions and choices."""
     rounds: int = 4
