@@ -81,10 +81,9 @@ def test_every_verb_applies_set_with_or_without_a_config_file(verb, with_yaml, t
     if with_yaml:
         config = tmp_path / "config.yaml"
         if verb in ("adapt", "eval", "reward-model", "ppo"):   # a shipped default: copy it
-            from acculturate import cli
+            from acculturate.jobs.registry import JOBS
 
-            shipped = {"adapt": cli.DEFAULT_ADAPT_CONFIG, "eval": cli.DEFAULT_EVAL_CONFIG,
-                       "reward-model": cli.DEFAULT_REWARD_MODEL_CONFIG, "ppo": cli.DEFAULT_PPO_CONFIG}[verb]
+            shipped = JOBS[" ".join(argv[:2]) if verb == "reward-model" else verb].default_config
             config.write_text(shipped.read_text())
         else:
             config.write_text("{}\n" if verb != "data pipeline" else "steps: [{step: length}]\n")
@@ -100,9 +99,10 @@ def test_every_verb_applies_set_with_or_without_a_config_file(verb, with_yaml, t
 def test_prompt_set_reaches_the_strategy_config(monkeypatch):
     """`acculturate prompt` has no config file: its --set fills the strategy's config."""
     import acculturate.cli as cli
+    import acculturate.cli.common as cli_common
     import acculturate.jobs.prompt_eval as prompt_eval
 
-    monkeypatch.setattr(cli, "_load_with_adapter", lambda args: (None, None))
+    monkeypatch.setattr(cli_common, "load_with_adapter", lambda args: (None, None))
     monkeypatch.setattr(prompt_eval, "run_strategy", lambda name, m, tok, task, example, config: _capture(config))
     with pytest.raises(Captured) as caught:
         cli.main(["prompt", "Why?", "--strategy", "self_consistency", "--set", "samples=3"])
@@ -113,3 +113,29 @@ def test_set_without_yaml_names_a_bad_field():
     from acculturate.cli import main
 
     assert main(["serve", "--set", "api_tokn=x"]) == 2
+
+
+def test_every_job_of_the_registry_is_a_verb_whose_help_lists_its_config_fields(capsys):
+    """The config verbs are built from jobs/registry.py; their --help ends with the config's fields
+    and each field's documented meaning (here: the shared header and one job-specific field)."""
+    from acculturate.jobs.registry import JOBS
+
+    for verb, job in JOBS.items():
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*verb.split(), "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: acculturate " + verb in out and "config fields (" in out, verb
+        assert "--set KEY=VALUE" in out, verb
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "train.lr (float, default 0.0002): Peak learning rate" in capsys.readouterr().out
+
+
+def test_prompt_help_lists_every_strategy(capsys):
+    from acculturate.prompting import STRATEGIES
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prompt", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in STRATEGIES)

@@ -69,20 +69,11 @@ def test_overrides(tmp_path):
 
 
 def config_classes() -> dict:
-    """The config class behind each folder of shipped configs (configs/<task>/<model>_<method>.yaml)."""
-    from acculturate.jobs.compare import CompareConfig
-    from acculturate.jobs.data import DataPipelineConfig
-    from acculturate.jobs.evaluate import EvalConfig
-    from acculturate.jobs.learn import LearnConfig
-    from acculturate.jobs.ppo import PPOJobConfig
-    from acculturate.jobs.prompt_eval import PromptEvalConfig
-    from acculturate.jobs.reward_model import RewardModelJobConfig
-    from acculturate.jobs.tune import TuneConfig
+    """The config class behind each folder of shipped configs (configs/<task>/<model>_<method>.yaml),
+    as the jobs table (jobs/registry.py) names it."""
+    from acculturate.jobs.registry import JOBS
 
-    classes = {"adapt": AdaptConfig, "train": FinetuneConfig, "eval": EvalConfig, "prompt_eval": PromptEvalConfig,
-               "compare": CompareConfig, "ppo": PPOJobConfig, "reward_model": RewardModelJobConfig,
-               "learn": LearnConfig, "tune": TuneConfig, "data": DataPipelineConfig}
-    return classes
+    return {job.configs_dir: job.config_class() for job in JOBS.values() if job.configs_dir}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(ROOT.parent).as_posix() for p in CONFIGS])

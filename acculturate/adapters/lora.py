@@ -23,24 +23,21 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class LoRAConfig:
-    """How LoRA adapts a model.
-
-    Attributes:
-        r: rank of the update ``B A``; a few to a few dozen is typical.
-        alpha: scale numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with
-            ``use_rslora``), so changing ``r`` does not change the effective learning rate much.
-        dropout: dropout probability on the LoRA branch's input during training (0 disables it).
-        targets: names of the ``nn.Linear`` modules to adapt, matched against the last parts of a
-            module's dotted path (``"q_proj"`` matches ``model.layers.3.self_attn.q_proj``). The
-            default adapts every attention and MLP projection of Llama-style models.
-        use_rslora: scale by ``alpha / sqrt(r)`` (rank-stabilized LoRA) instead of ``alpha / r``.
-    """
+    """How LoRA adapts a model."""
 
     r: int = 16
+    """Rank of the update ``B A``; a few to a few dozen is typical."""
     alpha: float = 32
+    """Scale numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``),
+    so changing ``r`` does not change the effective learning rate much."""
     dropout: float = 0.05
+    """Dropout probability on the LoRA branch's input during training (0 disables it)."""
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    """Names of the ``nn.Linear`` modules to adapt, matched against the last parts of a module's dotted path
+    (``"q_proj"`` matches ``model.layers.3.self_attn.q_proj``). The default adapts every attention and MLP
+    projection of Llama-style models."""
     use_rslora: bool = False
+    """Scale by ``alpha / sqrt(r)`` (rank-stabilized LoRA) instead of ``alpha / r``."""
 
     def __post_init__(self):
         check_lora_numbers(self.r, self.alpha, self.dropout, owner="LoRAConfig")

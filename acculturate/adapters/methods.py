@@ -41,17 +41,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 @dataclass
 class MethodSettings:
-    """Everything a method's prepare function may need (each uses its own fields).
-
-    Attributes:
-        lora: for ``lora``/``qlora``. head_blocks: for ``head``.
-        prompt_tuning: for ``prompt_tuning``. tokenizer: for ``prompt_tuning`` with ``init_text``.
-    """
+    """Everything a method's prepare function may need (each uses its own fields)."""
 
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """For ``lora``/``qlora``."""
     head_blocks: int = 0
+    """For ``head``."""
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    """For ``prompt_tuning``."""
     tokenizer: Any = None
+    """For ``prompt_tuning`` with ``init_text``."""
 
 
 def untie_output_head(model: nn.Module) -> bool:

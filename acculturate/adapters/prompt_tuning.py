@@ -43,20 +43,17 @@ ATTRIBUTE = "prompt_tuning"   # the submodule name on the model (and the paramet
 
 @dataclass
 class PromptTuningConfig:
-    """How prompt tuning adapts a model.
-
-    Attributes:
-        num_virtual_tokens: how many learned vectors go in front of every input (Lester et al. use
-            5-100; 20 is PEFT's usual choice).
-        init_text: initialise the vectors from the embeddings of this text's tokens (repeated or
-            truncated to ``num_virtual_tokens``), e.g. "Answer as a person from Mexico would:";
-            None initialises them randomly from the embedding matrix's per-dimension mean and std.
-        seed: seed of the random initialisation (unused with ``init_text``).
-    """
+    """How prompt tuning adapts a model."""
 
     num_virtual_tokens: int = 20
+    """How many learned vectors go in front of every input (Lester et al. use 5-100; 20 is PEFT's usual
+    choice)."""
     init_text: str | None = None
+    """Initialise the vectors from the embeddings of this text's tokens (repeated or truncated to
+    ``num_virtual_tokens``), e.g. "Answer as a person from Mexico would:"; None initialises them randomly
+    from the embedding matrix's per-dimension mean and std."""
     seed: int = 0
+    """Seed of the random initialisation (unused with ``init_text``)."""
 
     def __post_init__(self):
         n = self.num_virtual_tokens

@@ -67,27 +67,24 @@ class UnknownAdapterError(LookupError):
 
 @dataclass
 class Adapter:
-    """One named adapter of a registry.
-
-    Attributes:
-        name: its name in the registry.
-        config: the config it was built or loaded with (what :meth:`AdapterRegistry.save` writes):
-            a ``LoRAConfig`` or a ``PromptTuningConfig``.
-        layers: module path -> its ``LoRALinear`` (in the model only while the adapter is active);
-            empty for prompt tuning.
-        source: the directory it was loaded from, if any.
-        prompt: a prompt-tuning adapter's virtual tokens and hooks (attached only while active).
-        token_rows: trained new-vocabulary embedding rows saved with a LoRA adapter (PEFT's
-            ``trainable_token_indices``): the embedding wrapper and, for a tied head, the head's;
-            in the model only while the adapter is active, like ``layers``.
-    """
+    """One named adapter of a registry."""
 
     name: str
+    """Its name in the registry."""
     config: LoRAConfig | PromptTuningConfig
+    """The config it was built or loaded with (what :meth:`AdapterRegistry.save` writes): a ``LoRAConfig`` or
+    a ``PromptTuningConfig``."""
     layers: dict[str, LoRALinear]
+    """Module path -> its ``LoRALinear`` (in the model only while the adapter is active); empty for prompt
+    tuning."""
     source: Path | None = None
+    """The directory it was loaded from, if any."""
     prompt: PromptEmbedding | None = None
+    """A prompt-tuning adapter's virtual tokens and hooks (attached only while active)."""
     token_rows: tuple[TrainableTokenRows, TiedTokenRowsHead | None] | None = None
+    """Trained new-vocabulary embedding rows saved with a LoRA adapter (PEFT's ``trainable_token_indices``):
+    the embedding wrapper and, for a tied head, the head's; in the model only while the adapter is active,
+    like ``layers``."""
 
     @property
     def kind(self) -> str:

@@ -18,6 +18,7 @@ from acculturate.augment.progress import log_row, read_partial
 from acculturate.data import Example, render_prompt, write_examples
 from acculturate.data.dedupe import normalize_text
 from acculturate.data.summary import example_id
+from acculturate.data.templates import check_template
 from acculturate.decode import GenerationConfig, generate
 
 TRANSLATE_PROMPT = ("Translate this {source} text into {target}. Reply with the {target} "
@@ -44,11 +45,15 @@ class BackTranslateConfig:
     """Write every original (also those past ``limit``) followed by the accepted paraphrases;
     False: the paraphrases only."""
     max_new_tokens: int = 64
+    """Tokens per translation."""
     batch_size: int = 8
+    """Prompts translated per generate call."""
     temperature: float = 0.0
     """0: greedy translation (the usual choice); > 0 samples, seeded by ``seed``."""
     seed: int = 0
+    """Sampling seed (with temperature > 0)."""
     template: str = "chat"
+    """How translation requests are rendered: 'chat' or 'alpaca'."""
 
     def __post_init__(self):
         if not 0.0 <= self.min_similarity <= self.max_similarity <= 1.0:
@@ -56,8 +61,7 @@ class BackTranslateConfig:
                              f"{self.min_similarity}, {self.max_similarity}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit: expected a positive integer, got {self.limit}")
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
+        check_template(self.template)
 
 
 def prompt_text(example: Example) -> str:
@@ -114,7 +118,7 @@ def backtranslate(model, tokenizer, examples: list[Example], output: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    from acculturate.prompting.retrieval import embed
+    from acculturate.models.embedding import embed
 
     config = config or BackTranslateConfig()
     todo = examples[: config.limit] if config.limit else list(examples)

@@ -46,9 +46,11 @@ class SelfInstructConfig:
     rouge_threshold: float = 0.7
     """Drop a new instruction whose ROUGE-L F1 with any existing one is at or above this."""
     min_words: int = 3
+    """Fewest words of a new instruction."""
     max_words: int = 60
     """Bounds on the instruction's words."""
     max_answer_words: int = 150
+    """Most words of an answer kept."""
     language: str | None = "en"
     """ISO code new instructions must be detected as (py3langid); None skips the check."""
     blocklist: tuple[str, ...] = ("default",)
@@ -60,13 +62,19 @@ class SelfInstructConfig:
     max_rounds: int = 50
     """Give up after this many proposal rounds (a round is one batch of proposals)."""
     batch_size: int = 8
+    """Prompts per generate call."""
     temperature: float = 0.8
+    """Sampling temperature of proposals and answers."""
     top_p: float = 0.95
+    """Nucleus sampling threshold."""
     max_new_tokens: int = 48
     """For a proposal; answers get ``answer_max_new_tokens``."""
     answer_max_new_tokens: int = 160
+    """Tokens per answer."""
     seed: int = 0
+    """Sampling seed."""
     template: str = "chat"
+    """How prompts are rendered: 'chat' or 'alpaca'."""
 
     def __post_init__(self):
         if self.num_instructions < 1:

@@ -4,7 +4,6 @@ labels, splits, and the BLEnD cultural QA set."""
 from acculturate.data.blend import (
     BLEND_PROMPT,
     blend_countries,
-    blend_topics,
     is_correct,
     load_blend,
     normalize_answer,
@@ -24,7 +23,6 @@ __all__ = [
     "IGNORE_INDEX",
     "TEMPLATES",
     "blend_countries",
-    "blend_topics",
     "is_correct",
     "load_blend",
     "normalize_answer",

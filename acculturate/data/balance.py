@@ -68,6 +68,7 @@ class BalanceConfig:
     """Target share per group (normalized to sum to 1); empty: every observed group equally.
     Observed groups missing from a non-empty target are dropped (downsample/upsample) or weighted 0."""
     seed: int = 0
+    """Seed of the sampling."""
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -72,11 +72,6 @@ def blend_countries(path: str | os.PathLike | None = None) -> list[str]:
     return sorted({row["country"] for _, row in _read_rows(path)})
 
 
-def blend_topics(path: str | os.PathLike | None = None) -> list[str]:
-    """The topics in a BLEnD file (default: the shipped one), sorted."""
-    return sorted({row["topic"] for _, row in _read_rows(path)})
-
-
 def normalize_answer(text: str) -> str:
     """Lower-case, turn punctuation into spaces, drop the articles a/an/the, collapse whitespace
     (SQuAD-style, but punctuation splits words so ``ice-cream`` matches ``ice cream``)."""

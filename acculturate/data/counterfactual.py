@@ -29,7 +29,8 @@ class SwapList:
 
     mapping: dict[str, str]
     groups: tuple[str, str] = ("a", "b")
-    columns: dict[str, int] = field(default_factory=dict)   # term -> 0 or 1 (which group it names)
+    columns: dict[str, int] = field(default_factory=dict)
+    """Term -> 0 or 1 (which group it names)."""
     name: str = ""
 
     def __post_init__(self):

@@ -38,6 +38,7 @@ class DedupeConfig:
     part: str = "all"
     """What is compared: 'all' messages, the 'prompt' turns or the 'response'."""
     seed: int = 1
+    """Seed of the MinHash permutations."""
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:

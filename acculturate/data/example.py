@@ -35,16 +35,13 @@ def loss_weight(meta: dict) -> float | None:
 
 @dataclass
 class Example:
-    """One conversation. The assistant turns are the responses: training puts loss only on them.
-
-    Attributes:
-        messages: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
-        meta: anything else about the example (source id, country, the Alpaca ``instruction`` and
-            ``input`` so the Alpaca template can render them verbatim, ...).
-    """
+    """One conversation. The assistant turns are the responses: training puts loss only on them."""
 
     messages: list[dict]
+    """``[{"role": "system"|"user"|"assistant", "content": str}, ...]``."""
     meta: dict = field(default_factory=dict)
+    """Anything else about the example (source id, country, the Alpaca ``instruction`` and ``input`` so the
+    Alpaca template can render them verbatim, ...)."""
 
     def __post_init__(self):
         if not isinstance(self.messages, list):

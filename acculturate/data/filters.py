@@ -145,9 +145,13 @@ class LengthFilterConfig:
     """Keep examples whose length (in words of ``part``) is within bounds."""
 
     min_words: int = 1
+    """Fewest words kept."""
     max_words: int | None = None
+    """Most words kept (None: no bound)."""
     min_chars: int = 0
+    """Fewest characters kept."""
     max_chars: int | None = None
+    """Most characters kept (None: no bound)."""
     part: str = "all"
     """'all' messages, the 'prompt' turns or the 'response'."""
 

@@ -58,3 +58,29 @@ def text_field(path: str | os.PathLike, lineno: int, row: dict, name: str, allow
         expected = "a string" if allow_empty else "a non-empty string"
         raise DataError(path, lineno, name, expected, MISSING if name not in row else describe(value))
     return value
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """The prompts of a JSON-lines file: each non-blank line a ``{"prompt": ...}`` object (other
+    fields ignored) or a bare JSON string, in order (`acculturate generate --file`).
+
+    Raises:
+        DataError: naming the file and line of a line that is neither.
+    """
+    path = Path(path)
+    prompts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, lineno, None, "a JSON object with a 'prompt' string",
+                            f"malformed JSON ({e.msg})") from None
+        if isinstance(row, dict):
+            prompts.append(text_field(path, lineno, row, "prompt", allow_empty=True))
+        elif isinstance(row, str):
+            prompts.append(row)
+        else:
+            raise DataError(path, lineno, None, "a JSON object with a 'prompt' string", describe(row))
+    return prompts

@@ -27,9 +27,13 @@ class BlocklistFilterConfig:
     """Drop examples matching blocklists (shipped region names or YAML files) or extra patterns."""
 
     lists: tuple[str, ...] = ("default",)
+    """Blocklists: shipped region names (e.g. 'uk', 'indonesia', 'default') or YAML files."""
     words: tuple[str, ...] = ()
+    """Extra words or phrases to block."""
     patterns: tuple[str, ...] = ()
+    """Extra regular expressions to block."""
     part: str = "all"
+    """What is checked: 'all' messages, the 'prompt' turns or the 'response'."""
 
 
 def _blocklist(examples, config: BlocklistFilterConfig):
@@ -52,6 +56,49 @@ STEPS: dict[str, Step] = {
     "balance": Step(BalanceConfig, balance, "down-sample, up-sample or weight to a target group distribution"),
     "counterfactual": Step(CounterfactualConfig, counterfactual, "add copies with gendered/group terms swapped"),
 }
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A data step that generates with a model (`acculturate.augment`), run by ``jobs/data.py``.
+    Named as 'module:attribute' so that listing the steps (the CLI's help) loads no model code."""
+
+    config: str
+    run: str
+    help: str
+
+    def config_class(self) -> type:
+        import importlib
+
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+GENERATORS: dict[str, Generator] = {
+    "backtranslate": Generator("acculturate.augment:BackTranslateConfig", "acculturate.augment:backtranslate",
+                               "paraphrase prompts by round-trip translation through a pivot language (model)"),
+    "self-instruct": Generator("acculturate.augment:SelfInstructConfig", "acculturate.augment:self_instruct",
+                               "generate new instruction/answer pairs from seed tasks (Self-Instruct, model)"),
+}
+"""The model-driven steps; with :data:`STEPS`, the one catalogue of data steps (`acculturate data`)."""
+
+
+def step_names() -> list[str]:
+    return list(STEPS) + list(GENERATORS)
+
+
+def step_help(name: str) -> str:
+    return STEPS[name].help if name in STEPS else GENERATORS[name].help
+
+
+def step_config_class(name: str) -> type:
+    from acculturate.config_loading import ConfigError
+
+    if name in STEPS:
+        return STEPS[name].config
+    if name in GENERATORS:
+        return GENERATORS[name].config_class()
+    raise ConfigError(f"step: expected one of {step_names()}, got {name!r}")
 
 
 def read_input(path: str | os.PathLike, format: str = "auto", skip_invalid: bool = False,

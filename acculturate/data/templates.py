@@ -53,7 +53,7 @@ def render_segments(example: Example, tokenizer, template: str = "chat", system:
         ``"chat"`` each assistant turn (the last only, with ``loss_turns="last"``), including its
         end-of-turn token (``<|im_end|>``), is a response segment; with ``"alpaca"`` the response is ``output + tokenizer.eos_token``.
     """
-    _check_template(template)
+    check_template(template)
     if loss_turns not in LOSS_TURNS:
         raise ValueError(f"loss_turns: expected one of {LOSS_TURNS}, got {loss_turns!r}")
     messages = with_system(example.messages, system)
@@ -90,7 +90,7 @@ def render_prompt(
     Returns:
         The prompt text, to be tokenized with ``add_special_tokens=False`` (it already holds any BOS).
     """
-    _check_template(template)
+    check_template(template)
     if isinstance(messages_or_example, str):
         example = Example([{"role": "user", "content": messages_or_example}])
     elif isinstance(messages_or_example, Example):
@@ -103,9 +103,11 @@ def render_prompt(
     return _alpaca_prompt(messages, example.meta, tokenizer)
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str) -> None:
+    """Raise ``ValueError("template: expected 'chat' or 'alpaca', got ...")`` for any other value
+    (the check every config with a ``template`` field makes at load)."""
     if template not in TEMPLATES:
-        raise ValueError(f"template: expected one of {TEMPLATES}, got {template!r}")
+        raise ValueError(f"template: expected {' or '.join(map(repr, TEMPLATES))}, got {template!r}")
 
 
 # --- chat -------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from acculturate.decode.detokenize import TextStream
-from acculturate.decode.generate import (GenerationConfig, _advance, _cache_of, _forward_names,
-                                         _row_generator, eos_token_ids)
+from acculturate.decode.generate import (GenerationConfig, advance_row, cache_of, eos_token_ids, forward_names,
+                                         row_generator)
 from acculturate.decode.sampling import apply_repetition_penalty, sample
 
 
@@ -60,7 +60,7 @@ def make_row(tokenizer, prompt_ids: list[int], config: GenerationConfig, index: 
     if not prompt_ids:
         raise ValueError("a prompt must have at least one token")
     return DecodeRow(list(prompt_ids), config, TextStream(tokenizer, config.stop),
-                     _row_generator(config, index), on_text, tag, index)
+                     row_generator(config, index), on_text, tag, index)
 
 
 def _sampling_key(row: DecodeRow) -> tuple:
@@ -83,7 +83,7 @@ class DecodeBatch:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
-        self.cache_name, has_logits_to_keep = _forward_names(model)
+        self.cache_name, has_logits_to_keep = forward_names(model)
         self.extra = {"logits_to_keep": 1} if has_logits_to_keep else {}
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
@@ -133,7 +133,7 @@ class DecodeBatch:
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **self.extra)
-        cache, logits = _cache_of(out), out.logits[:, -1, :].float()
+        cache, logits = cache_of(out), out.logits[:, -1, :].float()
         if len(prompts) < len(rows):
             index = torch.tensor(source, device=self.device)
             cache.batch_select_indices(index)  # (U, ...) -> (N, ...): repeated indices copy rows
@@ -168,7 +168,7 @@ class DecodeBatch:
         finished, keep = [], []
         for j, (row, token) in enumerate(zip(self.rows, tokens.tolist())):
             on_text = (lambda _i, delta, r=row: r.on_text(delta)) if row.on_text is not None else None
-            if _advance(row, token, self.eos_ids, row.config.max_new_tokens, on_text):
+            if advance_row(row, token, self.eos_ids, row.config.max_new_tokens, on_text):
                 finished.append(row)
             else:
                 keep.append(j)
@@ -188,7 +188,7 @@ class DecodeBatch:
         with torch.inference_mode():
             out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions,
                              use_cache=True, **{self.cache_name: self.cache}, **self.extra)
-        self.cache = _cache_of(out)
+        self.cache = cache_of(out)
         self.logits = out.logits[:, -1, :].float()
         self.positions = self.positions + 1
         return finished

@@ -119,7 +119,7 @@ class Completion:
 
 
 @dataclass
-class _Row:
+class DecodeRow:
     """Decoding state of one prompt inside a batch."""
 
     index: int                 # position in the caller's prompt list
@@ -162,7 +162,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return encoded
 
 
-def _forward_names(model) -> tuple[str, bool]:
+def forward_names(model) -> tuple[str, bool]:
     """The forward's name for the KV cache (transformers 5.x: ``cache``; 4.x: ``past_key_values``),
     and whether it accepts ``logits_to_keep`` (computing the LM head on the last position only saves
     a (B, T, V) tensor at prefill: 8 x 500 x 49152 floats = 786 MB for SmolLM2)."""
@@ -171,7 +171,8 @@ def _forward_names(model) -> tuple[str, bool]:
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
-def _cache_of(out):
+def cache_of(out):
+    """The KV cache of a forward's output."""
     cache = getattr(out, "cache", None)  # transformers 5.x; 4.x calls it past_key_values
     return cache if cache is not None else out.past_key_values
 
@@ -215,7 +216,7 @@ def generate(model, tokenizer, prompts: Sequence[str], config: GenerationConfig 
         from acculturate.decode.static import generate_static
 
         return generate_static(model, tokenizer, prompts, config, num_samples=n)
-    rows = [_Row(i, ids, TextStream(tokenizer, config.stop), _row_generator(config, i))
+    rows = [DecodeRow(i, ids, TextStream(tokenizer, config.stop), row_generator(config, i))
             for i, ids in enumerate(encoded)]
     # Longest first: similar lengths share a batch (little padding) and a batch that does not fit
     # in memory fails at once rather than at the end. Among equal lengths, copies of one prompt stay
@@ -264,7 +265,9 @@ def uses_static_decoder(model, config: GenerationConfig) -> bool:
     return prompt_embedding(model) is None
 
 
-def _row_generator(config: GenerationConfig, index: int) -> torch.Generator | None:
+def row_generator(config: GenerationConfig, index: int) -> torch.Generator | None:
+    """The sampling generator of prompt ``index`` of a call (seeded by ``config.seed`` and the index,
+    so each prompt samples the same whatever it is batched with); None for greedy or unseeded."""
     if config.seed is None or config.greedy:
         return None
     # A CPU generator even for a GPU model: sample() draws one uniform per row from it, and CPU draws
@@ -275,11 +278,11 @@ def _row_generator(config: GenerationConfig, index: int) -> torch.Generator | No
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _generate_batch(model, tokenizer, rows: list[_Row], config: GenerationConfig,
+def _generate_batch(model, tokenizer, rows: list[DecodeRow], config: GenerationConfig,
                     eos_ids: set[int], on_text: OnText | None) -> None:
     """Run one batch to completion, filling each row's stream and finish_reason."""
     device = next(model.parameters()).device
-    cache_name, has_logits_to_keep = _forward_names(model)
+    cache_name, has_logits_to_keep = forward_names(model)
     extra = {"logits_to_keep": 1} if has_logits_to_keep else {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
 
@@ -308,7 +311,7 @@ def _generate_batch(model, tokenizer, rows: list[_Row], config: GenerationConfig
     positions = (mask.cumsum(-1) - 1).clamp(min=0)                        # (U, P)
 
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    cache = _cache_of(out)
+    cache = cache_of(out)
     logits = out.logits[:, -1, :]                                          # (U, V)
     if len(prefill) < len(rows):
         # Copy each prompt's keys and values to its rows: (U, H, P, D) -> (B, H, P, D) per layer.
@@ -328,7 +331,7 @@ def _generate_batch(model, tokenizer, rows: list[_Row], config: GenerationConfig
         generators = [r.generator for r in active] if config.seed is not None else None
         tokens = sample(logits, config.temperature, config.top_k, config.top_p, generators)  # (A,)
         keep = [j for j, (row, token) in enumerate(zip(active, tokens.tolist()))
-                if not _advance(row, token, eos_ids, config.max_new_tokens, on_text)]
+                if not advance_row(row, token, eos_ids, config.max_new_tokens, on_text)]
         if not keep:
             break
         if len(keep) < len(active):
@@ -344,13 +347,13 @@ def _generate_batch(model, tokenizer, rows: list[_Row], config: GenerationConfig
         # One token per row: the cache holds every earlier key and value.
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **{cache_name: cache}, **extra)
-        cache = _cache_of(out)
+        cache = cache_of(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
 
 
-def _advance(row: _Row, token: int, eos_ids: set[int], max_new_tokens: int,
-             on_text: OnText | None) -> bool:
+def advance_row(row: DecodeRow, token: int, eos_ids: set[int], max_new_tokens: int,
+                on_text: OnText | None) -> bool:
     """Add one sampled token to a row; stream its text; return True when the row is finished."""
     if token in eos_ids:
         row.stream.token_ids.append(token)  # kept in token_ids, never part of the text

@@ -206,3 +206,20 @@ def generate_filtered(model, tokenizer, prompts: Sequence[str], config: Generati
     completions = generate(model, tokenizer, expanded, candidate_config(config, filters), progress=progress)
     grouped = [completions[i * n:(i + 1) * n] for i in range(len(prompts))]
     return select(prompts, grouped, filters, reward_fn, judge, details)
+
+
+def output_filter_config(filters: str | None = None, blocklist: Sequence[str] = (), best_of: int = 1,
+                         reward: str | None = None) -> OutputFilterConfig | None:
+    """An :class:`OutputFilterConfig` from a YAML of its fields and/or the `acculturate generate`
+    flags (``--blocklist`` lists are added to the YAML's; ``--best-of`` > 1 ranks by ``reward``, else
+    the YAML's, else 'mean_logprob'). None when nothing asks for filtering."""
+    from acculturate.config_loading import from_dict, load_yaml, to_dict
+
+    if not (filters or blocklist or best_of > 1):
+        return None
+    data = to_dict(load_yaml(OutputFilterConfig, filters)) if filters else {}
+    if blocklist:
+        data["blocklist"] = list(data.get("blocklist", [])) + list(blocklist)
+    if best_of > 1:
+        data.update(best_of=best_of, reward=reward or data.get("reward") or "mean_logprob")
+    return from_dict(OutputFilterConfig, data, "output filters")

@@ -338,7 +338,7 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
     """
     from acculturate.decode.detokenize import TextStream
     from acculturate.decode.generate import (
-        Completion, GenerationConfig, _advance, _Row, _row_generator, encode_prompts, eos_token_ids,
+        Completion, DecodeRow, GenerationConfig, advance_row, encode_prompts, eos_token_ids, row_generator,
     )
 
     config = config or GenerationConfig()
@@ -357,8 +357,8 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
         first = start * num_samples   # generator index of the chunk's first row
-        rows = [_Row(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
-                     _row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
+        rows = [DecodeRow(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
+                          row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
         if len(rows) not in decoders:
             decoders.clear()   # the last, smaller chunk: free the full-size cache first
             decoders[len(rows)] = StaticDecoder(model, len(rows), max_length, config.temperature,
@@ -368,7 +368,7 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
         sampled = decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)
         for j, (row, tokens) in enumerate(zip(rows, sampled)):
             for token in tokens:
-                if _advance(row, token, eos, config.max_new_tokens, None):
+                if advance_row(row, token, eos, config.max_new_tokens, None):
                     break
             # A prompt is prefilled once for its num_samples rows: the others reuse its cache.
             completions.append(Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),

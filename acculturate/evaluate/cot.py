@@ -44,10 +44,12 @@ class ArithmeticClaim:
 
     text: str
     a: Fraction
-    op: str            # + - * /
+    op: str
+    """+ - * /."""
     b: Fraction
     claimed: Fraction
-    value: Fraction | None   # None for division by zero
+    value: Fraction | None
+    """None for division by zero."""
     correct: bool
 
 

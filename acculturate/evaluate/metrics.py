@@ -20,10 +20,13 @@ class TranslationScore:
     """A corpus-level score with sacrebleu's signature (which says exactly how it was computed:
     tokenizer, smoothing, casing, version), so two reports are comparable only when signatures match."""
 
-    name: str          # "BLEU" or "chrF"
-    score: float       # 0-100
+    name: str
+    """"BLEU" or "chrF"."""
+    score: float
+    """0-100."""
     signature: str
-    n: int             # sentences
+    n: int
+    """Sentences."""
 
 
 def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:

@@ -17,13 +17,37 @@ from acculturate.io import append_jsonl, read_jsonl_by_key
 
 
 @dataclass
+class QAEvalConfig:
+    """How held-apart questions and the general-skill check are answered (`adapt`, `compare`)."""
+
+    limit: int | None = None
+    """Answer only the first N held-apart questions (None: all)."""
+    max_new_tokens: int = 24
+    """Short answers."""
+    batch_size: int = 16
+    """Questions answered per generate call."""
+    general: int = 40
+    """Held-out general instructions for the general-skill check (0: skip)."""
+    general_max_new_tokens: int = 48
+    """Tokens per general-skill answer."""
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: expected a positive integer, got {self.limit}")
+        if self.general < 0:
+            raise ValueError(f"general: expected >= 0, got {self.general}")
+
+
+@dataclass
 class QAResult:
     accuracy: float
     correct: int
     total: int
-    ci95: tuple[float, float]          # Wilson score interval of the accuracy
+    ci95: tuple[float, float]
+    """Wilson score interval of the accuracy."""
     seconds: float
-    by_group: dict[str, dict] = field(default_factory=dict)   # e.g. per topic
+    by_group: dict[str, dict] = field(default_factory=dict)
+    """e.g. per topic."""
     predictions_path: str | None = None
 
 

@@ -24,7 +24,8 @@ RATINGS_FILE = "ratings.sqlite"
 
 @dataclass
 class RatingItem:
-    key: str          # opaque: sha256 of task/system/id
+    key: str
+    """Opaque: sha256 of task/system/id."""
     task: str
     system: str
     id: str

@@ -37,18 +37,29 @@ class TaskConfig:
     """One task of an evaluation. Fields not used by a kind are ignored by it."""
 
     name: str
-    kind: str                            # blend | nusax | appropriateness | cot
-    limit: int | None = 20               # a seeded sample of N items (None: all; `acculturate eval --full`)
-    seed: int = 0                        # the sample's seed (and the sampling seed of `cot` chains)
-    max_new_tokens: int | None = None    # default per kind: blend 24, nusax 96, appropriateness 64, cot 160
-    countries: list[str] | None = None   # blend: which countries (default all); appropriateness: see region
-    ids_from: str | None = None          # blend/appropriateness: keep only the ids of this JSONL (e.g. a run's
-                                         # held-apart questions: runs/adapt-uk/eval/base.jsonl)
-    source: str = "javanese"             # nusax: source language (a column of valid.csv)
-    target: str = "english"              # nusax: target language
-    region: str = "UK"                   # appropriateness: whose questions, and which rubric judges them
-    samples: int = 3                     # cot: chains sampled per problem (consistency needs >= 2)
-    temperature: float = 0.7             # cot: sampling temperature of the chains
+    kind: str
+    """Blend | nusax | appropriateness | cot."""
+    limit: int | None = 20
+    """A seeded sample of N items (None: all; `acculturate eval --full`)."""
+    seed: int = 0
+    """The sample's seed (and the sampling seed of `cot` chains)."""
+    max_new_tokens: int | None = None
+    """Default per kind: blend 24, nusax 96, appropriateness 64, cot 160."""
+    countries: list[str] | None = None
+    """Blend: which countries (default all); appropriateness: see region."""
+    ids_from: str | None = None
+    """Blend/appropriateness: keep only the ids of this JSONL (e.g. a run's held-apart questions:
+    runs/adapt-uk/eval/base.jsonl)."""
+    source: str = "javanese"
+    """Nusax: source language (a column of valid.csv)."""
+    target: str = "english"
+    """Nusax: target language."""
+    region: str = "UK"
+    """Appropriateness: whose questions, and which rubric judges them."""
+    samples: int = 3
+    """Cot: chains sampled per problem (consistency needs >= 2)."""
+    temperature: float = 0.7
+    """Cot: sampling temperature of the chains."""
 
     def __post_init__(self):
         if self.kind not in TASKS:
@@ -89,7 +100,8 @@ class TaskKind:
     score: Callable[[list[dict]], dict]
     max_new_tokens: int
     stop: tuple[str, ...]
-    sampled: bool = False          # True: `samples` chains per item at `temperature`
+    sampled: bool = False
+    """True: `samples` chains per item at `temperature`."""
 
 
 def _sample(items: list[Item], task: TaskConfig) -> list[Item]:

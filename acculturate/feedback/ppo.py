@@ -163,11 +163,16 @@ class PPOConfig:
 class PPOResult:
     """What a PPO run did."""
 
-    steps: int                       # rollout batches done in total (resumed ones included)
-    adapter: str                     # registry name of the trained (policy) adapter
-    reference: str | None            # registry name of the reference adapter, None = the base model
-    history: list[dict]              # the metrics rows (as in metrics.jsonl)
-    wall_time_s: float               # of this call
+    steps: int
+    """Rollout batches done in total (resumed ones included)."""
+    adapter: str
+    """Registry name of the trained (policy) adapter."""
+    reference: str | None
+    """Registry name of the reference adapter, None = the base model."""
+    history: list[dict]
+    """The metrics rows (as in metrics.jsonl)."""
+    wall_time_s: float
+    """Of this call."""
     resumed_from_step: int = 0
     log_path: Path | None = None
     checkpoint_path: Path | None = None

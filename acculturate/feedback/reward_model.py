@@ -124,12 +124,15 @@ class RewardModelResult:
     """What :func:`train_reward_model` did."""
 
     steps: int
-    eval_accuracy_before: float | None     # held-out pair accuracy of the untrained model
-    eval_accuracy: float | None            # ... after training
+    eval_accuracy_before: float | None
+    """Held-out pair accuracy of the untrained model."""
+    eval_accuracy: float | None
+    """... after training."""
     eval_pairs: int
     train_pairs: int
     train_scored: int
-    score_offset: float                    # mean score of the training texts (subtracted when scoring)
+    score_offset: float
+    """Mean score of the training texts (subtracted when scoring)."""
     wall_time_s: float
     history: list[dict] = field(default_factory=list)
     head: ScalarHead | None = field(default=None, repr=False)

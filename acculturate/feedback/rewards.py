@@ -348,17 +348,33 @@ def _build_reward_model(spec: dict, model=None, tokenizer=None, base_dir: Path |
     return load_reward_model(path, model=model, tokenizer=tokenizer, batch_size=config.batch_size)
 
 
-# kind -> builder(spec without "kind", model=, tokenizer=, base_dir=) -> RewardFn
+def _model_reward(name: str) -> Callable[..., RewardFn]:
+    """The builder of ``{kind: NAME}`` for a reward of ``decode.postprocess.REWARDS`` (scored by the
+    loaded model itself, e.g. ``mean_logprob``)."""
+    def build(spec: dict, model=None, tokenizer=None, **_) -> RewardFn:
+        from acculturate.decode.postprocess import REWARDS
+
+        if spec:
+            raise ConfigError(f"reward.{next(iter(spec))}: unknown field (kind {name} takes none)")
+        if model is None or tokenizer is None:
+            raise ConfigError(f"reward.kind {name}: needs a loaded model to score with")
+        return REWARDS[name](model, tokenizer)
+    return build
+
+
+# kind -> builder(spec without "kind", model=, tokenizer=, base_dir=) -> RewardFn. The rewards a
+# config can name; jobs.rewards.REWARD_KINDS adds ``judge`` (a stage to the right of feedback).
 REWARD_KINDS: dict[str, Callable[..., RewardFn]] = {
     "rules": _build_rules,
     "http": _build_http,
     "python": _build_python,
     "reward_model": _build_reward_model,
+    "mean_logprob": _model_reward("mean_logprob"),
 }
 
 
 def reward_function(spec: RewardFn | str | dict, *, model=None, tokenizer=None,
-                    base_dir: Path | None = None) -> RewardFn:
+                    base_dir: Path | None = None, kinds: dict[str, Callable[..., RewardFn]] | None = None) -> RewardFn:
     """Build a reward from a config spec.
 
     Args:
@@ -370,6 +386,7 @@ def reward_function(spec: RewardFn | str | dict, *, model=None, tokenizer=None,
         model, tokenizer: a loaded base model a reward model may share (its LoRA is added to the
             model's adapter registry; no second copy of the base weights).
         base_dir: where relative paths in the spec are looked up first (the config's folder).
+        kinds: the catalogue of kinds (default :data:`REWARD_KINDS`).
     Returns:
         The reward function; its results are checked (one finite float per completion).
     Raises:
@@ -380,11 +397,12 @@ def reward_function(spec: RewardFn | str | dict, *, model=None, tokenizer=None,
     elif isinstance(spec, str):
         fn, name = import_reward(spec, base_dir), spec
     elif isinstance(spec, dict):
+        kinds = REWARD_KINDS if kinds is None else kinds
         kind = spec.get("kind")
-        if kind not in REWARD_KINDS:
-            raise ConfigError(f"reward.kind: expected one of {sorted(REWARD_KINDS)}, got {kind!r}")
+        if kind not in kinds:
+            raise ConfigError(f"reward.kind: expected one of {sorted(kinds)}, got {kind!r}")
         rest = {k: v for k, v in spec.items() if k != "kind"}
-        fn = REWARD_KINDS[kind](rest, model=model, tokenizer=tokenizer, base_dir=base_dir)
+        fn = kinds[kind](rest, model=model, tokenizer=tokenizer, base_dir=base_dir)
         name = f"reward {kind}"
     else:
         raise ConfigError(f"reward: expected a mapping with 'kind', 'module:function' or a callable, "

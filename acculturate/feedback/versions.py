@@ -152,6 +152,15 @@ class VersionStore:
     def list(self) -> list[VersionInfo]:
         return [self.get(n) for n in self.names()]
 
+    def table(self) -> str:
+        """The versions, one a line, the current one marked '*': parent, method, accepted or not,
+        feedback rows used, and the reason (`acculturate learn --list`)."""
+        current = self.state()["current"]
+        return "\n".join(
+            f"{'*' if v.version == current else ' '} {v.version:<5} parent={v.parent or '-':<5} {v.method:<8} "
+            f"{'accepted' if v.accepted else 'rejected'}  feedback={len(v.feedback_ids):<4} {v.reason[:90]}"
+            for v in self.list())
+
     def current(self) -> VersionInfo | None:
         """The version being served (None before the first ``add``)."""
         name = self.state()["current"]

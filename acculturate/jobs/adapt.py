@@ -29,10 +29,11 @@ from pathlib import Path
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, blend_countries, load_blend
 from acculturate.data.questions import read_questions
+from acculturate.data.sources import DataConfig, DataSource, read_source, resolve_path
+from acculturate.evaluate.qa import QAEvalConfig
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
-                                       prepare_and_train, run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import DataSource, read_source, resolve_path
+from acculturate.jobs.common import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
 from acculturate.rag.chunking import ChunkConfig
 from acculturate.rag.raft import RaftConfig
@@ -42,23 +43,6 @@ from acculturate.train.tracking import log_report
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("base_closed_book", "base_retrieval", "adapted_closed_book", "adapted_retrieval")
-
-
-@dataclass
-class EvalConfig:
-    """How the held-apart questions and the general-skill check are answered."""
-
-    limit: int | None = None      # answer only the first N held-apart questions (None: all)
-    max_new_tokens: int = 24      # short answers
-    batch_size: int = 16
-    general: int = 40             # held-out general instructions for the general-skill check (0: skip)
-    general_max_new_tokens: int = 48
-
-    def __post_init__(self):
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: expected a positive integer, got {self.limit}")
-        if self.general < 0:
-            raise ValueError(f"general: expected >= 0, got {self.general}")
 
 
 @dataclass
@@ -99,7 +83,7 @@ class AdaptConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, max_length=384))
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: QAEvalConfig = field(default_factory=QAEvalConfig)
 
     def __post_init__(self):
         if not isinstance(self.region, str) or not self.region.strip():
@@ -340,7 +324,7 @@ def _text_features(config: AdaptConfig, tok, base_dir: Path | None) -> list[dict
     if not config.text:
         return []
     from acculturate.data.text import text_features
-    from acculturate.jobs.cpt import read_text_sources
+    from acculturate.data.sources import read_text_sources
 
     docs = read_text_sources(config.text, seed=config.data.seed, base_dir=base_dir)
     if not docs:

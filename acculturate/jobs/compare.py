@@ -29,13 +29,12 @@ from pathlib import Path
 from acculturate.adapters import METHODS, LoRAConfig, PromptTuningConfig
 from acculturate.config_loading import from_dict, to_dict
 from acculturate.data import blend_countries, load_blend
+from acculturate.data.sources import DataConfig, DataSource, read_source
 from acculturate.decode import GenerationConfig
-from acculturate.evaluate.qa import QAResult, evaluate_qa
+from acculturate.evaluate.qa import QAEvalConfig, QAResult, evaluate_qa
 from acculturate.io import atomic_path, write_json, write_text
-from acculturate.jobs.adapt import EvalConfig
-from acculturate.jobs.finetune import (Datasets, DataConfig, MethodConfig, ModelConfig, check_run_dir,
-                                       prepare_and_train, run_dir, save_trained, split_examples, tokenize)
-from acculturate.jobs.sources import DataSource, read_source
+from acculturate.jobs.common import JobConfig, open_run
+from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
 from acculturate.train import TrainConfig, evaluate_loss
 from acculturate.train.tracking import log_report
@@ -50,8 +49,10 @@ class MethodRun:
     fine-tuning diverges at a rate prompt tuning needs) and, for ``head``, the blocks it trains."""
 
     name: str
-    lr: float | None = None   # None: ``train.lr``
-    head_blocks: int = 0      # 'head' only: also train the last N transformer blocks
+    lr: float | None = None
+    """None: ``train.lr``."""
+    head_blocks: int = 0
+    """'head' only: also train the last N transformer blocks."""
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -73,25 +74,27 @@ def _all_methods() -> list[MethodRun]:
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(JobConfig):
     """`acculturate compare CONFIG`: every method on the same region data, steps and evaluation."""
 
     name: str = "compare-uk"
-    output_dir: str = "runs"
-    region: str = "UK"     # a BLEnD country: its questions are split into train and held-apart test
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # General instructions mixed into training (as in `adapt`); the region's questions are added.
+    region: str = "UK"
+    """A BLEnD country: its questions are split into train and held-apart test."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
         sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=50)],
         test_fraction=0.25, stratify="topic"))
+    """General instructions mixed into training (as in `adapt`); the region's questions are added."""
     methods: list[MethodRun] = field(default_factory=_all_methods)
-    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=16, alpha=32))   # 'lora' and 'qlora'
+    """The methods to train, each a name and its own settings (default: full, head, lora, qlora, prompt_tuning)."""
+    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=16, alpha=32))
+    """'lora' and 'qlora'."""
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
-    # The shared budget: set max_steps so every method takes the same optimizer steps.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=20, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, save_every=0))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(limit=40))
-    isolate: bool = True   # each method in its own process (honest CPU peak memory); False: in this one
+    """The shared budget: set max_steps so every method takes the same optimizer steps."""
+    eval: QAEvalConfig = field(default_factory=lambda: QAEvalConfig(limit=40))
+    isolate: bool = True
+    """Each method in its own process (honest CPU peak memory); False: in this one."""
 
     def __post_init__(self):
         if self.region not in blend_countries():
@@ -242,9 +245,7 @@ def run_compare(config: CompareConfig, *, overwrite: bool = False, base_dir: Pat
         ``{"region", "model", "steps", "train_examples", "test_questions", "base", "methods": [row...],
         "files": {...}}``, also written to ``results.json``.
     """
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
 
     region_train, region_test = _region_split(config)
     base_path = out / "base.json"

@@ -20,16 +20,13 @@ and writes them to ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from acculturate.data import Example, tokenize_examples, train_test_split
-from acculturate.data.text import Document, read_documents, text_features
-from acculturate.jobs.sources import DataSource, read_source, resolve_path
-
-KINDS = ("examples", "text")
+from acculturate.data.sources import DataSource, read_source
+from acculturate.data.templates import check_template
+from acculturate.data.text import Document
 
 
 @dataclass
@@ -39,17 +36,22 @@ class GeneralConfig:
 
     sources: list[DataSource] = field(default_factory=lambda: [
         DataSource(path="shipped:instructions/instruction-data.json", format="alpaca", limit=300)])
-    template: str = "alpaca"          # how general examples become text: 'alpaca' or 'chat'
-    max_length: int = 256             # tokens per general example
-    test_fraction: float = 0.2        # held apart for the report; the rest feeds mixing and KL
-    task_examples: int = 16           # held-apart instructions answered for the task score (0: skip)
-    max_new_tokens: int = 48          # per task answer
-    report: bool | None = None        # measure and report general ability (default: for text data or
-                                      # when a forgetting control is on)
+    """The general instructions (default: 300 of the shipped ones)."""
+    template: str = "alpaca"
+    """How general examples become text: 'alpaca' or 'chat'."""
+    max_length: int = 256
+    """Tokens per general example."""
+    test_fraction: float = 0.2
+    """Held apart for the report; the rest feeds mixing and KL."""
+    task_examples: int = 16
+    """Held-apart instructions answered for the task score (0: skip)."""
+    max_new_tokens: int = 48
+    """Per task answer."""
+    report: bool | None = None
+    """Measure and report general ability (default: for text data or when a forgetting control is on)."""
 
     def __post_init__(self):
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
+        check_template(self.template)
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction: expected a number in (0, 1), got {self.test_fraction}")
         if self.task_examples < 0:
@@ -62,44 +64,6 @@ class GeneralData:
     test_examples: list[Example]
     train_features: list[dict]
     test_features: list[dict]
-
-
-def read_text_sources(sources: Sequence[DataSource], *, seed: int = 0, base_dir: Path | None = None) -> list[Document]:
-    """Documents of every source (``columns: {text: <CSV column or JSONL key>}``, ``group``,
-    ``limit`` by a seeded choice)."""
-    docs: list[Document] = []
-    for src in sources:
-        if src.path == "blend":
-            raise ValueError("data.sources: 'blend' is question data, not raw text (data.kind: text)")
-        fmt = src.format if src.format in ("auto", "txt", "jsonl", "csv") else None
-        if fmt is None:
-            raise ValueError(f"data.sources[{src.path}].format: for text data expected auto, txt, jsonl or csv, "
-                             f"got {src.format!r}")
-        text_field = (src.columns or {}).get("text")
-        found = read_documents(resolve_path(src.path, base_dir), format=fmt, field=text_field, group=src.group)
-        if src.limit is not None and src.limit < len(found):
-            found = random.Random(seed).sample(found, src.limit)
-        docs.extend(found)
-    return docs
-
-
-def split_documents(docs: list[Document], test_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
-    """Train/held-apart split, stratified by group; the same seed gives the same split (also for
-    ``acculturate tokenizer extend``, so its BPE never sees the held-apart text)."""
-    if test_fraction == 0:
-        return docs, []
-    return train_test_split(docs, test_fraction=test_fraction, seed=seed, stratify=lambda d: d.group)
-
-
-def text_datasets(data, tokenizer, max_length: int, base_dir: Path | None = None):
-    """``(train docs, test docs, train features, test features)`` for ``data.kind: text``: packed
-    rows of ``max_length`` tokens with a loss on every token, one group per row."""
-    docs = read_text_sources(data.sources, seed=data.seed, base_dir=base_dir)
-    if not docs:
-        raise ValueError("data.sources: no text documents were read")
-    train_docs, test_docs = split_documents(docs, data.test_fraction, data.seed)
-    return (train_docs, test_docs, text_features(train_docs, tokenizer, max_length, data.text_packing),
-            text_features(test_docs, tokenizer, max_length, "stream"))
 
 
 def attach_groups(examples: list[Example], features: list[dict], group_by: str, dropped: list[int]) -> None:

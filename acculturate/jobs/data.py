@@ -9,56 +9,19 @@ redoes the cheap steps and resumes the generators where they stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.augment import BackTranslateConfig, SelfInstructConfig, backtranslate, self_instruct
+from acculturate.augment import backtranslate, self_instruct
 from acculturate.config_loading import ConfigError, from_dict, to_dict
 from acculturate.data import Example, write_examples
-from acculturate.data.steps import STEPS, read_input, run_step
+from acculturate.data.sources import resolve_path
+from acculturate.data.steps import GENERATORS, STEPS, read_input, run_step, step_config_class, step_names
 from acculturate.data.summary import format_comparison, summarize
 from acculturate.io import write_bytes, write_json, write_text
-from acculturate.jobs.sources import resolve_path
 from acculturate.models import DEFAULT_MODEL
-
-GENERATORS = {
-    "backtranslate": (BackTranslateConfig, "paraphrase prompts by round-trip translation through a pivot language"),
-    "self-instruct": (SelfInstructConfig, "generate new instruction/answer pairs from seed tasks (Self-Instruct)"),
-}
-
-
-def step_names() -> list[str]:
-    return list(STEPS) + list(GENERATORS)
-
-
-def step_config_class(name: str) -> type:
-    if name in STEPS:
-        return STEPS[name].config
-    if name in GENERATORS:
-        return GENERATORS[name][0]
-    raise ConfigError(f"step: expected one of {step_names()}, got {name!r}")
-
-
-def step_help(name: str) -> str:
-    return STEPS[name].help if name in STEPS else GENERATORS[name][1]
-
-
-def describe_fields(name: str) -> str:
-    """The step's settings with their defaults, for ``--help``."""
-    cls = step_config_class(name)
-    hints = typing.get_type_hints(cls)
-    lines = [f"{name}: {step_help(name)}", "settings (--set NAME=VALUE, or a YAML file with --config):"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        type_name = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
-        lines.append(f"  {f.name} ({type_name}) = {default!r}")
-    return "\n".join(lines)
-
 
 def load_model(name: str):
     from acculturate.models import load
@@ -128,11 +91,14 @@ class DataPipelineConfig:
     input: str = "shipped:instructions/instruction-data.json"
     """The data: a file or ``shipped:<file under resources/data>``."""
     output_dir: str = "runs/data"
+    """Where each step's output, data.jsonl and summary.md are written."""
     model: str = DEFAULT_MODEL
     """The model the generators use."""
     group: str | None = None
     """A field whose balance every summary reports (a meta key or 'gender')."""
     steps: list[PipelineStep] = field(default_factory=list)
+    """The steps in order, each {step: NAME, settings: {...}} (`acculturate data STEP --settings` lists a step's
+    settings)."""
 
     def __post_init__(self):
         if not self.steps:

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.config_loading import ConfigError, from_dict, to_dict
+from acculturate.config_loading import ConfigError, from_dict
 from acculturate.evaluate.tasks import TASKS, TaskConfig
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import check_run_dir, run_dir
+from acculturate.jobs.common import RunConfig, open_run, run_dir
 from acculturate.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,17 @@ class SystemConfig:
     """One system under evaluation: model + adapter + prompting strategy + its decoding settings."""
 
     name: str
-    model: str = DEFAULT_MODEL        # 'smollm2-135m', an HF model directory or a .gguf file
-    adapter: str | None = None        # an adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)
-    strategy: str = "zero_shot"       # a key of acculturate.prompting.STRATEGIES; zero_shot is batched,
-                                      # the others run per example on blend and cot tasks
-    strategy_config: dict = field(default_factory=dict)   # fields of that strategy's config (its
-                                      # decoding too: max_new_tokens, samples, temperature, top_p...)
-    system_prompt: str | None = None  # a persona put in every prompt (a strategy's `persona` if it has none)
+    model: str = DEFAULT_MODEL
+    """'smollm2-135m', an HF model directory or a .gguf file."""
+    adapter: str | None = None
+    """An adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)."""
+    strategy: str = "zero_shot"
+    """A key of acculturate.prompting.STRATEGIES; zero_shot is batched, the others run per example on blend
+    and cot tasks."""
+    strategy_config: dict = field(default_factory=dict)
+    """Fields of that strategy's config (its decoding too: max_new_tokens, samples, temperature, top_p...)."""
+    system_prompt: str | None = None
+    """A persona put in every prompt (a strategy's `persona` if it has none)."""
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 8
@@ -75,20 +79,26 @@ class JudgeConfig:
     """The model that rates cultural appropriateness (may be bigger than the judged ones)."""
 
     model: str = DEFAULT_MODEL
+    """The judge model: an embedded name, an HF model directory or a GGUF file."""
     adapter: str | None = None
-    rubrics: str | None = None        # a rubrics YAML; default the shipped resources/rubrics.yaml
+    """A LoRA adapter directory the judge uses (None: the base model)."""
+    rubrics: str | None = None
+    """A rubrics YAML; default the shipped resources/rubrics.yaml."""
     max_new_tokens: int = 48
+    """Tokens the judge may write per rating."""
     batch_size: int = 8
+    """Answers judged per generate call."""
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     """`acculturate eval CONFIG`."""
 
     name: str = "eval"
-    output_dir: str = "runs"
     systems: list[SystemConfig] = field(default_factory=lambda: [SystemConfig("base")])
+    """The systems compared: a model, an optional adapter, a prompting strategy, a system prompt."""
     tasks: list[TaskConfig] = field(default_factory=list)
+    """The tasks each system answers (kinds: blend, nusax, appropriateness, cot)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self):
@@ -178,8 +188,7 @@ def run_eval(config: EvalConfig, *, resume: bool = False, overwrite: bool = Fals
     if (out / "config.json").exists() and not (resume or overwrite):
         raise ConfigError(f"{out} already holds an evaluation run: use --resume to continue it, "
                           "--rescore to recompute its metrics, --restart to replace it, or another --name")
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    open_run(config, overwrite)
     rubrics = load_rubrics(config.judge.rubrics)   # fail on a bad rubrics file before any generation
     items = {t.name: TASKS[t.kind].load(t, base_dir) for t in config.tasks}
     start = time.perf_counter()

@@ -5,19 +5,18 @@ The pieces (``build_datasets``, ``prepare_and_train``, ``save_trained``) are reu
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acculturate.adapters import LoRAConfig, PromptTuningConfig, export_merged, prepare_model, save_adapter
 from acculturate.config_loading import ConfigError, to_dict
 from acculturate.data import Example, tokenize_examples, train_test_split
+from acculturate.data.sources import DataConfig, DataSource, read_sources, text_datasets
 from acculturate.io import write_json, write_text
 from acculturate.jobs import cpt
-from acculturate.jobs.sources import DataSource, read_source
-from acculturate.models import DEFAULT_MODEL, LoadedModel, load
+from acculturate.jobs.common import JobConfig, ModelConfig, open_run, run_dir
+from acculturate.models import LoadedModel, load
 from acculturate.train import TrainConfig, TrainResult, train
 from acculturate.train.regularizers import ForgettingConfig, Objective, frozen_reference
 from acculturate.train.tracking import log_report
@@ -26,59 +25,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelConfig:
-    """Which model to adapt and where it runs."""
-
-    name: str = DEFAULT_MODEL     # 'smollm2-135m', an HF model directory or a .gguf file
-    device: str | None = None     # default: a GPU if present, else CPU
-    dtype: str | None = None      # default: bf16 on a GPU that has it, else fp32
-
-
-@dataclass
-class DataConfig:
-    """Training data and how it becomes token sequences."""
-
-    sources: list[DataSource] = field(default_factory=list)
-    template: str = "chat"            # 'chat' (the model's chat template) or 'alpaca'
-    system: str | None = None         # a system persona put in every prompt, e.g. a region's
-    max_length: int = 256             # tokens per example (longer ones are truncated)
-    test_fraction: float = 0.1        # held apart for evaluation
-    stratify: str | None = None       # a meta field to stratify the split by (e.g. 'country')
-    seed: int = 0                     # split and sampling seed
-    skip_invalid: bool = False        # skip malformed rows (counted) instead of stopping
-    kind: str = "examples"            # 'examples' (instructions/chat: loss on responses) or 'text' (raw
-                                      # text, continued pre-training: packed rows of max_length, loss on every token)
-    text_packing: str = "stream"      # text: 'stream' (concatenate + cut) or 'document' (see data/text.py)
-    group_by: str | None = None       # examples: a meta field naming each example's group (group DRO)
-    loss_turns: str = "all"           # multi-turn chats: loss on 'all' assistant turns or the 'last' only
-
-    def __post_init__(self):
-        if self.kind not in cpt.KINDS:
-            raise ValueError(f"kind: expected one of {list(cpt.KINDS)}, got {self.kind!r}")
-        if self.text_packing not in ("stream", "document"):
-            raise ValueError(f"text_packing: expected 'stream' or 'document', got {self.text_packing!r}")
-        if self.loss_turns not in ("all", "last"):
-            raise ValueError(f"loss_turns: expected 'all' or 'last', got {self.loss_turns!r}")
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction: expected a number in [0, 1), got {self.test_fraction}")
-        if self.max_length < 8:
-            raise ValueError(f"max_length: expected at least 8 tokens, got {self.max_length}")
-
-
-@dataclass
 class MethodConfig:
     """The fine-tuning method: 'full', 'head' (output head or last blocks), 'lora', 'qlora' (LoRA
     over NF4-quantized weights) or 'prompt_tuning' (learned virtual tokens, the model frozen)."""
 
     name: str = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)   # 'lora' and 'qlora'
-    head_blocks: int = 0   # 'head': also train the last N transformer blocks (0: only the output head)
-    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)   # 'prompt_tuning'
-    # lora/qlora on a model from `acculturate tokenizer extend`: also train the added tokens' embedding
-    # rows (saved in the adapter as PEFT's trainable_token_indices). full/head train them anyway.
+    """'full', 'head', 'lora', 'qlora' or 'prompt_tuning' (adapters.METHODS)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """'lora' and 'qlora'."""
+    head_blocks: int = 0
+    """'head': also train the last N transformer blocks (0: only the output head)."""
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    """'prompt_tuning'."""
     train_new_tokens: bool = True
+    """Lora/qlora on a model from `acculturate tokenizer extend`: also train the added tokens' embedding rows
+    (saved in the adapter as PEFT's trainable_token_indices). full/head train them anyway."""
 
     def __post_init__(self):
         from acculturate.adapters import METHODS
@@ -88,19 +49,17 @@ class MethodConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(JobConfig):
     """`acculturate train CONFIG`."""
 
     name: str = "finetune"
-    output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(
         sources=[DataSource(path="shipped:instructions/instruction-data.json")]))
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Specialise without forgetting: KL to the base, general-data mixing, group DRO (off by default),
-    # and the general data they use and the report measures.
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    """Specialise without forgetting: KL to the base, general-data mixing, group DRO (off by default), and the
+    general data they use and the report measures."""
     general: cpt.GeneralConfig = field(default_factory=cpt.GeneralConfig)
 
     def __post_init__(self):
@@ -122,40 +81,9 @@ def split_examples(examples: list[Example], data: DataConfig) -> tuple[list[Exam
     return train_test_split(examples, test_fraction=data.test_fraction, seed=data.seed, stratify=data.stratify)
 
 
-def read_sources(data: DataConfig, base_dir: Path | None = None) -> list[Example]:
-    """Every example of ``data.sources``, in order (each source's ``limit`` seeded by ``data.seed``)."""
-    examples = [ex for src in data.sources
-                for ex in read_source(src, seed=data.seed, skip_invalid=data.skip_invalid, base_dir=base_dir)]
-    if not examples:
-        raise ConfigError("data.sources: no examples were read")
-    return examples
-
-
 def tokenize(examples: list[Example], tokenizer, data: DataConfig) -> list[dict]:
     return tokenize_examples(examples, tokenizer, data.template, data.max_length, system=data.system,
                              progress=bool(examples), loss_turns=data.loss_turns)
-
-
-def run_dir(output_dir: str, name: str) -> Path:
-    return Path(output_dir) / name
-
-
-def check_run_dir(out: Path, config, overwrite: bool) -> None:
-    """A run directory holds one configuration. Re-running the same config continues it; a different
-    config in the same directory is refused unless ``overwrite`` (which deletes the old run), so no
-    finished run is mixed with another's outputs."""
-    saved = out / "config.json"
-    if not saved.exists():
-        return
-    if overwrite:
-        shutil.rmtree(out)
-        return
-    old = json.loads(saved.read_text())
-    new = json.loads(json.dumps(to_dict(config)))
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ConfigError(f"{out} already holds a run with a different configuration (differs in: "
-                          f"{', '.join(changed)}). Use another name, or --restart to replace it.")
 
 
 def prepare_and_train(loaded: LoadedModel, method: MethodConfig, train_cfg: TrainConfig,
@@ -244,15 +172,12 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: boo
     if distributed.world_size_from_env() > 1:
         rank, _, device = distributed.init_from_env()
         config.model.device = str(device)
-    out = run_dir(config.output_dir, config.name)
-    if rank == 0:
-        check_run_dir(out, config, overwrite)
-        write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite) if rank == 0 else run_dir(config.output_dir, config.name)
     distributed.Parallel(rank=rank, world=distributed.world_size_from_env()).barrier()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     if config.data.kind == "text":
         try:
-            train_ex, test_ex, train_f, test_f = cpt.text_datasets(config.data, loaded.tokenizer,
+            train_ex, test_ex, train_f, test_f = text_datasets(config.data, loaded.tokenizer,
                                                                    config.data.max_length, base_dir)
         except ValueError as e:
             raise ConfigError(str(e)) from e

@@ -81,9 +81,13 @@ class SimulateConfig:
     """The simulated user of the example and of ``reward: simulated`` (see :mod:`acculturate.feedback.simulated`)."""
 
     region: str = "Indonesia"
+    """A BLEnD country (its questions are asked, its name is what ``mentions_region`` looks for)."""
     rule: str = "mentions_region"
+    """``mentions_region`` or ``answers_correctly`` (:mod:`acculturate.feedback.simulated`)."""
     adjust_probability: float = 0.5
+    """How often a failed answer gets an ``adjustment`` (a rewrite) instead of ``inappropriate``."""
     seed: int = 0
+    """Seed of the user's questions and choices."""
     rounds: int = 4
     """Rounds of serve -> feedback -> learn -> hot-swap."""
     questions_per_round: int = 24
@@ -93,6 +97,7 @@ class SimulateConfig:
     temperature: float = 0.7
     """Sampling temperature of served answers (0: greedy)."""
     max_tokens: int = 32
+    """Tokens per served answer."""
 
     def user(self) -> SimulatedUser:
         return SimulatedUser(region=self.region, rule=self.rule, adjust_probability=self.adjust_probability,
@@ -122,11 +127,13 @@ class LearnConfig:
     guard_fraction: float = 0.2
     """Share of the new feedback's completions held apart for the guard."""
     seed: int = 0
+    """Seed of the split of the new feedback into training and guard rows."""
     sft: SFTUpdate = field(default_factory=SFTUpdate)
     ppo: PPOUpdate = field(default_factory=PPOUpdate)
     guard: GuardConfig = field(default_factory=GuardConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     device: str | None = None
+    """Where training runs (default: a GPU if present, else the CPU)."""
     progress: bool = True
     """Show progress bars while training."""
 
@@ -143,7 +150,8 @@ class LearnConfig:
 class RoundResult:
     """What one round did."""
 
-    status: str                      # "accepted", "rejected" or "skipped"
+    status: str
+    """"accepted", "rejected" or "skipped"."""
     reason: str
     version: VersionInfo | None = None
     parent: str | None = None

@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 from acculturate.adapters import LoRAConfig, adapter_registry
-from acculturate.config_loading import ConfigError, to_dict
+from acculturate.config_loading import ConfigError
 from acculturate.data import render_prompt, train_test_split
+from acculturate.data.sources import DataSource, read_source
+from acculturate.data.templates import check_template
 from acculturate.decode import GenerationConfig, generate
 from acculturate.feedback.ppo import PPOConfig, PPOResult, train_ppo
 from acculturate.io import atomic_path, write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.common import JobConfig, open_run
 from acculturate.jobs.rewards import build_reward
-from acculturate.jobs.sources import DataSource, read_source
 from acculturate.models import load
 from acculturate.train.tracking import log_report
 
@@ -64,8 +65,7 @@ class PromptsConfig:
     """Seed of the held-apart choice and of ``limit`` sampling."""
 
     def __post_init__(self):
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
+        check_template(self.template)
         if self.max_prompt_tokens < 4:
             raise ValueError(f"max_prompt_tokens: expected an integer >= 4, got {self.max_prompt_tokens!r}")
         if self.eval_prompts < 0:
@@ -73,13 +73,10 @@ class PromptsConfig:
 
 
 @dataclass
-class PPOJobConfig:
+class PPOJobConfig(JobConfig):
     """`acculturate ppo CONFIG`."""
 
     name: str = "ppo"
-    """The run's folder under ``output_dir``."""
-    output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     adapter: str | None = None
     """Start from this LoRA adapter directory (ours or PEFT's); None: a new adapter from ``lora``."""
@@ -166,9 +163,7 @@ def run_ppo(config: PPOJobConfig, *, overwrite: bool = False, base_dir: Path | N
             progress: bool = True) -> dict:
     """Run ``acculturate ppo``; returns the summary written to ``<run>/summary.json``. A re-run of the
     same config in the same run directory resumes from its checkpoint."""
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
     t0 = time.perf_counter()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acculturate.config_loading import apply_overrides, to_dict
+from acculturate.config_loading import apply_overrides
 from acculturate.evaluate.qa import wilson_interval
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.common import JobConfig, ModelConfig, open_run
 from acculturate.prompting import STRATEGIES, Task, load_task, run_strategy, strategy_config
 from acculturate.prompting.trace import StrategyResult
 
@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 class StrategyRun:
     """One column of the comparison: a strategy and its settings."""
 
-    strategy: str                  # a key of acculturate.prompting.STRATEGIES
-    label: str | None = None       # name in the table and of the outputs file (default: strategy)
-    config: dict = field(default_factory=dict)   # fields of the strategy's config dataclass
+    strategy: str
+    """A key of acculturate.prompting.STRATEGIES."""
+    label: str | None = None
+    """Name in the table and of the outputs file (default: strategy)."""
+    config: dict = field(default_factory=dict)
+    """Fields of the strategy's config dataclass."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -45,14 +48,19 @@ class StrategyRun:
 
 
 @dataclass
-class TaskConfig:
+class PromptTaskConfig:
     """Which questions, and how many."""
 
-    name: str = "svamp"            # 'svamp' or 'blend'
-    path: str | None = None        # a data file instead of the shipped one
-    countries: list[str] | None = None   # blend: only these countries
-    sample: int | None = 20        # evaluate a seeded random sample of N questions (None: all)
+    name: str = "svamp"
+    """'svamp' or 'blend'."""
+    path: str | None = None
+    """A data file instead of the shipped one."""
+    countries: list[str] | None = None
+    """Blend: only these countries."""
+    sample: int | None = 20
+    """Evaluate a seeded random sample of N questions (None: all)."""
     seed: int = 0
+    """Seed of the sample."""
 
     def __post_init__(self):
         if self.sample is not None and self.sample < 1:
@@ -62,16 +70,17 @@ class TaskConfig:
 
 
 @dataclass
-class PromptEvalConfig:
+class PromptEvalConfig(JobConfig):
     """`acculturate prompt-eval CONFIG`: compare prompting strategies on one task sample."""
 
     name: str = "prompt-eval"
-    output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    adapter: str | None = None     # a LoRA adapter directory applied to the model
-    task: TaskConfig = field(default_factory=TaskConfig)
+    adapter: str | None = None
+    """A LoRA adapter directory applied to the model."""
+    task: PromptTaskConfig = field(default_factory=PromptTaskConfig)
     strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
-    save_traces: bool = True       # keep every prompt and completion in the outputs (large)
+    """The strategies compared, each a name and its config fields (see `acculturate prompt --help`)."""
+    save_traces: bool = True
+    """Keep every prompt and completion in the outputs (large)."""
 
     def __post_init__(self):
         labels = [s.label for s in self.strategies]
@@ -167,9 +176,7 @@ def run_prompt_eval(config: PromptEvalConfig, *, overwrite: bool = False, progre
         ``<run>/results.json``, with the table in ``<run>/results.md``.
     """
     start = time.perf_counter()
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
     options = {"countries": config.task.countries} if config.task.countries else {}
     task, evaluated = split_task(load_task(config.task.name, config.task.path, **options),
                                  config.task.sample, config.task.seed)
@@ -226,5 +233,5 @@ def answer_question(strategy: str, task_name: str, question: str, *, overrides: 
     return task, run_strategy(strategy, m, tok, task, example, config)
 
 
-__all__ = ["PromptEvalConfig", "StrategyRun", "TaskConfig", "answer_question", "run_prompt_eval",
+__all__ = ["PromptEvalConfig", "StrategyRun", "PromptTaskConfig", "answer_question", "run_prompt_eval",
            "results_table", "split_task", "summarize"]

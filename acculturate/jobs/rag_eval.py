@@ -36,7 +36,7 @@ from pathlib import Path
 from acculturate.config_loading import to_dict
 from acculturate.data import load_blend
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, run_dir
+from acculturate.jobs.common import JobConfig, run_dir
 from acculturate.rag.chunking import ChunkConfig
 from acculturate.rag.index import IndexConfig
 
@@ -44,21 +44,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RagEvalConfig:
+class RagEvalConfig(JobConfig):
     """`acculturate rag eval CONFIG`: build the BLEnD document set, index it, measure retrieval and answers."""
 
     name: str = "rag-blend"
-    output_dir: str = "runs"
-    countries: list[str] | None = None          # BLEnD countries (default: all shipped)
+    countries: list[str] | None = None
+    """BLEnD countries (default: all shipped)."""
     chunk: ChunkConfig = field(default_factory=lambda: ChunkConfig(max_chars=500, overlap_chars=100))
-    embedder: str | None = None                 # sentence-transformers model directory (default MiniLM)
-    retrieval_sample: int | None = 600          # questions for recall/MRR (None: all)
+    embedder: str | None = None
+    """Sentence-transformers model directory (default MiniLM)."""
+    retrieval_sample: int | None = 600
+    """Questions for recall/MRR (None: all)."""
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    """The k of recall@k."""
     modes: list[str] = field(default_factory=lambda: ["dense", "bm25", "hybrid"])
-    answer_sample: int | None = 40              # questions answered with and without retrieval (0: skip)
-    answer_k: int = 3                           # passages shown to the model
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """The retrieval modes measured: 'dense', 'bm25', 'hybrid'."""
+    answer_sample: int | None = 40
+    """Questions answered with and without retrieval (0: skip)."""
+    answer_k: int = 3
+    """Passages shown to the model."""
     seed: int = 0
+    """Seed of the question samples."""
 
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
@@ -170,7 +176,7 @@ def run_rag_eval(config: RagEvalConfig, *, overwrite: bool = False, progress: bo
     """
     import shutil
 
-    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, TaskConfig, run_prompt_eval
+    from acculturate.jobs.prompt_eval import PromptEvalConfig, StrategyRun, PromptTaskConfig, run_prompt_eval
     from acculturate.rag import open_index, update_index
 
     start = time.perf_counter()
@@ -195,7 +201,7 @@ def run_rag_eval(config: RagEvalConfig, *, overwrite: bool = False, progress: bo
     if config.answer_sample != 0:
         pe = PromptEvalConfig(
             name="answers", output_dir=str(out), model=config.model,
-            task=TaskConfig(name="blend", countries=config.countries, sample=config.answer_sample, seed=config.seed),
+            task=PromptTaskConfig(name="blend", countries=config.countries, sample=config.answer_sample, seed=config.seed),
             strategies=[StrategyRun("zero_shot", "without-retrieval"),
                         StrategyRun("rag", "with-retrieval", {"index": str((out / "index").resolve()),
                                                               "k": config.answer_k})])

@@ -16,17 +16,18 @@ from pathlib import Path
 import torch
 
 from acculturate.adapters import LoRAConfig, apply_lora
-from acculturate.config_loading import ConfigError, to_dict
+from acculturate.config_loading import ConfigError
 from acculturate.data import DataError, train_test_split
 from acculturate.data.errors import describe
 from acculturate.data.jsonl import MISSING, read_jsonl_objects, text_field
+from acculturate.data.sources import resolve_path
+from acculturate.data.templates import check_template
 from acculturate.feedback.reward_model import (RewardModelConfig, read_preference_pairs, save_reward_model,
                                                train_reward_model)
 from acculturate.feedback.rewards import feedback_rewards
 from acculturate.feedback.store import FeedbackStore, preference_pairs
 from acculturate.io import write_json, write_text
-from acculturate.jobs.finetune import ModelConfig, check_run_dir, run_dir
-from acculturate.jobs.sources import resolve_path
+from acculturate.jobs.common import JobConfig, open_run
 from acculturate.models import load
 from acculturate.train.tracking import log_report
 
@@ -54,8 +55,7 @@ class RewardDataConfig:
     """Seed of the split and of ``limit``."""
 
     def __post_init__(self):
-        if self.template not in ("chat", "alpaca"):
-            raise ValueError(f"template: expected 'chat' or 'alpaca', got {self.template!r}")
+        check_template(self.template)
         if not 0 <= self.test_fraction < 1:
             raise ValueError(f"test_fraction: expected a number in [0, 1), got {self.test_fraction!r}")
         if self.limit is not None and self.limit < 2:
@@ -63,12 +63,10 @@ class RewardDataConfig:
 
 
 @dataclass
-class RewardModelJobConfig:
+class RewardModelJobConfig(JobConfig):
     """`acculturate reward-model train CONFIG`."""
 
     name: str = "reward-model"
-    output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
     data: RewardDataConfig = field(default_factory=RewardDataConfig)
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(r=8, alpha=16, dropout=0.0))
     """The reward model's adapter; null: a head-only reward model on the frozen base."""
@@ -113,9 +111,7 @@ def run_reward_model(config: RewardModelJobConfig, *, overwrite: bool = False, b
                      progress: bool = True) -> dict:
     """Run ``acculturate reward-model train``; returns ``summary.json``'s content. A re-run of the
     same config continues from the run's checkpoint."""
-    out = run_dir(config.output_dir, config.name)
-    check_run_dir(out, config, overwrite)
-    write_json(out / "config.json", to_dict(config))
+    out = open_run(config, overwrite)
     t0 = time.perf_counter()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer

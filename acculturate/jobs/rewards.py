@@ -1,6 +1,6 @@
 """Rewards that need a stage to the right of ``feedback``: a judge model's rubric score
-(``evaluate.judge``), and :func:`build_reward`, the reward factory of jobs and the CLI (the kinds of
-``feedback.rewards.REWARD_KINDS`` plus ``judge``)."""
+(``evaluate.judge``), and :func:`build_reward`, the reward factory of jobs and the CLI over
+:data:`REWARD_KINDS` (the kinds of ``feedback.rewards.REWARD_KINDS`` plus ``judge``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from acculturate.config_loading import ConfigError, from_dict
 from acculturate.data.templates import render_prompt
 from acculturate.decode import GenerationConfig, generate
 from acculturate.evaluate.judge import REPLY_PREFIX, judge_messages, load_rubrics, parse_judgement
+from acculturate.feedback.rewards import REWARD_KINDS as FEEDBACK_REWARD_KINDS
 from acculturate.feedback.rewards import RewardFn, checked, last_user_turn, reward_function
 
 
@@ -58,12 +59,17 @@ def judge_reward(model, tokenizer, config: JudgeRewardConfig | None = None) -> R
     return checked(reward, f"judge reward ({config.region})")
 
 
+def _build_judge(spec: dict, model=None, tokenizer=None, **_) -> RewardFn:
+    if model is None or tokenizer is None:
+        raise ConfigError("reward.kind judge: needs a loaded model to judge with")
+    return judge_reward(model, tokenizer, from_dict(JudgeRewardConfig, spec, "reward"))
+
+
+REWARD_KINDS = {**FEEDBACK_REWARD_KINDS, "judge": _build_judge}
+"""Every reward kind a job config can name: ``feedback.rewards.REWARD_KINDS`` plus ``judge``."""
+
+
 def build_reward(spec, *, model=None, tokenizer=None, base_dir: Path | None = None) -> RewardFn:
-    """:func:`acculturate.feedback.rewards.reward_function` plus ``{kind: judge, ...}``
-    (:class:`JudgeRewardConfig`), which judges with ``model``."""
-    if isinstance(spec, dict) and spec.get("kind") == "judge":
-        if model is None or tokenizer is None:
-            raise ConfigError("reward.kind judge: needs a loaded model to judge with")
-        config = from_dict(JudgeRewardConfig, {k: v for k, v in spec.items() if k != "kind"}, "reward")
-        return judge_reward(model, tokenizer, config)
-    return reward_function(spec, model=model, tokenizer=tokenizer, base_dir=base_dir)
+    """:func:`acculturate.feedback.rewards.reward_function` over :data:`REWARD_KINDS` (``{kind: judge,
+    ...}``, :class:`JudgeRewardConfig`, judges with ``model``)."""
+    return reward_function(spec, model=model, tokenizer=tokenizer, base_dir=base_dir, kinds=REWARD_KINDS)

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from acculturate.io import write_json, write_text
+from acculturate.jobs.tune_study import (accuracy, best_config_dict, question_examples, storage_url, trial_dir,
+                                         tune_data)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ def final_check(study, config, run: Path, *, base_dir: Path | None, progress: bo
     """Score the best and the default trial on the test split, never seen while searching: the eval
     loss each trial recorded, and (when the test split has BLEnD questions and the trial saved an
     adapter) the accuracy of their answers."""
-    from acculturate.jobs.tune import _accuracy, _questions, trial_dir, tune_data
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if not complete:
@@ -96,12 +97,12 @@ def final_check(study, config, run: Path, *, base_dir: Path | None, progress: bo
         loaded = load(base.name, device=base.device, dtype=base.dtype)
         if data is None:
             data = tune_data(config, loaded.tokenizer, base_dir)
-        questions = _questions(data.test_examples, config.objective.limit)
+        questions = question_examples(data.test_examples, config.objective.limit)
         if not questions:
             break
         load_adapter(loaded.model, adapter)
         loaded.model.eval()
-        result[name]["test"].update(_accuracy(loaded.model, loaded.tokenizer, config, questions,
+        result[name]["test"].update(accuracy(loaded.model, loaded.tokenizer, config, questions,
                                               trial_dir(run, t) / "eval" / "test.jsonl", progress))
     if "default" in result:
         d, b = result["default"]["test"], result["best"]["test"]
@@ -184,7 +185,6 @@ def _metrics(m: dict | None) -> str:
 
 def write_results(study, config, run: Path, *, base_dir: Path | None = None, progress: bool = True) -> dict:
     """Write every result file of the study in ``run``; returns the summary (``results.json``)."""
-    from acculturate.jobs.tune import best_config_dict, storage_url
 
     rows = trial_rows(study)
     names = list(config.search)

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from acculturate.jobs.cpt import read_text_sources, split_documents
-from acculturate.jobs.sources import DataSource
+from acculturate.data.sources import DataSource, read_text_sources, split_documents
 from acculturate.models import DEFAULT_MODEL, load
 from acculturate.models.vocab import ExtendConfig, extend_vocabulary, fertility, save_extended
 

@@ -51,8 +51,10 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
-    name: str        # what the user asked for
-    path: Path       # the HF directory the weights were read from (the cache for GGUF)
+    name: str
+    """What the user asked for."""
+    path: Path
+    """The HF directory the weights were read from (the cache for GGUF)."""
 
     def __iter__(self):  # allows ``model, tokenizer = load(...)``
         return iter((self.model, self.tokenizer))

@@ -68,13 +68,18 @@ class ExtendConfig:
 class Extension:
     """What :func:`extend_vocabulary` added."""
 
-    tokens: list[str]                 # the learned tokens kept, in the base's spelling ('Ġngendikan', '▁ngendikan')
-    intermediate: list[str]           # tokens added only to build the chains of merges
-    new_ids: list[int]                # ids of every added token (tokens and intermediates), ascending
-    pieces: dict[int, list[int]]      # new id -> the base token ids its row was averaged from
+    tokens: list[str]
+    """The learned tokens kept, in the base's spelling ('Ġngendikan', '▁ngendikan')."""
+    intermediate: list[str]
+    """Tokens added only to build the chains of merges."""
+    new_ids: list[int]
+    """Ids of every added token (tokens and intermediates), ascending."""
+    pieces: dict[int, list[int]]
+    """New id -> the base token ids its row was averaged from."""
     old_vocab_size: int
     new_vocab_size: int
-    fertility: dict = field(default_factory=dict)   # filled by the job: before/after per corpus
+    fertility: dict = field(default_factory=dict)
+    """Filled by the job: before/after per corpus."""
 
 
 def fertility(tokenizer, texts: Sequence[str]) -> dict:

@@ -21,14 +21,18 @@ TRIGGER = "Let's think step by step."
 class CoTConfig:
     """Reason first, then answer."""
 
-    mode: str = "zero"             # 'zero' (trigger phrase) or 'exemplar' (k worked solutions)
-    k: int = 2                     # exemplars in 'exemplar' mode
-    selection: str = "static"      # 'static' or 'similar' (as in few_shot)
+    mode: str = "zero"
+    """'zero' (trigger phrase) or 'exemplar' (k worked solutions)."""
+    k: int = 2
+    """Exemplars in 'exemplar' mode."""
+    selection: str = "static"
+    """'static' or 'similar' (as in few_shot)."""
     seed: int = 0
     persona: str | None = None
     region: str | None = None
     template: str = "chat"
-    max_new_tokens: int = 160      # room for the reasoning
+    max_new_tokens: int = 160
+    """Room for the reasoning."""
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -28,10 +28,12 @@ _ACCEPT = re.compile(r"\bcorrect\b", re.IGNORECASE)
 class CritiqueRefineConfig:
     """Answer -> critique -> revise loop."""
 
-    rounds: int = 2                # most critique+revise rounds
+    rounds: int = 2
+    """Most critique+revise rounds."""
     critique_tokens: int = 64
     revise_tokens: int = 160
-    answer: cot.CoTConfig = field(default_factory=cot.CoTConfig)   # how the first answer is produced
+    answer: cot.CoTConfig = field(default_factory=cot.CoTConfig)
+    """How the first answer is produced."""
 
     def __post_init__(self):
         if self.rounds < 1:

@@ -191,19 +191,16 @@ def extract_short_answer(text: str, strict: bool = False, fallback: str = "first
 
 @dataclass(frozen=True)
 class AnswerKind:
-    """How one kind of answer is extracted, scored and voted on.
-
-    Attributes:
-        extract: ``extract(text, strict, fallback) -> answer | None``.
-        correct: ``correct(answer, gold_answers) -> bool``; gold answers as in ``meta["answers"]``.
-        key: ``key(answer) -> str``, equal for answers that should share a vote.
-        display: ``display(answer) -> str`` for prompts, tables and JSON.
-    """
+    """How one kind of answer is extracted, scored and voted on."""
 
     extract: Callable
+    """``extract(text, strict, fallback) -> answer | None``."""
     correct: Callable
+    """``correct(answer, gold_answers) -> bool``; gold answers as in ``meta["answers"]``."""
     key: Callable
+    """``key(answer) -> str``, equal for answers that should share a vote."""
     display: Callable
+    """``display(answer) -> str`` for prompts, tables and JSON."""
 
 
 def _number_correct(answer, gold: list) -> bool:

@@ -16,10 +16,14 @@ from acculturate.prompting.trace import StrategyResult, Trace
 class FewShotConfig:
     """k exemplars with their direct answers."""
 
-    k: int = 3                     # exemplars
-    selection: str = "static"      # 'static' (seeded, same for every question) or 'similar' (embeddings)
-    seed: int = 0                  # seed of the static choice
-    persona: str | None = None     # as in zero_shot
+    k: int = 3
+    """Exemplars."""
+    selection: str = "static"
+    """'static' (seeded, same for every question) or 'similar' (embeddings)."""
+    seed: int = 0
+    """Seed of the static choice."""
+    persona: str | None = None
+    """As in zero_shot."""
     region: str | None = None
     template: str = "chat"
     max_new_tokens: int = 48

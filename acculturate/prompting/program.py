@@ -24,17 +24,20 @@ RETRY = "The program did not work:\n{error}\nWrite a corrected program."
 class ProgramConfig:
     """Program synthesis + sandboxed execution."""
 
-    k: int = 2                     # exemplar programs shown first
-    selection: str = "static"      # 'static' or 'similar'
+    k: int = 2
+    """Exemplar programs shown first."""
+    selection: str = "static"
+    """'static' or 'similar'."""
     seed: int = 0
-    retries: int = 1               # repair attempts after a failing or missing program
+    retries: int = 1
+    """Repair attempts after a failing or missing program."""
     max_new_tokens: int = 128
     persona: str | None = None
     region: str | None = None
     template: str = "chat"
-    # limits of each program run; sandbox.allow_weaker lists OS layers it may run without (default none)
     sandbox: SandboxLimits = field(default_factory=lambda: SandboxLimits(cpu_seconds=2, wall_seconds=5,
                                                                          memory_mb=256))
+    """Limits of each program run; sandbox.allow_weaker lists OS layers it may run without (default none)."""
 
     def __post_init__(self):
         if self.k < 0 or self.retries < 0:

@@ -106,7 +106,7 @@ def select_exemplars(task: Task, example: Example, k: int, selection: str = "sta
         raise ValueError(f"task {task.name}: no exemplars to choose from (the pool holds only the question)")
     if selection == "static":
         return candidates[:k]
-    from acculturate.prompting.retrieval import nearest
+    from acculturate.prompting.similarity import nearest
 
     picked = nearest(question, [c.meta["question"] for c in candidates], k, cache=task.cache)
     return [candidates[i] for i in reversed(picked)]

@@ -20,12 +20,18 @@ from acculturate.prompting.trace import StrategyResult, Trace
 class RagConfig:
     """Answer from retrieved passages."""
 
-    index: str | None = None       # an index name or directory (`acculturate rag index ... --index NAME`)
-    k: int = 3                     # passages shown
-    mode: str = "hybrid"           # 'hybrid', 'dense' or 'bm25'
-    filter_region: bool = True     # only passages whose metadata region is the question's region
-    rerank: str = "none"           # 'none', 'dense' or 'cross-encoder' (see acculturate.rag.retrieve)
-    persona: str | None = None     # as in zero_shot; appended to the instruction to use the passages
+    index: str | None = None
+    """An index name or directory (`acculturate rag index ... --index NAME`)."""
+    k: int = 3
+    """Passages shown."""
+    mode: str = "hybrid"
+    """'hybrid', 'dense' or 'bm25'."""
+    filter_region: bool = True
+    """Only passages whose metadata region is the question's region."""
+    rerank: str = "none"
+    """'none', 'dense' or 'cross-encoder' (see acculturate.rag.retrieve)."""
+    persona: str | None = None
+    """As in zero_shot; appended to the instruction to use the passages."""
     region: str | None = None
     template: str = "chat"
     max_new_tokens: int = 48
@@ -77,6 +83,6 @@ def run(model, tokenizer, task: Task, example: Example, config: RagConfig | None
 
 
 def _strip_citations(text: str) -> str:
-    from acculturate.rag.pipeline import _CITATION
+    from acculturate.rag.pipeline import CITATION
 
-    return _CITATION.sub("", text).replace(" .", ".").strip()
+    return CITATION.sub("", text).replace(" .", ".").strip()

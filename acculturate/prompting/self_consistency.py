@@ -22,12 +22,16 @@ from acculturate.prompting.voting import majority_vote
 class SelfConsistencyConfig:
     """k sampled chains and a vote."""
 
-    samples: int = 5                # chains (k)
-    temperature: float = 0.7        # Wang et al. sample with T=0.5-0.7
+    samples: int = 5
+    """Chains (k)."""
+    temperature: float = 0.7
+    """Wang et al. sample with T=0.5-0.7."""
     top_p: float = 0.95
     top_k: int = 0
-    seed: int | None = 0            # None: torch's global RNG (not reproducible)
-    cot: cot.CoTConfig = field(default_factory=cot.CoTConfig)   # how each chain is prompted
+    seed: int | None = 0
+    """None: torch's global RNG (not reproducible)."""
+    cot: cot.CoTConfig = field(default_factory=cot.CoTConfig)
+    """How each chain is prompted."""
 
     def __post_init__(self):
         if self.samples < 1:

@@ -33,22 +33,19 @@ SVAMP_PROMPT = "{question}\nAnswer with a number."
 
 @dataclass
 class Task:
-    """A question set and how its answers are read.
-
-    Attributes:
-        name: e.g. ``"svamp"``.
-        kind: a key of :data:`~acculturate.prompting.extract.ANSWER_KINDS` (``number``, ``short``, ``choice``).
-        examples: the questions.
-        pool: where few-shot exemplars come from (default: ``examples``; an evaluation passes the
-            questions it does not evaluate on). The question being answered is never its own exemplar.
-        cache: per-task memo (exemplar embeddings); not part of the task's identity.
-    """
+    """A question set and how its answers are read."""
 
     name: str
+    """e.g. ``"svamp"``."""
     kind: str
+    """A key of :data:`~acculturate.prompting.extract.ANSWER_KINDS` (``number``, ``short``, ``choice``)."""
     examples: list[Example]
+    """The questions."""
     pool: list[Example] | None = None
+    """Where few-shot exemplars come from (default: ``examples``; an evaluation passes the questions it does
+    not evaluate on). The question being answered is never its own exemplar."""
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    """Per-task memo (exemplar embeddings); not part of the task's identity."""
 
     def __post_init__(self):
         if self.kind not in ANSWER_KINDS:

@@ -39,14 +39,20 @@ UNPARSED_VALUE = 1.0  # an evaluation without a verdict counts as "likely": it n
 class TreeOfThoughtConfig:
     """Beam search over thoughts."""
 
-    breadth: int = 3               # candidate next steps proposed per kept state
-    beam: int = 2                  # states kept per depth
-    depth: int = 3                 # most steps before the best state must answer
-    thought_tokens: int = 40       # tokens per step (a step is one line)
-    temperature: float = 0.8       # proposals are sampled so that siblings differ
+    breadth: int = 3
+    """Candidate next steps proposed per kept state."""
+    beam: int = 2
+    """States kept per depth."""
+    depth: int = 3
+    """Most steps before the best state must answer."""
+    thought_tokens: int = 40
+    """Tokens per step (a step is one line)."""
+    temperature: float = 0.8
+    """Proposals are sampled so that siblings differ."""
     top_p: float = 0.95
     seed: int | None = 0
-    n_evaluate: int = 1            # value prompts per step (1: greedy; more: sampled, summed)
+    n_evaluate: int = 1
+    """Value prompts per step (1: greedy; more: sampled, summed)."""
     value_tokens: int = 6
     final_tokens: int = 24
     persona: str | None = None

@@ -15,10 +15,14 @@ from acculturate.prompting.trace import StrategyResult, Trace
 class ZeroShotConfig:
     """Direct answer, no examples."""
 
-    persona: str | None = None     # a name in personas.yaml (e.g. 'local') or the persona's text
-    region: str | None = None      # fills the persona's {region}; default: the question's region
-    template: str = "chat"         # 'chat' (the model's chat template) or 'alpaca'
-    max_new_tokens: int = 48       # a direct answer is short
+    persona: str | None = None
+    """A name in personas.yaml (e.g. 'local') or the persona's text."""
+    region: str | None = None
+    """Fills the persona's {region}; default: the question's region."""
+    template: str = "chat"
+    """'chat' (the model's chat template) or 'alpaca'."""
+    max_new_tokens: int = 48
+    """A direct answer is short."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

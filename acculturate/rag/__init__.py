@@ -10,7 +10,7 @@ Needs the ``rag`` extra (sentence-transformers, the embedding model wheel, faiss
 """
 
 from acculturate.rag.chunking import Chunk, ChunkConfig, chunk_document
-from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, delete_index, list_indexes, open_cached,
+from acculturate.rag.index import (IndexConfig, IndexReport, RagIndexError, list_indexes, open_cached,
                                    open_index, rag_home, resolve_index, update_index)
 from acculturate.rag.ingest import Block, Document, find_files, read_document
 from acculturate.rag.metrics import mean_reciprocal_rank, recall_at_k
@@ -18,6 +18,6 @@ from acculturate.rag.pipeline import AskConfig, RagAnswer, ask, parse_citations
 from acculturate.rag.retrieve import Hit, RetrieveConfig, retrieve, rrf
 
 __all__ = ["AskConfig", "Block", "Chunk", "ChunkConfig", "Document", "Hit", "IndexConfig", "IndexReport",
-           "RagAnswer", "RagIndexError", "RetrieveConfig", "ask", "chunk_document", "delete_index", "find_files", "list_indexes",
+           "RagAnswer", "RagIndexError", "RetrieveConfig", "ask", "chunk_document", "find_files", "list_indexes",
            "mean_reciprocal_rank", "open_cached", "open_index", "parse_citations", "rag_home", "read_document", "recall_at_k",
            "resolve_index", "retrieve", "rrf", "update_index"]

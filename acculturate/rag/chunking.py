@@ -25,8 +25,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 class ChunkConfig:
     """How documents are split into passages."""
 
-    max_chars: int = 800           # a passage's length bound in characters (overlap included)
-    overlap_chars: int = 120       # characters a passage repeats from the end of the one before it
+    max_chars: int = 800
+    """A passage's length bound in characters (overlap included)."""
+    overlap_chars: int = 120
+    """Characters a passage repeats from the end of the one before it."""
 
     def __post_init__(self):
         if self.max_chars < 50:
@@ -44,7 +46,8 @@ class Chunk:
     heading: str
     title: str
     source: str
-    position: int                   # 0-based index among its document's passages
+    position: int
+    """0-based index among its document's passages."""
     meta: dict = field(default_factory=dict)
 
     @property

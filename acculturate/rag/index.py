@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,12 +54,17 @@ class RagIndexError(ValueError):
 class IndexConfig:
     """How passages are made and embedded; fixed for the life of an index (change it with rebuild)."""
 
-    embedder: str | None = None    # a sentence-transformers model directory; None: bundled all-MiniLM-L6-v2
+    embedder: str | None = None
+    """A sentence-transformers model directory; None: bundled all-MiniLM-L6-v2."""
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    text_field: str = "text"       # JSONL files: the field holding the text
-    batch_size: int = 64           # passages embedded together
-    device: str = "cpu"            # where the embedder runs
-    commit_every: int = 5000       # new passages between commits (a killed run keeps what it committed)
+    text_field: str = "text"
+    """JSONL files: the field holding the text."""
+    batch_size: int = 64
+    """Passages embedded together."""
+    device: str = "cpu"
+    """Where the embedder runs."""
+    commit_every: int = 5000
+    """New passages between commits (a killed run keeps what it committed)."""
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -92,9 +96,12 @@ class Index:
     path: Path
     manifest: dict
     passages: list[dict]
-    vectors: object                # faiss.IndexFlatIP
-    bm25: object | None            # bm25s.BM25, None for an empty index
-    cache: dict = field(default_factory=dict, repr=False)   # derived columns (metadata filters)
+    vectors: object
+    """Faiss.IndexFlatIP."""
+    bm25: object | None
+    """Bm25s.BM25, None for an empty index."""
+    cache: dict = field(default_factory=dict, repr=False)
+    """Derived columns (metadata filters)."""
 
     def __len__(self) -> int:
         return len(self.passages)
@@ -263,12 +270,17 @@ class IndexReport:
     """What an update did."""
 
     path: str
-    added: list[str] = field(default_factory=list)      # new files
-    updated: list[str] = field(default_factory=list)    # files whose content (or metadata) changed
-    removed: list[str] = field(default_factory=list)    # files gone from an indexed directory
+    added: list[str] = field(default_factory=list)
+    """New files."""
+    updated: list[str] = field(default_factory=list)
+    """Files whose content (or metadata) changed."""
+    removed: list[str] = field(default_factory=list)
+    """Files gone from an indexed directory."""
     unchanged: int = 0
-    embedded: int = 0                                    # passages embedded in this run
-    passages: int = 0                                    # passages in the index afterwards
+    embedded: int = 0
+    """Passages embedded in this run."""
+    passages: int = 0
+    """Passages in the index afterwards."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -390,14 +402,3 @@ def update_index(paths: list[str | os.PathLike], index: str | os.PathLike, confi
         report.passages = len(passages)
     report.seconds = round(time.perf_counter() - start, 3)
     return report
-
-
-def delete_index(index: str | os.PathLike, home: str | os.PathLike | None = None) -> Path:
-    """Remove an index directory (and the lock file beside it)."""
-    path = resolve_index(index, home)
-    with _locked(path):
-        if not (path / "manifest.json").exists():
-            raise RagIndexError(f"no index at {path}")
-        shutil.rmtree(path)
-    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
-    return path

@@ -37,19 +37,16 @@ class Block:
 
 @dataclass
 class Document:
-    """A document as read: where it came from, its metadata and its paragraphs in order.
-
-    Attributes:
-        source: the file (``path``; ``path:LINE`` for a JSONL line).
-        title: the document's title (first heading, HTML ``<title>``, or the file name).
-        blocks: paragraphs with their section headings.
-        meta: scalar metadata (``region``, ``lang``, ...), filterable at retrieval.
-    """
+    """A document as read: where it came from, its metadata and its paragraphs in order."""
 
     source: str
+    """The file (``path``; ``path:LINE`` for a JSONL line)."""
     title: str
+    """The document's title (first heading, HTML ``<title>``, or the file name)."""
     blocks: list[Block]
+    """Paragraphs with their section headings."""
     meta: dict = field(default_factory=dict)
+    """Scalar metadata (``region``, ``lang``, ...), filterable at retrieval."""
 
 
 def read_document(path: str | os.PathLike, meta: dict | None = None, text_field: str = "text") -> list[Document]:

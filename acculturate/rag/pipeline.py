@@ -22,7 +22,7 @@ _STOP = frozenset("""a an the and or of in on at to for from by with is are was 
 those as into than then there their they them he she his her we our you your i my me what which who whom when where
 why how do does did not no yes so such can could would should will may might most more many much some any all each
 other answer question passage passages people""".split())
-_CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:[,;]|-|–|and)\s*\d+\s*)*)\]")
+CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:[,;]|-|–|and)\s*\d+\s*)*)\]")
 
 
 @dataclass
@@ -30,10 +30,13 @@ class AskConfig:
     """Retrieval plus the generation around it."""
 
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
-    system: str = SYSTEM           # the instruction to answer from the passages and cite them
-    max_passage_chars: int = 1000  # a passage longer than this is cut in the prompt
+    system: str = SYSTEM
+    """The instruction to answer from the passages and cite them."""
+    max_passage_chars: int = 1000
+    """A passage longer than this is cut in the prompt."""
     max_new_tokens: int = 128
-    template: str = "chat"         # 'chat' (the model's template) or 'alpaca'
+    template: str = "chat"
+    """'chat' (the model's template) or 'alpaca'."""
 
     def __post_init__(self):
         if self.max_passage_chars < 20:
@@ -44,20 +47,17 @@ class AskConfig:
 
 @dataclass
 class RagAnswer:
-    """An answer and its evidence.
-
-    Attributes:
-        answer: the generated text.
-        citations: the passages the answer cites, as :func:`citation` dicts, in citation order
-            (``how``: ``"cited"`` by number, or ``"inferred"`` from the words it copies).
-        passages: every passage shown to the model, as :func:`citation` dicts, numbered from 1.
-        prompt: the rendered prompt.
-    """
+    """An answer and its evidence."""
 
     answer: str
+    """The generated text."""
     citations: list[dict]
+    """The passages the answer cites, as :func:`citation` dicts, in citation order (``how``: ``"cited"`` by
+    number, or ``"inferred"`` from the words it copies)."""
     passages: list[dict]
+    """Every passage shown to the model, as :func:`citation` dicts, numbered from 1."""
     prompt: str
+    """The rendered prompt."""
 
     def as_dict(self) -> dict:
         return {"answer": self.answer, "citations": self.citations, "passages": self.passages}
@@ -86,7 +86,7 @@ def parse_citations(text: str, n_passages: int) -> list[int]:
     """Passage numbers cited in ``text`` (1-based, first citation first, each once); numbers outside
     1..n_passages are ignored (the model may invent them)."""
     cited: list[int] = []
-    for group in _CITATION.findall(text):
+    for group in CITATION.findall(text):
         for part in re.split(r"[,;]|\band\b", group):
             part = part.strip()
             m = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)

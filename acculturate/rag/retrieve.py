@@ -28,13 +28,20 @@ RERANKERS = ("none", "dense", "cross-encoder")
 class RetrieveConfig:
     """How passages are found for a query."""
 
-    k: int = 4                     # passages returned
-    mode: str = "hybrid"           # 'hybrid' (dense + BM25, fused), 'dense' or 'bm25'
-    candidates: int = 50           # passages each retriever contributes to the fusion
-    rrf_k: int = 60                # reciprocal-rank fusion constant
-    rerank: str = "none"           # 'none', 'dense' or 'cross-encoder' (needs `reranker`)
-    reranker: str | None = None    # a local sentence-transformers CrossEncoder directory
-    filters: dict = field(default_factory=dict)   # metadata that passages must match, e.g. {region: UK}
+    k: int = 4
+    """Passages returned."""
+    mode: str = "hybrid"
+    """'hybrid' (dense + BM25, fused), 'dense' or 'bm25'."""
+    candidates: int = 50
+    """Passages each retriever contributes to the fusion."""
+    rrf_k: int = 60
+    """Reciprocal-rank fusion constant."""
+    rerank: str = "none"
+    """'none', 'dense' or 'cross-encoder' (needs `reranker`)."""
+    reranker: str | None = None
+    """A local sentence-transformers CrossEncoder directory."""
+    filters: dict = field(default_factory=dict)
+    """Metadata that passages must match, e.g. {region: UK}."""
 
     def __post_init__(self):
         if self.k < 1:
@@ -57,18 +64,16 @@ class RetrieveConfig:
 @dataclass
 class Hit:
     """A retrieved passage.
-
-    Attributes:
-        passage: the stored passage (``id``, ``text``, ``title``, ``heading``, ``source``, ``meta``).
-        score: the score it was ranked by (fused, dense cosine or cross-encoder logit).
-        rank: 1-based position in the result.
         dense_rank, bm25_rank: its rank in each retriever's list (None when not among its candidates).
         dense_score: cosine similarity to the query (None in bm25 mode).
     """
 
     passage: dict
+    """The stored passage (``id``, ``text``, ``title``, ``heading``, ``source``, ``meta``)."""
     score: float
+    """The score it was ranked by (fused, dense cosine or cross-encoder logit)."""
     rank: int
+    """1-based position in the result."""
     dense_rank: int | None = None
     bm25_rank: int | None = None
     dense_score: float | None = None

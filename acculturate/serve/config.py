@@ -21,11 +21,15 @@ class ServeConfig:
     adapters: dict[str, str] = field(default_factory=dict)
     """Adapters to load at start, name -> adapter directory; a request's ``model`` picks one."""
     host: str = "127.0.0.1"
+    """The address to listen on (a non-loopback one needs API keys, or insecure)."""
     port: int = 8000
+    """The port to listen on."""
     db: str = DEFAULT_DB
     """Where completions and feedback are stored: a SQLite path or a SQLAlchemy URL (postgresql://...)."""
     device: str | None = None
+    """Where the model runs (default: a GPU if present, else the CPU)."""
     dtype: str | None = None
+    """Weights dtype (default: bf16 on a GPU that has it, else fp32)."""
     admin_token: str | None = None
     """Bearer token for /admin/*; falls back to $ACCULTURATE_ADMIN_TOKEN. With neither, admin is closed (401)."""
     api_token: str | None = None

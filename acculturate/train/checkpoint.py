@@ -40,9 +40,12 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     """What :func:`load_checkpoint` returns besides restoring tensors in place."""
     path: Path
-    progress: dict          # step, epoch, batch position... as saved
-    config: dict            # the run config as saved
-    metrics: list[dict]     # the log rows written up to this checkpoint
+    progress: dict
+    """Step, epoch, batch position... as saved."""
+    config: dict
+    """The run config as saved."""
+    metrics: list[dict]
+    """The log rows written up to this checkpoint."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

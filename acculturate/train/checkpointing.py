@@ -40,10 +40,14 @@ _HEADROOM = 0.9      # auto keeps 10% of the free memory for fragmentation and t
 class MemoryPlan:
     """What :func:`plan` decided, reported in ``metrics.json``."""
 
-    policy: str                       # the policy applied: off, mlp or full
-    requested: str                    # the configured one (auto included)
-    activation_bytes: int | None      # estimated activations of one micro-batch under ``policy``
-    free_bytes: int | None            # GPU memory free for activations (None on the CPU)
+    policy: str
+    """The policy applied: off, mlp or full."""
+    requested: str
+    """The configured one (auto included)."""
+    activation_bytes: int | None
+    """Estimated activations of one micro-batch under ``policy``."""
+    free_bytes: int | None
+    """GPU memory free for activations (None on the CPU)."""
 
 
 def _decoder_layers(model: torch.nn.Module):

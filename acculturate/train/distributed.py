@@ -63,8 +63,10 @@ class Parallel:
 
     rank: int = 0
     world: int = 1
-    strategy: str | None = None           # None (one process), 'ddp' or 'fsdp'
-    model: torch.nn.Module | None = None  # the wrapped model the loop calls (DDP) or the model (FSDP)
+    strategy: str | None = None
+    """None (one process), 'ddp' or 'fsdp'."""
+    model: torch.nn.Module | None = None
+    """The wrapped model the loop calls (DDP) or the model (FSDP)."""
     _unwrapped: torch.nn.Module | None = field(default=None, repr=False)
 
     @property

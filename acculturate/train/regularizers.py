@@ -171,13 +171,6 @@ def adapters_disabled(model: torch.nn.Module):
         model.train(was_training)
 
 
-def has_adapters(model: torch.nn.Module) -> bool:
-    from acculturate.adapters.lora import lora_modules
-    from acculturate.adapters.token_rows import token_rows_module
-
-    return bool(lora_modules(model)) or token_rows_module(model) is not None
-
-
 def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen eval-mode copy of ``model`` (for methods with no adapter to switch off)."""
     ref = copy.deepcopy(model).eval()

@@ -129,23 +129,36 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What a training run did. Losses are token-weighted means of next-token cross-entropy."""
-    steps: int                      # optimizer steps completed in total (resumed ones included)
-    train_loss: float | None        # over the last log window (the last ``log_every`` steps)
-    eval_loss: float | None         # at the end; None without eval features
-    wall_time_s: float              # of this call (a resumed call counts only its own time)
-    peak_memory_bytes: int          # see ``peak_memory_kind``
-    peak_memory_kind: str           # "cuda_max_allocated" (weights included) or "cpu_rss_growth"
+    steps: int
+    """Optimizer steps completed in total (resumed ones included)."""
+    train_loss: float | None
+    """Over the last log window (the last ``log_every`` steps)."""
+    eval_loss: float | None
+    """At the end; None without eval features."""
+    wall_time_s: float
+    """Of this call (a resumed call counts only its own time)."""
+    peak_memory_bytes: int
+    """See ``peak_memory_kind``."""
+    peak_memory_kind: str
+    """"cuda_max_allocated" (weights included) or "cpu_rss_growth"."""
     trainable_params: int
     total_params: int
-    tokens_per_s: float             # non-padding tokens through the model per second, this call
-    label_tokens_per_s: float       # target (loss-bearing) tokens per second, this call
+    tokens_per_s: float
+    """Non-padding tokens through the model per second, this call."""
+    label_tokens_per_s: float
+    """Target (loss-bearing) tokens per second, this call."""
     log_path: Path
     checkpoint_path: Path
-    resumed_from_step: int = 0      # 0 for a fresh run
-    dropped_features: int = 0       # features with no target token left after truncation
-    history: list[dict] = field(default_factory=list)   # the rows of metrics.jsonl
-    activation_checkpointing: str = "off"                # the policy applied (auto resolved)
-    activation_estimate_bytes: int | None = None         # its estimated activations per micro-batch (GPU)
+    resumed_from_step: int = 0
+    """0 for a fresh run."""
+    dropped_features: int = 0
+    """Features with no target token left after truncation."""
+    history: list[dict] = field(default_factory=list)
+    """The rows of metrics.jsonl."""
+    activation_checkpointing: str = "off"
+    """The policy applied (auto resolved)."""
+    activation_estimate_bytes: int | None = None
+    """Its estimated activations per micro-batch (GPU)."""
 
 
 def fingerprint(rows: Sequence[dict]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from acculturate.config_loading import load_yaml
 from acculturate.io import write_json, write_text
 from acculturate.jobs.finetune import FinetuneConfig, run_finetune
-from acculturate.jobs.sources import DataSource
+from acculturate.data.sources import DataSource
 from acculturate.jobs.vocab import run_extend
 from acculturate.models.vocab import ExtendConfig
 

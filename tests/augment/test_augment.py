@@ -46,7 +46,7 @@ def test_paraphrase_replaces_only_the_instruction(instructions):
 
 
 def test_embedding_similarity_bounds_separate_paraphrase_from_drift():
-    from acculturate.prompting.retrieval import embed
+    from acculturate.models.embedding import embed
 
     a, b, c = embed(["Convert 45 kilometers to meters.", "Change 45 km into meters.",
                      "The example of a camera is very good."])

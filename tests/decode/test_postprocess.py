@@ -77,7 +77,11 @@ def test_best_of_n_real_model(default_model):
 
 
 def test_generate_cli_builds_filters(tmp_path):
-    from acculturate.cli import _output_filters, build_parser
+    from acculturate.cli import build_parser
+    from acculturate.decode.postprocess import output_filter_config
+
+    def _output_filters(args):
+        return output_filter_config(args.filters, args.blocklist, args.best_of, args.reward)
 
     path = tmp_path / "filters.yaml"
     path.write_text("languages: [id, en]\nblocklist: [default]\n")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from acculturate.decode import GenerationConfig, eos_token_ids, generate
-from acculturate.decode.generate import _row_generator, encode_prompts
+from acculturate.decode.generate import encode_prompts, row_generator
 from acculturate.decode.static import StaticDecoder, generate_static
 
 # Two prompts of different lengths (so one row is left-padded), few tokens: each generate() call on
@@ -41,7 +41,7 @@ def test_greedy_and_seeded_sampling_equal_generate(default_model, prompts):
     sampled = generate(model, tok, prompts, config)
     decoder = StaticDecoder(model, batch_size=3, max_length=max(map(len, ids)) + 6,
                             temperature=0.9, top_k=50, top_p=0.9, check_every=4)
-    gens = [_row_generator(config, i) for i in range(2)]
+    gens = [row_generator(config, i) for i in range(2)]
     assert decoder.generate(ids, 6, generators=gens, eos_ids=eos) == [c.token_ids for c in sampled]
     # The text-level wrapper gives generate()'s completions, text and finish reason included.
     assert generate_static(model, tok, prompts, config) == sampled
@@ -54,7 +54,7 @@ def test_samples_share_one_prefill(default_model, prompts):
     config = GenerationConfig(max_new_tokens=5, temperature=1.0, seed=3, batch_size=3)
     separate = generate(model, tok, prompts[:1] * 3, config)   # the prompt prefilled 3 times
     decoder = StaticDecoder(model, batch_size=3, max_length=len(ids[0]) + 5, temperature=1.0)
-    gens = [_row_generator(config, i) for i in range(3)]
+    gens = [row_generator(config, i) for i in range(3)]
     shared = decoder.generate(ids, 5, num_samples=3, generators=gens, eos_ids=eos_token_ids(model, tok))
     assert shared == [c.token_ids for c in separate]
     assert len({tuple(s) for s in shared}) > 1

@@ -195,3 +195,17 @@ def test_http_reward_errors_name_the_url(scorer_url):
         http_reward(f"{url}/nojson")(["a"], ["x"])
     with pytest.raises(RewardError, match=r"reward server http://127.0.0.1:\d+/score: ConnectError"):
         http_reward(f"http://127.0.0.1:{_free_port()}/score", retries=0)(["a"], ["x"])
+
+
+def test_model_scored_rewards_of_decode_are_kinds_of_the_one_catalogue():
+    """Every reward of decode.postprocess.REWARDS can be named as a kind (one catalogue), and a kind
+    that scores with the model says so when none is given."""
+    from acculturate.config_loading import ConfigError
+    from acculturate.decode.postprocess import REWARDS
+    from acculturate.feedback.rewards import REWARD_KINDS, reward_function
+
+    assert set(REWARDS) <= set(REWARD_KINDS)
+    with pytest.raises(ConfigError, match="reward.kind mean_logprob: needs a loaded model"):
+        reward_function({"kind": "mean_logprob"})
+    with pytest.raises(ConfigError, match="reward.scale: unknown field"):
+        reward_function({"kind": "mean_logprob", "scale": 2})

@@ -109,7 +109,7 @@ def test_rendering_and_tokenizing_run_off_the_event_loop(live_server, monkeypatc
     """A long prompt is tokenized in a worker thread, so /health and other clients are not held up."""
     import threading
 
-    import acculturate.serve.app as app_module
+    import acculturate.serve.state as app_module
 
     seen = []
     real = app_module.encode_prompts

@@ -6,7 +6,7 @@ Embeddings come from :mod:`acculturate.models.embedding` (all-MiniLM-L6-v2 by de
 
 from __future__ import annotations
 
-from acculturate.models.embedding import embed, load_embedder  # noqa: F401  (load_embedder: public here before)
+from acculturate.models.embedding import embed
 
 
 def nearest(query: str, texts: list[str], k: int, cache: dict | None = None, embedder=None) -> list[int]:
@@ -17,7 +17,7 @@ def nearest(query: str, texts: list[str], k: int, cache: dict | None = None, emb
         texts: candidate texts.
         k: how many to return (fewer when there are fewer texts).
         cache: a dict where the candidates' embeddings are kept between calls (keyed by the texts).
-        embedder: a sentence-transformers model; default :func:`load_embedder`.
+        embedder: a sentence-transformers model; default: :func:`acculturate.models.embedding.load_embedder`'s.
     """
     key = ("embeddings", tuple(texts))
     matrix = cache.get(key) if cache is not None else None
