@@ -247,13 +247,20 @@ def uses_static_decoder(model, config: GenerationConfig) -> bool:
     """Whether :func:`generate` decodes ``model`` with the CUDA-graph decoder (see
     ``GenerationConfig.cuda_graphs``): a CUDA model of a supported type, full attention (no sliding
     window), no prompt-tuning embedding, no repetition penalty, shared prompt prefills."""
+    if not (config.cuda_graphs and config.share_prompts and config.repetition_penalty == 1):
+        return False
+    return static_decoding_supported(model)
+
+
+def static_decoding_supported(model, device_type: str = "cuda") -> bool:
+    """Whether ``model`` can decode through a static KV cache (:mod:`acculturate.decode.static`,
+    :mod:`acculturate.decode.slots`): on a ``device_type`` device, a supported model type, full
+    attention (no sliding window) and no prompt-tuning embedding."""
     from acculturate.adapters.prompt_tuning import prompt_embedding
     from acculturate.decode.static import STATIC_MODEL_TYPES
 
-    if not (config.cuda_graphs and config.share_prompts and config.repetition_penalty == 1):
-        return False
     first = next(model.parameters(), None)
-    if first is None or first.device.type != "cuda":
+    if first is None or first.device.type != device_type:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hf = getattr(base, "config", None)

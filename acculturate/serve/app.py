@@ -72,7 +72,7 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
         for name, path in config.adapters.items():
             pool.add_adapter(name, path)
     store = store or FeedbackStore(config.db)
-    batcher = Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending)
+    batcher = Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending, config.cuda_graphs)
     limits = protocol.Limits(config.max_tokens_cap, config.default_max_tokens, config.max_n, config.max_prompts,
                              max_rows=config.max_batch_size, max_chars=config.max_message_chars,
                              max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
