@@ -14,23 +14,6 @@ from acculturate.decode.generate import encode_prompts
 from acculturate.decode.slots import MIN_WIDTH, SlotBatch
 
 
-@pytest.fixture(scope="module")
-def cpu_llama(tokenizer):
-    """A random-init 2-layer Llama (hidden 64) in fp32 with the default tokenizer, its LM head scaled
-    so that greedy choices are not decided by rounding: decoding mechanics, not model quality."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)
-    return model, tokenizer
-
-
 def _chat(tok, q: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
 
