@@ -171,6 +171,7 @@ class SlotBatch:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)   # replays in flight read the old cache
         self.graphs.clear()
+        self._pool = None   # the pool goes with its last graph; a stale handle fails the next capture
         shape = (self.slots, self.n_kv, width, self.head_dim)
         old = self.width
 
