@@ -181,7 +181,7 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--model", str(make_model("llama-1b")),
                                "--port", str(port), "--db", str(WORK / "feedback.db"),
-                               "--set", "max_batch_size=32"], env=env(), cwd=ROOT,
+                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0"], env=env(), cwd=ROOT,
                               stdout=open(WORK / "serve.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
@@ -339,6 +339,16 @@ def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
             times.append(a.elapsed_time(b))
         out.append(dict(side="ours", case="static_step", batch=GEN["batch"], top_p=top_p,
                         step_ms=round(statistics.median(times), 3)))
+        if top_p < 1:   # the kernels of one eager step: where the graph's time goes
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    decoder._decode_step()
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+            (Path(os.environ.get("OUT", WORK)) / "step_profile.txt").write_text(table)
+            print(table[:6000])
         del decoder
     return out
 

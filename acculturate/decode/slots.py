@@ -95,9 +95,7 @@ class SlotBatch:
         self._slots: list[DecodeRow | None] = [None] * B
         self._columns = [0] * B     # host copy of each slot's next column
         self._pending: deque = deque()   # launched steps and prefills whose tokens the host has not read
-        self._buffers = [torch.zeros(B, dtype=torch.long, pin_memory=self.device.type == "cuda")
-                         for _ in range(3)]
-        self._next_buffer = 0
+        self._buffers: list[torch.Tensor] = []   # pinned (B,) host buffers not in use by a pending copy
 
     # --- the interface of DecodeBatch ----------------------------------------------------------------
     @property
@@ -198,11 +196,15 @@ class SlotBatch:
             seen_source.add(j)
         prompts = list(distinct)
         n, P = len(prompts), max(map(len, prompts))
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)             # (n,)
+        free = [s for s, row in enumerate(self._slots) if row is None][:len(rows)]
+        # Every host-to-device copy of a join in one pinned, asynchronous transfer: a plain copy would
+        # wait for the step in flight.
         ids = torch.full((n, P), self.pad_id, dtype=torch.long)
         for b, p in enumerate(prompts):
             ids[b, :len(p)] = torch.tensor(p)
-        ids = ids.to(self.device)                                                           # (n, P)
+        meta = torch.tensor([len(p) for p in prompts] + free + source, dtype=torch.long)
+        ids, meta = self._upload(ids), self._upload(meta)
+        lengths, slots, src = meta[:n], meta[n:n + len(rows)], meta[n + len(rows):]       # (n,) (N,) (N,)
         columns = torch.arange(P, device=self.device)
         real = columns[None, :] < lengths[:, None]                                          # (n, P)
         # Key j is visible to query i when j <= i and j is a real token; every query sees itself.
@@ -219,9 +221,6 @@ class SlotBatch:
         last = x[torch.arange(n, device=self.device), lengths - 1]                         # (n, d)
         logits = self.head(self.decoder.norm(last)).float()                                # (n, V)
 
-        free = [s for s, row in enumerate(self._slots) if row is None][:len(rows)]
-        slots = torch.tensor(free, device=self.device)                                     # (N,)
-        src = torch.tensor(source, device=self.device)                                     # (N,)
         for cache, new in zip(self.k + self.v, keys + values):
             cache[slots, :, :P] = new[src]
         self.valid[slots] = False
@@ -230,7 +229,7 @@ class SlotBatch:
         prompt_ids = torch.where(real[src], ids[src], ids[src][:, :1])
         self.seen[slots] = torch.zeros((len(rows), self.vocab), dtype=torch.bool,
                                        device=self.device).scatter_(1, prompt_ids, True)
-        self._configure(rows, free)
+        self._configure(rows, slots)
         self.drawn[slots] = 0
         first = self._pick(logits[src], slots)                                             # (N,)
         self.tokens[slots] = first
@@ -241,28 +240,39 @@ class SlotBatch:
         for row, s in zip(rows, free):
             self._slots[s] = row
             self._columns[s] = len(row.prompt_ids)
-        self._pending.append((first.tolist(), list(zip(free, rows))))
+        self._record(first, list(zip(free, rows)), by_slot=False)
 
-    def _configure(self, rows: list[DecodeRow], slots: list[int]) -> None:
-        """Write each row's sampling settings and uniforms into its slot."""
-        for row, s in zip(rows, slots):
-            c = row.config
-            greedy = c.temperature <= GREEDY_TEMPERATURE
-            self.greedy[s] = greedy
-            self.temperature[s] = 1.0 if greedy else c.temperature
-            self.top_k[s, 0] = c.top_k if 0 < c.top_k < self.vocab else 0
-            self.top_p[s, 0] = c.top_p if c.top_p < 1 else float("inf")
-            self.penalty[s, 0] = c.repetition_penalty
-            # One uniform per token, drawn as generate() draws them for this row (seeded: its own generator).
-            u = torch.rand(self.width, dtype=torch.float64)
+    def _configure(self, rows: list[DecodeRow], slots: torch.Tensor) -> None:
+        """Write each row's sampling settings and uniforms into its slot (``slots`` (N,) on the device)."""
+        settings = torch.tensor([[c.temperature <= GREEDY_TEMPERATURE,
+                                  1.0 if c.temperature <= GREEDY_TEMPERATURE else c.temperature,
+                                  c.top_k if 0 < c.top_k < self.vocab else 0,
+                                  c.top_p if c.top_p < 1 else float("inf"),
+                                  c.repetition_penalty] for c in (r.config for r in rows)], dtype=torch.float64)
+        # One uniform per token, drawn as generate() draws them for each row (seeded: its own generator).
+        u = torch.rand(len(rows), self.width, dtype=torch.float64)
+        for i, row in enumerate(rows):
             if row.generator is not None:
-                u[:c.max_new_tokens] = torch.rand(c.max_new_tokens, generator=row.generator, dtype=torch.float64)
-            self.uniforms[s] = u.to(self.device)
+                m = row.config.max_new_tokens
+                u[i, :m] = torch.rand(m, generator=row.generator, dtype=torch.float64)
+        settings, u = self._upload(settings), self._upload(u)
+        self.greedy[slots] = settings[:, 0] > 0
+        self.temperature[slots] = settings[:, 1].float()
+        self.top_k[slots, 0] = settings[:, 2].long()
+        self.top_p[slots, 0] = settings[:, 3].float()
+        self.penalty[slots, 0] = settings[:, 4].float()
+        self.uniforms[slots] = u
+
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the model's device; on CUDA through pinned memory, without waiting for the stream."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _release(self, slots: list[int]) -> None:
         if not slots:
             return
-        index = torch.tensor(slots, device=self.device)
+        index = self._upload(torch.tensor(slots, dtype=torch.long))
         self.active[index] = 0
         self.positions[index] = 0   # a free slot writes (ignored) keys at column 0, inside any width
         for s in slots:
@@ -292,24 +302,28 @@ class SlotBatch:
         snapshot = [(s, row) for s, row in enumerate(self._slots) if row is not None]
         for s, _ in snapshot:
             self._columns[s] += 1
-        buffer = self._buffers[self._next_buffer]
-        self._next_buffer = (self._next_buffer + 1) % len(self._buffers)
-        buffer.copy_(self.tokens, non_blocking=self.device.type == "cuda")
+        self._record(self.tokens, snapshot, by_slot=True)
+
+    def _record(self, tokens: torch.Tensor, snapshot: list, by_slot: bool) -> None:
+        """Queue a device-to-host copy of ``tokens`` (a step's, indexed by slot; or a prefill's, in the
+        order of ``snapshot``) without waiting for it: the host reads it one step later."""
+        buffer = self._buffers.pop() if self._buffers else torch.zeros(
+            self.slots, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        buffer[:len(tokens)].copy_(tokens, non_blocking=self.device.type == "cuda")
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        self._pending.append(((buffer, event), snapshot))
+        self._pending.append((buffer, event, snapshot, by_slot))
 
     def _read(self, pending) -> list[DecodeRow]:
-        """Stream the tokens of one launched step (a pinned buffer, indexed by slot) or of one
-        prefill (a list, in the order of its rows)."""
-        tokens, snapshot = pending
-        if isinstance(tokens, tuple):
-            buffer, event = tokens
-            if event is not None:
-                event.synchronize()
-            tokens = buffer.tolist()
+        """Stream the tokens of one launched step or prefill; free the slots of rows that finished."""
+        buffer, event, snapshot, by_slot = pending
+        if event is not None:
+            event.synchronize()
+        tokens = buffer.tolist()
+        self._buffers.append(buffer)
+        if by_slot:
             return self._advance([(s, row, tokens[s]) for s, row in snapshot])
         return self._advance([(s, row, t) for (s, row), t in zip(snapshot, tokens)])
 
