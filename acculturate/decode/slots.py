@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from acculturate.decode.engine import DecodeRow
 from acculturate.decode.generate import _advance, eos_token_ids
-from acculturate.decode.sampling import GREEDY_TEMPERATURE, sample_inverse_cdf
+from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
 from acculturate.decode.static import _apply_rope, _layer
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
@@ -378,7 +378,7 @@ class SlotBatch:
             # As filter_top_k then filter_top_p: the kept tokens keep their sorted order.
             ordered = ordered.masked_fill(ordered < kth, float("-inf"))
             probs = ordered.softmax(dim=-1)
-            mass_above = F.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
+            mass_above = F.pad(cumsum_rows(probs)[:, :-1], (1, 0))
             drop_sorted = mass_above >= at(self.top_p)
             drop_sorted[:, 0] = False
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
