@@ -181,8 +181,8 @@ def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def cumsum_rows(x: torch.Tensor, chunk: int | None = None, force: bool = False) -> torch.Tensor:
     """``x.cumsum(dim=-1)`` for (B, V) ``x``, on CUDA in two levels: within chunks of ``chunk`` columns,
     then the chunks' running totals added. PyTorch's scan over a long innermost dimension walks each
-    row with one warp-sized group, so over a 128k vocabulary it was the slowest kernel of a decoding
-    step; as (B * V / chunk) rows of ``chunk`` it spreads over the GPU. The sums differ from the plain
+    row with one warp-sized group; as (B * V / chunk) rows of ``chunk`` it spreads over the GPU (the
+    batch-64 step of the 1B shape on an H200: 5.96 -> 5.82 ms, two calls). The sums differ from the plain
     scan only by rounding and stay non-decreasing for non-negative ``x``. Elsewhere (the CPU, rows of
     at most 4096) the plain cumsum, unless ``force``. ``chunk`` defaults to a divisor of V near 1024
     (1002 for Llama 3's 128,256), so no padding or slicing is needed (the compiled static step's
