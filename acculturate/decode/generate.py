@@ -119,7 +119,7 @@ class Completion:
 
 
 @dataclass
-class DecodeRow:
+class PromptRow:
     """Decoding state of one prompt inside a batch."""
 
     index: int                 # position in the caller's prompt list
@@ -216,7 +216,7 @@ def generate(model, tokenizer, prompts: Sequence[str], config: GenerationConfig 
         from acculturate.decode.static import generate_static
 
         return generate_static(model, tokenizer, prompts, config, num_samples=n)
-    rows = [DecodeRow(i, ids, TextStream(tokenizer, config.stop), row_generator(config, i))
+    rows = [PromptRow(i, ids, TextStream(tokenizer, config.stop), row_generator(config, i))
             for i, ids in enumerate(encoded)]
     # Longest first: similar lengths share a batch (little padding) and a batch that does not fit
     # in memory fails at once rather than at the end. Among equal lengths, copies of one prompt stay
@@ -248,13 +248,20 @@ def uses_static_decoder(model, config: GenerationConfig) -> bool:
     """Whether :func:`generate` decodes ``model`` with the CUDA-graph decoder (see
     ``GenerationConfig.cuda_graphs``): a CUDA model of a supported type, full attention (no sliding
     window), no prompt-tuning embedding, no repetition penalty, shared prompt prefills."""
+    if not (config.cuda_graphs and config.share_prompts and config.repetition_penalty == 1):
+        return False
+    return static_decoding_supported(model)
+
+
+def static_decoding_supported(model, device_type: str = "cuda") -> bool:
+    """Whether ``model`` can decode through a static KV cache (:mod:`acculturate.decode.static`,
+    :mod:`acculturate.decode.slots`): on a ``device_type`` device, a supported model type, full
+    attention (no sliding window) and no prompt-tuning embedding."""
     from acculturate.adapters.prompt_tuning import prompt_embedding
     from acculturate.decode.static import STATIC_MODEL_TYPES
 
-    if not (config.cuda_graphs and config.share_prompts and config.repetition_penalty == 1):
-        return False
     first = next(model.parameters(), None)
-    if first is None or first.device.type != "cuda":
+    if first is None or first.device.type != device_type:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hf = getattr(base, "config", None)
@@ -278,7 +285,7 @@ def row_generator(config: GenerationConfig, index: int) -> torch.Generator | Non
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _generate_batch(model, tokenizer, rows: list[DecodeRow], config: GenerationConfig,
+def _generate_batch(model, tokenizer, rows: list[PromptRow], config: GenerationConfig,
                     eos_ids: set[int], on_text: OnText | None) -> None:
     """Run one batch to completion, filling each row's stream and finish_reason."""
     device = next(model.parameters()).device
@@ -352,7 +359,7 @@ def _generate_batch(model, tokenizer, rows: list[DecodeRow], config: GenerationC
         next_pos = next_pos + 1
 
 
-def advance_row(row: DecodeRow, token: int, eos_ids: set[int], max_new_tokens: int,
+def advance_row(row: PromptRow, token: int, eos_ids: set[int], max_new_tokens: int,
                 on_text: OnText | None) -> bool:
     """Add one sampled token to a row; stream its text; return True when the row is finished."""
     if token in eos_ids:

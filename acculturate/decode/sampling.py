@@ -79,7 +79,7 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     probs = sorted_logits.float().softmax(dim=-1)
     # Mass strictly above each token; a token is needed while the tokens above it hold < p.
     # An exclusive cumsum (shift right by one) rather than cumsum - probs, which rounds.
-    mass_above = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))  # (B, V)
+    mass_above = torch.nn.functional.pad(cumsum_rows(probs)[:, :-1], (1, 0))  # (B, V)
     drop_sorted = mass_above >= p
     drop_sorted[:, 0] = False
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
@@ -166,7 +166,7 @@ def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) LongTensor of token ids; no host sync, so it can run inside a CUDA graph.
     """
-    cdf = probs.double().cumsum(dim=-1)                                   # (B, V)
+    cdf = cumsum_rows(probs.double())                                     # (B, V)
     # x < total mass, so the first index with cdf > x is a token of probability > 0.
     x = (u * cdf[:, -1]).unsqueeze(-1)                                    # (B, 1)
     tokens = torch.searchsorted(cdf, x, right=True).squeeze(-1)           # (B,)
@@ -176,3 +176,24 @@ def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # (H200 profile, 2026-12-01).
     last = torch.searchsorted(cdf, cdf[:, -1:].contiguous(), right=False).squeeze(-1)  # (B,)
     return torch.where(tokens > last, last, tokens)
+
+
+def cumsum_rows(x: torch.Tensor, chunk: int | None = None, force: bool = False) -> torch.Tensor:
+    """``x.cumsum(dim=-1)`` for (B, V) ``x``, on CUDA in two levels: within chunks of ``chunk`` columns,
+    then the chunks' running totals added. PyTorch's scan over a long innermost dimension walks each
+    row with one warp-sized group; as (B * V / chunk) rows of ``chunk`` it spreads over the GPU (the
+    batch-64 step of the 1B shape on an H200: 5.96 -> 5.82 ms, two calls). The sums differ from the plain
+    scan only by rounding and stay non-decreasing for non-negative ``x``. Elsewhere (the CPU, rows of
+    at most 4096) the plain cumsum, unless ``force``. ``chunk`` defaults to a divisor of V near 1024
+    (1002 for Llama 3's 128,256), so no padding or slicing is needed (the compiled static step's
+    searchsorted refused a sliced view)."""
+    B, V = x.shape
+    if not force and (x.device.type != "cuda" or V <= 4096):
+        return x.cumsum(dim=-1)
+    chunk = chunk or next((c for c in range(1024, 255, -1) if V % c == 0), 1024)
+    pad = (-V) % chunk
+    inner = torch.nn.functional.pad(x, (0, pad)).view(B, -1, chunk).cumsum(dim=-1)   # (B, C, chunk)
+    totals = inner[..., -1]                                                          # (B, C)
+    before = torch.nn.functional.pad(totals.cumsum(dim=-1)[:, :-1], (1, 0))         # (B, C) exclusive
+    out = (inner + before[..., None]).view(B, -1)
+    return out if pad == 0 else out[:, :V].contiguous()

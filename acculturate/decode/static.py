@@ -48,7 +48,8 @@ def _apply_rope(q, k, cos, sin):
 
 def _layer(layer, x, cos, sin, k_cache, v_cache, slots, mask, rope):
     """One decoder layer over x (b, T, d), writing its keys/values into the cache (b, Hkv, S, D) at
-    ``slots``; ``mask`` as :func:`_attend` takes it."""
+    ``slots`` (T,) or, for one token per row, at each row's own column ``slots`` (b, 1); ``mask`` as
+    :func:`_attend` takes it."""
     b, T, _ = x.shape
     attn = layer.self_attn
     n_kv, head_dim = k_cache.shape[1], k_cache.shape[-1]
@@ -57,8 +58,13 @@ def _layer(layer, x, cos, sin, k_cache, v_cache, slots, mask, rope):
     k = attn.k_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)         # (b, Hkv, T, D)
     v = attn.v_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)
     q, k = rope(q, k, cos, sin)
-    k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
-    v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
+    if slots.ndim == 1:   # (T,): the same cache columns for every row
+        k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
+    else:                 # (b, 1): one column per row (decode.slots: rows at their own positions)
+        index = slots.view(b, 1, 1, 1).expand(b, n_kv, 1, head_dim)
+        k_cache.scatter_(2, index, k.to(k_cache.dtype))
+        v_cache.scatter_(2, index, v.to(v_cache.dtype))
     o = _attend(q, k_cache, v_cache, mask, attn.scaling)                  # (b, H, T, D)
     x = x + attn.o_proj(o.transpose(1, 2).reshape(b, T, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
@@ -338,7 +344,7 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
     """
     from acculturate.decode.detokenize import TextStream
     from acculturate.decode.generate import (
-        Completion, DecodeRow, GenerationConfig, advance_row, encode_prompts, eos_token_ids, row_generator,
+        Completion, PromptRow, GenerationConfig, encode_prompts, eos_token_ids, row_generator,
     )
 
     config = config or GenerationConfig()
@@ -357,7 +363,7 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
         first = start * num_samples   # generator index of the chunk's first row
-        rows = [DecodeRow(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
+        rows = [PromptRow(first + j, chunk[j // num_samples], TextStream(tokenizer, config.stop),
                           row_generator(config, first + j)) for j in range(len(chunk) * num_samples)]
         if len(rows) not in decoders:
             decoders.clear()   # the last, smaller chunk: free the full-size cache first
@@ -367,12 +373,30 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
         generators = [r.generator for r in rows] if rows[0].generator is not None else None
         sampled = decoder.generate(chunk, config.max_new_tokens, num_samples, generators, eos)
         for j, (row, tokens) in enumerate(zip(rows, sampled)):
-            for token in tokens:
-                if advance_row(row, token, eos, config.max_new_tokens, None):
-                    break
+            _finish(row, tokens, eos, config.max_new_tokens)
             # A prompt is prefilled once for its num_samples rows: the others reuse its cache.
             completions.append(Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),
                                           finish_reason=row.finish_reason, prompt_tokens=len(row.prompt_ids),
                                           completion_tokens=len(row.stream.token_ids),
                                           cached_tokens=len(row.prompt_ids) if j % num_samples else 0))
     return completions
+
+
+def _finish(row, tokens: list[int], eos: set[int], max_new_tokens: int) -> None:
+    """Give ``row`` its generated ``tokens`` (cut after the first EOS), as ``advance_row`` token by token
+    would: without stop strings, the text is decoded once for the whole row."""
+    from acculturate.decode.generate import advance_row
+
+    if row.stream.stop:
+        for token in tokens:
+            if advance_row(row, token, eos, max_new_tokens, None):
+                return
+        return
+    end = next((i for i, t in enumerate(tokens) if t in eos), None)
+    row.stream.extend(tokens if end is None else tokens[:end])
+    if end is not None:
+        row.stream.token_ids.append(tokens[end])   # kept in token_ids, never part of the text
+        row.finish_reason = "eos"
+    elif len(row.stream.token_ids) >= max_new_tokens:
+        row.finish_reason = "length"
+    row.stream.flush()

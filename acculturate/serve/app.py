@@ -104,7 +104,8 @@ def _server(config: ServeConfig, pool: ModelPool | None, store: FeedbackStore | 
                              max_rows=config.max_batch_size, max_chars=config.max_message_chars,
                              max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
     return Server(config=config, pool=pool, store=store or FeedbackStore(config.db),
-                  batcher=Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending),
+                  batcher=Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending,
+                                  config.cuda_graphs),
                   limiter=limiter, api_keys=api_keys, limits=limits, run_defaults=run_defaults)
 
 

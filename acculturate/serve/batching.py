@@ -21,6 +21,12 @@ arithmetic).
 
 A job whose client has gone is marked ``cancelled``: its rows leave the batch before the next token,
 and it is skipped if it has not started.
+
+On a CUDA GPU, Llama-style models decode on fixed slots (:class:`acculturate.decode.slots.SlotBatch`):
+a static KV cache of ``max_batch_size`` rows, each step one CUDA-graph replay, rows joining and
+leaving between replays. The slot batch (cache and captured graphs) is kept while the same weights
+run, so later batches reuse it. Elsewhere (the CPU, other model types, prompt tuning, a job with more
+rows than ``max_batch_size``) the batch is a :class:`acculturate.decode.engine.DecodeBatch`.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from typing import Callable
 
 from acculturate.decode import Completion, GenerationConfig
 from acculturate.decode.engine import DecodeBatch, make_row
-from acculturate.decode.generate import encode_prompts
+from acculturate.decode.generate import encode_prompts, static_decoding_supported
+from acculturate.decode.slots import SlotBatch
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +106,10 @@ class Batcher:
         max_pending: most prompts queued or running; :meth:`submit` raises :class:`Overloaded` beyond it.
     """
 
-    def __init__(self, max_batch_size: int = 16, window_s: float = 0.01, max_pending: int = 256):
+    def __init__(self, max_batch_size: int = 16, window_s: float = 0.01, max_pending: int = 256,
+                 cuda_graphs: bool = True):
         self.max_batch_size = max_batch_size
+        self.cuda_graphs = cuda_graphs   # fixed slots with graph replays where the model allows
         self.window_s = window_s
         self.max_pending = max_pending
         self.stats = BatchStats()
@@ -141,7 +150,7 @@ class Batcher:
 
     def _loop(self) -> None:
         backlog: list[Job] = []
-        running = _Running()
+        running = _Running(self.max_batch_size if self.cuda_graphs else 0)
         try:
             while True:
                 if not running.rows and not backlog:
@@ -201,7 +210,7 @@ class Batcher:
         if not backlog or (running.rows and (self._drain.is_set() or not running.batch.can_join)):
             return backlog
         if not running.rows:
-            running.open(backlog[0].served)
+            running.open(backlog[0].served, len(backlog[0].prompts))
             self.stats.batches += 1
         taken, size = [], len(running.rows)
         for job in backlog:
@@ -241,7 +250,7 @@ class Batcher:
             log.exception("decoding step of a batch of %d rows failed", len(running.rows))
             for job in running.jobs():
                 self._finish(job, error=e)
-            running.close()
+            running.close(failed=True)
             return
         self.stats.steps += 1
         for row in finished:
@@ -279,12 +288,17 @@ class Batcher:
 
 
 class _Running:
-    """The running batch, the weights it runs on and the adapter context it holds."""
+    """The running batch, the weights it runs on and the adapter context it holds.
 
-    def __init__(self):
-        self.batch: DecodeBatch | None = None
+    ``slots`` > 0: fixed-slot graph decoding where the model supports it, with that many slots; the
+    slot batch is kept after the batch ends and reused while the next batch runs the same weights."""
+
+    def __init__(self, slots: int = 0):
+        self.batch: DecodeBatch | SlotBatch | None = None
         self.key: tuple | None = None
         self._context: ExitStack | None = None
+        self.slots = slots
+        self._kept: tuple[tuple, SlotBatch] | None = None
 
     @property
     def rows(self) -> list:
@@ -293,14 +307,24 @@ class _Running:
     def jobs(self) -> list[Job]:
         return list({id(r.tag[0]): r.tag[0] for r in self.rows}.values())
 
-    def open(self, served) -> None:
+    def open(self, served, rows: int = 1) -> None:
         self.close()
         self._context = ExitStack()
         self._context.enter_context(served.active())  # this adapter (or the bare base) until the batch ends
-        self.batch = DecodeBatch(served.model, served.tokenizer)
         self.key = weights_key(served)
+        if 0 < rows <= self.slots and static_decoding_supported(served.model):
+            if self._kept is None or self._kept[0] != self.key:
+                self._kept = None   # other weights: free the old cache and graphs first
+                self._kept = (self.key, SlotBatch(served.model, served.tokenizer, self.slots))
+            self.batch = self._kept[1]
+        else:
+            self.batch = DecodeBatch(served.model, served.tokenizer)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        if isinstance(self.batch, SlotBatch):
+            self.batch.reset()
+            if failed:
+                self._kept = None   # its state may be half-written: start the next batch afresh
         if self._context is not None:
             self._context.close()
         self._context, self.batch, self.key = None, None, None

@@ -69,6 +69,9 @@ class ServeConfig:
     """How long an idle worker waits for more requests to batch with the first."""
     max_pending: int = 256
     """Most prompts waiting for the worker (429 above it)."""
+    cuda_graphs: bool = True
+    """On a CUDA GPU, decode Llama-style models on ``max_batch_size`` fixed slots of a static KV cache,
+    each step one CUDA-graph replay (acculturate/decode/slots.py); False: the eager batch everywhere."""
     learn: str | None = None
     """A LearnConfig YAML (acculturate/configs/learn/): serve its current adapter version as its
     ``name`` and open /admin/learn, /admin/versions, /admin/rollback (acculturate/serve/learning.py)."""
@@ -96,6 +99,8 @@ class ServeConfig:
         self.output_filters = _output_filters(self.output_filters)
         if isinstance(self.rate_limit_per_minute, bool) or not self.rate_limit_per_minute >= 0:
             raise ValueError(f"ServeConfig.rate_limit_per_minute must be >= 0, got {self.rate_limit_per_minute!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"ServeConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if not self.batch_window_ms >= 0:
             raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}")
 

@@ -142,3 +142,20 @@ def test_text_stream_cut_inside_a_character_drops_it(tokenizer):
     stream = TextStream(tokenizer)
     deltas = [stream.add(t) for t in tokens[:cut]] + [stream.flush()]
     assert stream.text == "ok " and "".join(deltas) == "ok " and "\ufffd" not in stream.text
+
+
+def test_text_stream_extend_equals_adding_one_by_one(tokenizer):
+    """extend() (one decode for many tokens, the static decoder's path) gives add()'s text, a cut
+    inside a character dropped alike; with stop strings it refuses."""
+    tokens = ids_of(tokenizer, "日本語 🇮🇩 ok 🇮🇩")
+    cut = next(n for n in range(1, len(tokens) + 1)
+               if tokenizer.decode(tokens[:n], clean_up_tokenization_spaces=False).endswith("\ufffd"))
+    for part in (tokens, tokens[:cut]):
+        one, many = TextStream(tokenizer), TextStream(tokenizer)
+        for t in part:
+            one.add(t)
+        one.flush()
+        assert many.extend(part) + many.flush() == many.text == one.text
+        assert many.token_ids == one.token_ids
+    with pytest.raises(RuntimeError):
+        TextStream(tokenizer, stop=("x",)).extend(tokens)

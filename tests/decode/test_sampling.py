@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from acculturate.decode.sampling import (
+    cumsum_rows,
     apply_repetition_penalty,
     apply_temperature,
     filter_top_k,
@@ -180,3 +181,15 @@ def test_inverse_cdf_at_the_top_of_the_unit_interval_picks_a_token_with_mass():
     u = torch.tensor([1 - 2 ** -53], dtype=torch.float64)
     assert sample_inverse_cdf(probs, u).tolist() == [2]
     assert sample_inverse_cdf(probs, torch.tensor([0.1], dtype=torch.float64)).tolist() == [0]
+
+
+@pytest.mark.parametrize("V", [5003, 128256, 49152])
+def test_two_level_cumsum_equals_cumsum(V):
+    """The chunked scan used on CUDA (forced here): the plain cumsum up to rounding, never decreasing,
+    whatever the vocabulary's remainder modulo the chunk."""
+    x = torch.rand(3, V, dtype=torch.float64, generator=torch.Generator().manual_seed(V))
+    x[1, 100:300] = 0   # zero-probability runs keep the CDF flat, not lower
+    got = cumsum_rows(x, force=True)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, x.cumsum(-1), rtol=1e-12, atol=1e-12)
+    assert bool((got.diff(dim=-1) >= 0).all())

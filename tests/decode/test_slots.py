@@ -1,0 +1,105 @@
+"""Fixed-slot continuous batching (decode.slots): rows join a running batch, leave it at different
+steps, free slots are reused and the cache widens mid-run, and every row gets the tokens that
+generate() gives it alone (greedy, seeded top-k/top-p, repetition penalty, stop strings, n copies of
+one prompt). On the CPU the step runs eagerly; on CUDA each step is a CUDA-graph replay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acculturate.decode import GenerationConfig, generate
+from acculturate.decode.engine import make_row
+from acculturate.decode.generate import encode_prompts
+from acculturate.decode.slots import MIN_WIDTH, SlotBatch
+
+
+def _chat(tok, q: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+
+
+def run_join_and_leave(model, tok, cuda_graph: bool | None = None) -> None:
+    """The scenario both tests run: checks every row against generate() and the slot mechanics."""
+    batch = SlotBatch(model, tok, slots=4, cuda_graph=cuda_graph)
+    streamed: dict[str, list[str]] = {}
+
+    def row(name: str, question: str, config: GenerationConfig, index: int = 0):
+        ids = encode_prompts(tok, [_chat(tok, question)])[0]
+        streamed[name] = []
+        return make_row(tok, ids, config, index, on_text=streamed[name].append, tag=name)
+
+    long = row("long", "Describe a traditional breakfast in Spain.", GenerationConfig(max_new_tokens=40))
+    batch.add([long])
+    finished = {}
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            for r in batch.step():
+                finished[r.tag] = r
+
+    steps(3)
+    seeded = GenerationConfig(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=5)
+    joined = [row("seeded", "Hi!", seeded),
+              row("penalty", "What is 2 + 2?", GenerationConfig(max_new_tokens=9, repetition_penalty=1.3)),
+              row("stop", "Write one word.", GenerationConfig(max_new_tokens=9, stop=(" ",)))]
+    batch.add(joined)
+    assert batch.free == 0
+    with pytest.raises(ValueError, match="free slots"):
+        batch.add([row("extra", "Hello", GenerationConfig(max_new_tokens=2))])
+    steps(2)
+    cancelled = batch.cancel(lambda r: r.tag == "stop" and r.finish_reason is None)
+    steps(1)
+    # Two samples of one prompt share its prefill; a greedy row needs a wider cache than the first
+    # graphs while "long" still runs (its cache columns are carried over).
+    sampled = GenerationConfig(max_new_tokens=16, temperature=0.8, seed=3)
+    wide = GenerationConfig(max_new_tokens=MIN_WIDTH - 10)
+    pair = [row("pair0", "Name a dish.", sampled, 0), row("pair1", "Name a dish.", sampled, 1)]
+    while batch.free < 3:
+        steps(1)
+    assert "long" not in finished
+    batch.add(pair + [row("wide", "Tell me about the sea.", wide)])
+    assert batch.width > MIN_WIDTH and pair[1].cached_tokens == len(pair[1].prompt_ids)
+    while len(batch):
+        steps(1)
+    assert set(finished) == {"long", "seeded", "penalty", "stop", "pair0", "pair1", "wide"} - {r.tag for r in cancelled}
+
+    def alone(question: str, config: GenerationConfig, n: int = 1):
+        return generate(model, tok, [_chat(tok, question)], GenerationConfig(**{**config.__dict__, "cuda_graphs": False}),
+                        n=n)
+
+    for name, question, config in [("long", "Describe a traditional breakfast in Spain.", long.config),
+                                   ("seeded", "Hi!", seeded),
+                                   ("penalty", "What is 2 + 2?", joined[1].config),
+                                   ("wide", "Tell me about the sea.", wide)]:
+        want = alone(question, config)[0]
+        got = finished[name]
+        assert (got.stream.token_ids, got.stream.text, got.finish_reason) == (want.token_ids, want.text,
+                                                                               want.finish_reason), name
+        assert "".join(streamed[name]) == want.text
+    for i, want in enumerate(alone("Name a dish.", sampled, n=2)):
+        assert finished[f"pair{i}"].stream.token_ids == want.token_ids
+    if cancelled:   # the stop row may have ended before the cancel; either way it matches generate()
+        assert cancelled[0].finish_reason is None
+    else:
+        want = alone("Write one word.", joined[2].config)[0]
+        assert (finished["stop"].stream.text, finished["stop"].finish_reason) == (want.text, want.finish_reason)
+
+
+def test_rows_join_leave_and_match_generate_on_cpu(cpu_llama):
+    model, tok = cpu_llama
+    run_join_and_leave(model, tok)
+
+
+def test_refuses_what_does_not_fit(cpu_llama):
+    model, tok = cpu_llama
+    batch = SlotBatch(model, tok, slots=2)
+    ids = encode_prompts(tok, ["Hello"])[0]
+    with pytest.raises(ValueError, match="positions"):
+        batch.add([make_row(tok, ids, GenerationConfig(max_new_tokens=600))])
+    assert len(batch) == 0 and batch.step() == []
+
+
+@pytest.mark.gpu
+def test_rows_join_leave_and_match_generate_with_cuda_graphs(cuda_llama):
+    model, tok = cuda_llama
+    run_join_and_leave(model, tok)
