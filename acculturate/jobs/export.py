@@ -168,9 +168,11 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
         name: the file's and Ollama model's name (default: the adapter's name, else ``model``).
 
     Returns:
-        ``{"path", "quant", "bytes", "modelfile", "command"}``.
+        ``{"path", "quant", "rounding", "bytes", "modelfile", "command"}`` (``rounding``: stochastic
+        when the adapter was merged into a base already on the q4 grid, see
+        :mod:`acculturate.models.gguf_export`).
     """
-    from acculturate.models.gguf_export import QUANTS, base_pre_tokenizer, write_gguf
+    from acculturate.models.gguf_export import QUANTS, base_pre_tokenizer, on_grid, write_gguf
 
     if quant not in QUANTS:
         raise ValueError(f"quant: expected one of {QUANTS}, got {quant!r}")
@@ -181,7 +183,13 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
     output = Path(output)
     with atomic_dir(output) as tmp:
         loaded = _load_fp32(model)
+        rounding = "nearest"
         if specs:
+            # Nearest rounding would put a merged delta back on the base's own 4-bit values and export
+            # the base: round stochastically when the base already sits on the target grid.
+            first = next(v for k, v in loaded.model.state_dict().items() if k.endswith("q_proj.weight"))
+            if on_grid(first.detach().float().cpu().numpy(), quant):
+                rounding = "stochastic"
             load_adapter(loaded.model, specs[0][1])   # refuses adapters that do not fit this base
             if quantized_base:
                 from acculturate.adapters.qlora import quantize_lora_bases
@@ -190,7 +198,7 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
             merge_lora(loaded.model)
         filename = f"{name}-{quant}.gguf"
         write_gguf(loaded.model, loaded.tokenizer, tmp / filename, quant=quant, name=name,
-                   pre=base_pre_tokenizer(model) or "default")
+                   pre=base_pre_tokenizer(model) or "default", rounding=rounding)
         write_text(tmp / "Modelfile", modelfile(filename, loaded.tokenizer))
         command = f"ollama create {name} -f {output / 'Modelfile'} && ollama run {name}"
         write_text(tmp / "README.md", "\n".join([
@@ -198,7 +206,7 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
             f"`{filename}`: the merged model with its tokenizer and chat template. Run it with", "",
             "```bash", f"llama-cli -m {output / filename} -cnv", command, "```", ""]))
     path = output / filename
-    return {"path": str(path), "quant": quant, "bytes": path.stat().st_size,
+    return {"path": str(path), "quant": quant, "rounding": rounding, "bytes": path.stat().st_size,
             "modelfile": str(output / "Modelfile"), "command": command}
 
 

@@ -14,6 +14,9 @@ OS layer (the real boundary; holds with the Python guard off, see tests/promptin
     RLIMIT_CORE=0; RLIMIT_NPROC=1 (no fork, no thread) set by the child before the program runs;
   * a network namespace (``unshare --net``; inside a user namespace for a non-root caller): only
     a down loopback, so no TCP, UDP, raw or netlink traffic leaves the sandbox;
+  * a mount namespace whose root holds only the standard library (read-only) and the program's
+    temporary directory (read-write), entered with ``pivot_root``: no other path exists, so not
+    even ``stat`` (which Landlock does not check) learns what is outside;
   * ``PR_SET_NO_NEW_PRIVS``, then Landlock: read-only beneath the standard library directories,
     read-write beneath the program's temporary directory, nothing else (no /proc, /sys, /etc,
     /dev, checkout or home directory; no execve anywhere); TCP bind/connect denied (ABI >= 4);
@@ -33,9 +36,12 @@ Debian 12, and checked by hand as a non-root user there):
     (a process confining itself and its descendants, irrevocably), needs no root, no helper binary
     and no mount, and works the same for a root and a non-root caller (a non-root caller's own
     files are as unreachable as root's); /proc/<pid>/* and ptrace outside the sandbox are denied
-    by path and by domain. A mount namespace with ``pivot_root`` (bubblewrap) would also hide
-    paths from ``stat``, but needs a helper binary that the Debian image lacks and user
-    namespaces for non-root callers.
+    by path and by domain.
+  * A mount namespace and ``pivot_root``, set up by the child itself with ctypes (as bubblewrap
+    does, without the helper binary, which the Debian image lacks), for what Landlock (ABI 7)
+    does not check: ``stat``. Root creates it directly; a non-root caller's child has the
+    capability inside its user namespace (``unshare --keep-caps``) and drops every capability
+    right after. Both run on this machine kind.
   * ``unshare --net`` (util-linux, in every Debian) for the network: UDP, raw and netlink sockets
     are outside Landlock's reach. Works as root directly and for a non-root caller in a user
     namespace (max_user_namespaces is 96363 here).
@@ -48,8 +54,6 @@ Debian 12, and checked by hand as a non-root user there):
 Measured cost: ``print(1)`` takes a median 0.24 s with every layer and 0.20 s with none (10 runs
 each, on a loaded 2-core machine of that kind): Python's start-up dominates, not the layers.
 
-Known gaps of the OS layer: ``stat`` is not covered by Landlock, so the program can learn whether
-a path exists, its size, owner and times (not its content, not a directory's listing).
 
 Python layer (inside the child, before the user code runs; defence in depth, not trusted by the
 OS layer): an audit hook that allows a short list of events and stops the program at the first
@@ -519,7 +523,9 @@ def _network_prefix() -> tuple[str, ...]:
     unshare, true = shutil.which("unshare"), shutil.which("true")
     if unshare is None or true is None:
         return ()
-    user = () if os.geteuid() == 0 else ("--map-user=65534", "--map-group=65534")
+    # --keep-caps: the child sets up its mount namespace with the capabilities it has in the user
+    # namespace, then drops them (sandbox_child._drop_capabilities).
+    user = () if os.geteuid() == 0 else ("--map-user=65534", "--map-group=65534", "--keep-caps")
     prefix = (unshare, *user, "--net")
     try:
         probe = subprocess.run([*prefix, true], env={}, capture_output=True, timeout=10)

@@ -11,6 +11,14 @@ The OS layers, in the order they are set up (names as they appear in errors and 
   * ``network_namespace``: the supervisor starts the child through ``unshare --net``; the child
     checks that its network namespace differs from the supervisor's. A fresh namespace has only a
     down loopback: no TCP, UDP, raw or netlink traffic reaches anything outside.
+  * ``mount_namespace``: the child enters a new mount namespace (``unshare(CLONE_NEWNS)``; a non-root
+    caller's child has the capability inside its user namespace through ``unshare --keep-caps``),
+    builds a new root on an empty tmpfs holding only bind mounts of the standard library
+    directories (read-only) and the program's temporary directory (read-write), and
+    ``pivot_root``s into it, detaching the old root. Every other path does not exist for the
+    program: ``stat`` (which Landlock, up to ABI 7, does not check) cannot tell whether /etc/passwd
+    or a file of the checkout is there. No /proc, /sys or /dev either. Capabilities are then
+    dropped (the non-root caller's child kept them only for this step).
   * ``no_new_privs``: ``prctl(PR_SET_NO_NEW_PRIVS)``; execve can never grant privileges again
     (set-uid binaries, file capabilities), and Landlock requires it from an unprivileged process.
   * ``landlock_filesystem``: a Landlock ruleset that handles every filesystem right the kernel
@@ -48,6 +56,7 @@ from __future__ import annotations
 # (the supervisor raises SandboxUnavailable) unless SandboxLimits.allow_weaker names it.
 LAYERS = (
     "network_namespace",
+    "mount_namespace",
     "no_new_privs",
     "landlock_filesystem",
     "landlock_network",
@@ -131,6 +140,69 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandbox process
 # on the generic table (arm64, riscv).
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 _PR_SET_NO_NEW_PRIVS = 38
+# Mount namespace set-up (include/uapi/linux/sched.h, mount.h); pivot_root has no glibc wrapper.
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+_MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
+
+
+def _new_root(libc, ctypes, os, library: list[str], tmp: str) -> str | None:  # pragma: no cover - child
+    """Enter a new mount namespace whose root holds only ``library`` (read-only) and ``tmp``
+    (read-write) at their own paths; returns None, or what failed."""
+    def call(what, result):
+        if result != 0:
+            raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
+
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        return f"pivot_root: unknown system call number on {os.uname().machine}"
+    try:
+        call("unshare(CLONE_NEWNS)", libc.unshare(_CLONE_NEWNS))
+        # Nothing done here propagates back to the caller's mounts.
+        call("making / private", libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None))
+        root = os.path.join(tmp, ".root")   # a mount point only: hidden under the new root's own tmp
+        os.mkdir(root, 0o700)
+        call("tmpfs for the new root", libc.mount(b"tmpfs", root.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                                                   b"size=1m,mode=0755"))
+        mounts = [(p, True) for p in library] + [(tmp, False)]
+        for path, _ in mounts:   # every folder first: a later bind may cover part of the tree
+            os.makedirs(root + path, exist_ok=True)
+            # Each folder on the way gets the owner and mode it has outside, so the new root grants
+            # no search right the real one does not (e.g. /root, 0700, stays closed to uid 65534).
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                outside = "/" + "/".join(parts[:depth])
+                info = os.stat(outside)
+                os.chmod(root + outside, info.st_mode & 0o7777)
+                try:
+                    os.chown(root + outside, info.st_uid, info.st_gid)
+                except OSError:   # a non-root caller's user namespace maps no other owner
+                    pass
+        for path, read_only in mounts:
+            target = (root + path).encode()
+            # tmp non-recursively: the new root's own mount point inside it stays an empty folder.
+            flags = _MS_BIND | (_MS_REC if read_only else 0)
+            call(f"bind {path}", libc.mount(path.encode(), target, None, flags, None))
+            if read_only:
+                call(f"read-only {path}", libc.mount(None, target, None,
+                                                     _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None))
+        call("read-only new root", libc.mount(None, root.encode(), None,
+                                             _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None))
+        os.chdir(root)
+        call("pivot_root", libc.syscall(number, b".", b"."))   # the old root ends stacked under "."
+        call("detaching the old root", libc.umount2(b".", _MNT_DETACH))
+        os.chdir(tmp)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _drop_capabilities(libc, ctypes) -> bool:  # pragma: no cover - child
+    """capset: no effective, permitted or inheritable capability left (ambient ones go with them)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)   # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()                  # two {effective, permitted, inheritable}, all 0
+    return libc.capset(header, data) == 0
 
 
 def _confine(config: dict) -> tuple[dict, dict]:  # pragma: no cover - runs in the sandbox process
@@ -167,6 +239,20 @@ def _confine(config: dict) -> tuple[dict, dict]:  # pragma: no cover - runs in t
             errors["network_namespace"] = "still in the caller's network namespace"
         else:
             layers["network_namespace"] = True
+
+    library = [p for p in sys.path if p.startswith("/") and os.path.isdir(p)]
+    if "mount_namespace" not in disabled:
+        failed = _new_root(libc, ctypes, os, library, config["tmp"])
+        if failed:
+            errors["mount_namespace"] = failed
+        elif os.path.exists("/proc/self") or not os.path.isdir(config["tmp"]):
+            errors["mount_namespace"] = "the new root still shows the old one's paths"
+        else:
+            layers["mount_namespace"] = True
+    # A root caller's child loses its capabilities with its uid (unprivileged_uid, below).
+    if config["drop_uid"] is None and not _drop_capabilities(libc, ctypes):
+        errors["mount_namespace"] = "capset: cannot drop the capabilities kept for the mount set-up"
+        layers["mount_namespace"] = False
 
     if "no_new_privs" not in disabled:
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
@@ -209,7 +295,6 @@ def _confine(config: dict) -> tuple[dict, dict]:  # pragma: no cover - runs in t
         ok = ruleset >= 0
         if not ok:
             fail("landlock_filesystem", "landlock_create_ruleset")
-        library = [p for p in sys.path if p.startswith("/") and os.path.isdir(p)]
         paths = [(p, read) for p in library] + [(config["tmp"], read | write)] if want_fs else []
         for path, access in paths:
             if not ok:

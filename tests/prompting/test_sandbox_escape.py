@@ -103,11 +103,39 @@ def test_reading_files_outside_is_denied(secret_files):
     assert result.stdout.count("DENIED") == 3, output(result)
     assert not any(token in output(result) for _, token in secret_files.values())
     # Control: without Landlock, nobody (65534) reads the world-readable checkout file.
-    leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem",))
+    leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem", "mount_namespace"))
     assert secret_files["checkout"][1] in leaked.stdout
     # ... and without the uid switch too, the root-only file and the home directory's.
-    leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem", "unprivileged_uid"))
+    leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem", "mount_namespace", "unprivileged_uid"))
     assert all(token in leaked.stdout for _, token in secret_files.values())
+
+
+STAT = """
+import os
+for path in {paths!r}:
+    try:
+        print("EXISTS", path, os.stat(path).st_size)
+    except OSError as e:
+        print("NOPE", path, type(e).__name__)
+"""
+
+
+def test_stat_cannot_tell_whether_a_path_outside_exists(secret_files):
+    # Landlock (ABI <= 7) does not check stat: without the mount namespace a program learns that a
+    # file exists and its size. In the sandbox's own root each outside path answers exactly as a
+    # made-up name beside it does (no such file; or no search right, for /root on the way to the
+    # standard library).
+    real = [path for path, _ in secret_files.values()] + ["/etc/passwd", str(CHECKOUT / "pyproject.toml")]
+    paths = [p for path in real for p in (path, path + "-nonexistent-" + secrets.token_hex(4))]
+    result = attempt(STAT.format(paths=paths))
+    answers = [line.split()[2] for line in result.stdout.splitlines()]
+    assert "EXISTS" not in result.stdout and len(answers) == len(paths), output(result)
+    assert answers[0::2] == answers[1::2], output(result)
+    assert result.layers["mount_namespace"] is True
+    leaked = attempt(STAT.format(paths=paths), disable=("mount_namespace",))
+    size = (CHECKOUT / "pyproject.toml").stat().st_size
+    assert f"EXISTS {CHECKOUT / 'pyproject.toml'} {size}" in leaked.stdout and "EXISTS /etc/passwd" in leaked.stdout, \
+        output(leaked)
 
 
 def test_listing_and_reading_system_files_is_denied():
@@ -124,7 +152,7 @@ def test_listing_and_reading_system_files_is_denied():
     """
     result = attempt(code)
     assert result.stdout.count("DENIED") == 7 and "LISTED" not in result.stdout, output(result)
-    leaked = attempt(code, disable=("landlock_filesystem",))
+    leaked = attempt(code, disable=("landlock_filesystem", "mount_namespace"))
     assert "READ /etc/passwd" in leaked.stdout and "LISTED / " in leaked.stdout
 
 
@@ -158,7 +186,7 @@ def test_writing_outside_is_denied(world_writable):
     result = attempt(code)
     assert "WROTE" not in result.stdout and result.stdout.count("DENIED") == 4, output(result)
     assert list(shared.iterdir()) == []
-    leaked = attempt(code, disable=("landlock_filesystem",))
+    leaked = attempt(code, disable=("landlock_filesystem", "mount_namespace"))
     assert f"WROTE {shared / 'escaped.txt'}" in leaked.stdout
     assert (shared / "escaped.txt").read_text() == "escaped"
     for path in ("/dev/shm/acculturate-escaped",):
@@ -170,7 +198,8 @@ def test_writing_outside_is_denied(world_writable):
 
 def test_changing_metadata_of_a_file_it_owns_outside_is_denied(world_writable):
     # The sandbox's uid owns this file, as a non-root caller's child owns the caller's files:
-    # permissions allow chmod, Landlock does not cover it, seccomp refuses it.
+    # permissions allow chmod, Landlock does not cover it, seccomp refuses it (and in the sandbox's
+    # own root the file is not there at all).
     target = world_writable / "owned.txt"
     target.write_text("x")
     target.chmod(0o600)
@@ -188,8 +217,10 @@ def test_changing_metadata_of_a_file_it_owns_outside_is_denied(world_writable):
     """
     result = attempt(code)
     assert result.stdout.split() == ["DENIED", "PermissionError"] * 3, output(result)
+    result = attempt(code, disable=("seccomp",))   # the mount namespace alone: no such file
+    assert result.stdout.split() == ["DENIED", "FileNotFoundError"] * 3, output(result)
     assert target.stat().st_mode & 0o777 == 0o600 and target.stat().st_mtime > 0
-    leaked = attempt(code, disable=("seccomp",))
+    leaked = attempt(code, disable=("seccomp", "mount_namespace"))
     assert leaked.stdout.split() == ["CHANGED"] * 3
     assert target.stat().st_mode & 0o777 == 0o777
 
@@ -203,8 +234,10 @@ def test_running_a_binary_is_denied():
         print("DENIED", type(e).__name__)
     """
     result = attempt(code)
+    assert "EXECUTED" not in result.stdout and "DENIED FileNotFoundError" in result.stdout, output(result)
+    result = attempt(code, disable=("mount_namespace",))   # Landlock alone: no execute right anywhere
     assert "EXECUTED" not in result.stdout and "DENIED PermissionError" in result.stdout, output(result)
-    assert "EXECUTED" in attempt(code, disable=("landlock_filesystem",)).stdout
+    assert "EXECUTED" in attempt(code, disable=("landlock_filesystem", "mount_namespace")).stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,7 +265,7 @@ def test_proc_and_sys_snooping_is_denied():
     assert "READ" not in result.stdout and "LISTED" not in result.stdout, output(result)
     assert result.stdout.count("DENIED") == 9
     assert "pytest" not in output(result)
-    leaked = attempt(code, disable=("landlock_filesystem",))
+    leaked = attempt(code, disable=("landlock_filesystem", "mount_namespace"))
     assert "pytest" in leaked.stdout  # the parent's command line
     assert f"'{os.getpid()}'" in leaked.stdout  # the pytest process in the /proc listing
 
@@ -395,8 +428,10 @@ def test_unix_socket_connect_is_denied(world_writable):
     try:
         result = attempt(code)
         assert result.stdout.split() == ["DENIED", "PermissionError"] * 2, output(result)
-        # Landlock does not check connect() to a socket file: seccomp alone stops that one.
-        leaked = attempt(code, disable=("seccomp",))
+        # Landlock does not check connect() to a socket file: seccomp stops that one, and the mount
+        # namespace, where the file is not there.
+        assert attempt(code, disable=("seccomp",)).stdout.splitlines()[0] == "DENIED FileNotFoundError"
+        leaked = attempt(code, disable=("seccomp", "mount_namespace"))
         assert leaked.stdout.splitlines()[0] == "CONNECTED False", output(leaked)
         # The abstract one: each of Landlock's scope and the network namespace stops it alone.
         assert "CONNECTED True" not in leaked.stdout
@@ -438,7 +473,7 @@ def test_ctypes_calls_into_libc_are_contained(secret_files, listeners):
     result = attempt(code)
     assert "DENIED open" in result.stdout and "DENIED connect" in result.stdout, output(result)
     assert "unshare -1 setuid -1" in result.stdout and token not in output(result)
-    leaked = attempt(code, disable=("landlock_filesystem", "landlock_network", "network_namespace", "seccomp"))
+    leaked = attempt(code, disable=("landlock_filesystem", "mount_namespace", "landlock_network", "network_namespace", "seccomp"))
     assert f"READ {token}" in leaked.stdout and "CONNECTED" in leaked.stdout
 
 
@@ -460,10 +495,10 @@ def test_crafted_bytecode_is_contained(secret_files):
     exec(bad)
     """
     result = attempt(code)
-    assert "DENIED PermissionError" in result.stdout and token not in output(result), output(result)
+    assert "DENIED FileNotFoundError" in result.stdout and token not in output(result), output(result)
     assert "CRASHING" in result.stdout
     assert run_program("print('parent fine')").stdout == "parent fine\n"
-    leaked = attempt(code, disable=("landlock_filesystem",))
+    leaked = attempt(code, disable=("landlock_filesystem", "mount_namespace"))
     assert f"READ {token}" in leaked.stdout
 
 

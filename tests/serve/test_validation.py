@@ -125,3 +125,38 @@ def test_rendering_and_tokenizing_run_off_the_event_loop(live_server, monkeypatc
                        json={"model": "none", "prompt": "word " * 20_000, "max_tokens": 2})
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         assert seen and all("AnyIO worker thread" in name for name in seen), seen
+
+
+@pytest.mark.slow
+def test_health_stays_fast_while_eight_1mb_prompts_are_tokenized_and_refused(live_server):
+    """The issue's scenario: eight ~1 MB prompts at once (each refused for its length) once pushed
+    /health from 72 ms to 2.8 s; now each is refused on its length before tokenizing, and /health
+    answers within 0.5 s throughout."""
+    import threading
+    import time
+
+    prompt = "word " * 190_000   # 950 kB of JSON: under max_body_bytes
+    server, _ = live_server()
+    with server as url, httpx.Client(base_url=url, timeout=120) as http:
+        assert http.get("/health").status_code == 200
+        statuses = []
+
+        def post():
+            with httpx.Client(base_url=url, timeout=120) as own:
+                r = own.post("/v1/completions", json={"model": "none", "prompt": prompt, "max_tokens": 2})
+                statuses.append((r.status_code, r.json()["error"]["code"]))
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for t in threads:
+            t.start()
+        latencies = []
+        while any(t.is_alive() for t in threads):
+            t0 = time.perf_counter()
+            assert http.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+    # Refused before any generation: over max_message_chars, checked before tokenizing.
+    assert statuses == [(400, "string_above_max_length")] * 8
+    assert len(latencies) >= 3 and max(latencies) < 0.5, latencies
