@@ -1,6 +1,6 @@
 """GPU benchmark: fine-tuning and generation, HF transformers + PEFT (the baseline) vs ours, one run.
 
-Rows (issue 11): Llama-3.2-1B shape LoRA B8 S2048 without / with gradient checkpointing, Llama-3.1-8B
+Rows: Llama-3.2-1B shape LoRA B8 S2048 without / with gradient checkpointing, Llama-3.1-8B
 shape LoRA and QLoRA B4 S2048 with checkpointing, generation at batch 1 and 32 (128-token prompt,
 256 new tokens, temperature 0.7, top-p 0.9), self-consistency k=8 vs one chain, and LoRA training on
 packed variable-length data (the shipped instruction data's real lengths, tokenized by
