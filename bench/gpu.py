@@ -1,6 +1,6 @@
 """GPU benchmark: fine-tuning and generation, HF transformers + PEFT (the baseline) vs ours, one run.
 
-Rows (issue 11): Llama-3.2-1B shape LoRA B8 S2048 without / with gradient checkpointing, Llama-3.1-8B
+Rows: Llama-3.2-1B shape LoRA B8 S2048 without / with gradient checkpointing, Llama-3.1-8B
 shape LoRA and QLoRA B4 S2048 with checkpointing, generation at batch 1 and 32 (128-token prompt,
 256 new tokens, temperature 0.7, top-p 0.9), self-consistency k=8 vs one chain, and LoRA training on
 packed variable-length data (the shipped instruction data's real lengths, tokenized by
@@ -69,7 +69,7 @@ ROWS = {
                  [["base", 6], ["base", 7]], [["train", "llama-8b", "qlora", 4, 2048, "full"]]),
     # Ours: the eager step under a CUDA graph (no compile time), and the torch.compile'd step without
     # Liger (Inductor fuses the norms itself; H200 2026-12-01: 583 vs 563 tok/s with Liger inside).
-    # compile=True: at batch 1 the whole step with coordinate-descent tuning (801 tok/s, session 3);
+    # compile=True: at batch 1 the whole step with coordinate-descent tuning (801 tok/s on an H200, 2026-12-01);
     # at batch 32 the layer function.
     "gen": ("generate, 1B, batch 1", [["base", 8]], [["gen", 1], ["gen", 1, True, False]]),
     "gen32": ("generate, 1B, batch 32", [["base", 9]], [["gen", 32], ["gen", 32, True, False]]),
@@ -180,8 +180,8 @@ def train_ours(shape: str, mode: str, B: int, S: int, ckpt: str, attention: str 
     from acculturate.adapters.lora import LoRALinear
     from acculturate.train.loss import loss_sum
 
-    # Ablations: "base_first" is the LoRA forward before session 3 (base matmul, then the adapter);
-    # siblings=False computes q/k/v and gate/up each alone (before session 4).
+    # Ablations: "base_first" is the LoRA forward without the frozen-base-last order (base matmul,
+    # then the adapter); siblings=False computes q/k/v and gate/up each alone (no SiblingGroup).
     LoRALinear.frozen_base_last = lora_order == "frozen_base_last"
     LoRALinear.fuse_siblings = bool(siblings)
     model, fused = build_ours(shape, mode)

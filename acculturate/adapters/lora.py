@@ -86,7 +86,7 @@ class LoRALinear(nn.Module):
     # Half-precision forward over a frozen nn.Linear: adapter product first, base matmul last with
     # nothing saved for backward (_FrozenAddmm), so activation checkpointing's early stop skips the
     # base matmul of a layer's last projection (down_proj) when it recomputes the layer. False: the
-    # base matmul first (the order before 2026-12-01 session 3), kept for bench/gpu.py's ablation.
+    # base matmul first, then the adapter (the earlier order), kept for bench/gpu.py's ablation.
     frozen_base_last = True
     # q/k/v (and gate/up) of one layer read the same input: computed together, one adapter product
     # x @ [A_q; A_k; A_v].T and one input gradient for the three (see SiblingGroup). False: each
@@ -241,7 +241,7 @@ class _FrozenAddmm(torch.autograd.Function):
     every saved tensor is back: a layer's last op saving nothing is then not recomputed at all. In
     a Llama layer that op is down_proj's base matmul, 27% of the layer's matmul FLOPs at the 8B
     shape (d=4096, f=14336); skipping it took 8B LoRA (B4 S2048, full checkpointing) from 10,904
-    to 11,814 tokens/s on an H200 (2026-12-01, session 3). In place because an out-of-place
+    to 11,814 tokens/s on an H200 (measured 2026-12-01). In place because an out-of-place
     ``addmm(c, ...)`` first copies ``c`` into a new tensor (one device copy per call: the 417
     ``Memcpy DtoD`` a step of that profile).
     """
