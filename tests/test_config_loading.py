@@ -116,7 +116,7 @@ def test_list_override_errors_are_clear(override, message):
 
 
 def test_list_override_reaches_the_typed_config(tmp_path):
-    from acculturate.jobs.evaluate import EvalConfig
+    from acculturate.jobs.system_eval import EvalConfig
 
     path = tmp_path / "e.yaml"
     path.write_text("tasks:\n  - {name: b, kind: blend, limit: 20}\n  - {name: n, kind: nusax}\n")

@@ -55,7 +55,7 @@ def strategies_help() -> str:
 
 
 def cmd_eval(args) -> int:
-    from acculturate.jobs.evaluate import rescore
+    from acculturate.jobs.system_eval import rescore
 
     target = Path(args.config) if args.config else args.job.default_config
     if args.rescore:

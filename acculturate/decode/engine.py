@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from acculturate.decode.detokenize import TextStream
-from acculturate.decode.generate import (GenerationConfig, advance_row, cache_of, eos_token_ids, forward_names,
-                                         row_generator)
 from acculturate.decode.sampling import apply_repetition_penalty, sample
+from acculturate.decode.step import (GenerationConfig, advance_row, cache_of, eos_token_ids, forward_names,
+                                     row_generator)
 
 
 @dataclass(eq=False)

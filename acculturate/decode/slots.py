@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from acculturate.decode.engine import DecodeRow
-from acculturate.decode.generate import advance_row, eos_token_ids
 from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
 from acculturate.decode.static import _apply_rope, _layer
+from acculturate.decode.step import advance_row, eos_token_ids
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
 

@@ -26,8 +26,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from acculturate.decode.detokenize import TextStream
 from acculturate.decode.sampling import (
     GREEDY_TEMPERATURE, apply_temperature, filter_top_k, filter_top_p, sample_inverse_cdf,
+)
+from acculturate.decode.step import (
+    Completion, GenerationConfig, PromptRow, advance_row, encode_prompts, eos_token_ids, row_generator,
 )
 
 # Decoder layers with input_layernorm, self_attn.{q,k,v,o}_proj (no q/k norms), mlp and
@@ -342,11 +346,6 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
         ValueError: a repetition penalty (not implemented here: use ``generate``), or a model type
             outside ``STATIC_MODEL_TYPES``.
     """
-    from acculturate.decode.detokenize import TextStream
-    from acculturate.decode.generate import (
-        Completion, PromptRow, GenerationConfig, encode_prompts, eos_token_ids, row_generator,
-    )
-
     config = config or GenerationConfig()
     if config.repetition_penalty != 1:
         raise ValueError("generate_static does not apply a repetition penalty; use decode.generate")
@@ -385,8 +384,6 @@ def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_s
 def _finish(row, tokens: list[int], eos: set[int], max_new_tokens: int) -> None:
     """Give ``row`` its generated ``tokens`` (cut after the first EOS), as ``advance_row`` token by token
     would: without stop strings, the text is decoded once for the whole row."""
-    from acculturate.decode.generate import advance_row
-
     if row.stream.stop:
         for token in tokens:
             if advance_row(row, token, eos, max_new_tokens, None):

@@ -32,7 +32,7 @@ from acculturate.data.questions import read_questions
 from acculturate.data.sources import DataConfig, DataSource, read_source, resolve_path
 from acculturate.evaluate.qa import QAEvalConfig
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.common import ModelConfig, check_run_dir, run_dir
+from acculturate.jobs.common import JobConfig, check_run_dir, run_dir
 from acculturate.jobs.finetune import Datasets, MethodConfig, prepare_and_train, save_trained, split_examples, tokenize
 from acculturate.models import load
 from acculturate.rag.chunking import ChunkConfig
@@ -49,11 +49,16 @@ SYSTEMS = ("base_closed_book", "base_retrieval", "adapted_closed_book", "adapted
 class RetrievalConfig:
     """The knowledge base: how documents become passages and how many the model reads."""
 
-    k: int = 3                    # passages shown with each question
-    mode: str = "hybrid"          # 'hybrid' (dense + BM25), 'dense' or 'bm25'
+    k: int = 3
+    """Passages shown with each question."""
+    mode: str = "hybrid"
+    """'hybrid' (dense + BM25, fused), 'dense' or 'bm25'."""
     chunk: ChunkConfig = field(default_factory=lambda: ChunkConfig(max_chars=300, overlap_chars=0))
-    max_passage_chars: int = 400  # a longer passage is cut in the prompt
+    """How documents are cut into passages."""
+    max_passage_chars: int = 400
+    """A longer passage is cut in the prompt."""
     raft: RaftConfig = field(default_factory=RaftConfig)
+    """Retrieval-aware training examples: the gold passage among distractors (rag/raft.py)."""
 
     def __post_init__(self):
         if self.k < 1:
@@ -63,27 +68,36 @@ class RetrievalConfig:
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(JobConfig):
     """`acculturate adapt [CONFIG]`: build a regional assistant and compare it with the base model."""
 
     name: str = "adapt-uk"
-    output_dir: str = "runs"
-    region: str = "UK"            # any name; a shipped BLEnD country needs no questions or documents
-    documents: list[str] = field(default_factory=list)   # files or folders (txt, md, html, pdf, jsonl)
-    questions: str | None = None  # JSONL {"question", "answers": [...]} (or Alpaca/chat/CSV)
-    text: list[DataSource] = field(default_factory=list)  # raw regional text (continued pre-training)
-    persona: str | None = None    # the system message (default: an assistant who knows the region)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # General data mixed into training so the model keeps following instructions.
+    region: str = "UK"
+    """The region: any name; a shipped BLEnD country needs no questions or documents."""
+    documents: list[str] = field(default_factory=list)
+    """The knowledge base: files or folders (txt, md, html, pdf, jsonl); default: the preset's."""
+    questions: str | None = None
+    """The region's questions: JSONL {"question", "answers": [...]} (or Alpaca/chat/CSV); default: the preset's."""
+    text: list[DataSource] = field(default_factory=list)
+    """Raw regional text for continued pre-training."""
+    persona: str | None = None
+    """The system message (default: an assistant who knows everyday life in the region)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
         sources=[DataSource(path="shipped:instructions/instruction-data.json", limit=100)],
         test_fraction=0.5, stratify="topic", max_length=384))
+    """General instruction data mixed into training so the model keeps following instructions; its
+    ``test_fraction``, ``stratify`` and ``seed`` split the region's questions into train and held-apart."""
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    closed_book: bool = True      # also train each question without passages (the model learns the facts)
+    """The knowledge-base index and retrieval-aware training."""
+    closed_book: bool = True
+    """Also train each question without passages (the model learns the facts)."""
     method: MethodConfig = field(default_factory=MethodConfig)
+    """The fine-tuning method (LoRA by default)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, max_length=384))
+    """The training loop's settings."""
     eval: QAEvalConfig = field(default_factory=QAEvalConfig)
+    """How held-apart questions and the general-skill check are answered."""
 
     def __post_init__(self):
         if not isinstance(self.region, str) or not self.region.strip():

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from acculturate.feedback.store import FeedbackStore
 from acculturate.serve import admin_routes, auth, feedback_routes, openai_routes, openapi, protocol
-from acculturate.serve import retrieval as rag
+from acculturate.serve import rag_requests as rag
 from acculturate.serve.batching import Batcher
 from acculturate.serve.config import ServeConfig
 from acculturate.serve.errors import STATUS_TYPES, APIError, server_error

@@ -28,6 +28,7 @@ from pathlib import Path
 from acculturate.config_loading import ConfigError
 
 API_KEYS_ENV = "ACCULTURATE_API_KEYS"
+API_TOKEN_ENV = "ACCULTURATE_API_TOKEN"
 ANONYMOUS = "anonymous"
 _KEY = re.compile(r"[\x21-\x7e]{8,256}")   # printable ASCII, no spaces: what fits a Bearer header
 
@@ -43,8 +44,6 @@ def resolve_api_keys(keys: list[str] | tuple[str, ...] = (), keys_file: str | No
     Raises:
         AuthConfigError: a missing keys file, or a key shorter than 8 characters or not printable ASCII.
     """
-    from acculturate.serve.config import API_TOKEN_ENV
-
     environ = os.environ if environ is None else environ
     found: list[tuple[str, str]] = [(k, "api_keys") for k in keys]
     if token:

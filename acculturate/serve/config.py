@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 from acculturate.feedback.store import DEFAULT_DB
+from acculturate.serve.auth import resolve_api_keys
 
 ADMIN_TOKEN_ENV = "ACCULTURATE_ADMIN_TOKEN"
-API_TOKEN_ENV = "ACCULTURATE_API_TOKEN"
 
 
 @dataclass
@@ -109,8 +109,6 @@ class ServeConfig:
 
     def resolved_api_keys(self) -> list[str]:
         """Every accepted API key (:func:`acculturate.serve.auth.resolve_api_keys`)."""
-        from acculturate.serve.auth import resolve_api_keys
-
         return resolve_api_keys(self.api_keys, self.api_keys_file, self.api_token)
 
 

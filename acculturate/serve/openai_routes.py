@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from acculturate.serve import openapi, protocol
-from acculturate.serve import retrieval as rag
+from acculturate.serve import rag_requests as rag
 from acculturate.serve.batching import Cancelled, Job
 from acculturate.serve.errors import APIError, invalid, model_not_found, server_error
 from acculturate.serve.state import Server, records, server

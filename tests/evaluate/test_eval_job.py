@@ -8,7 +8,7 @@ import pytest
 
 from acculturate.cli import main
 from acculturate.config_loading import ConfigError, from_dict, load_yaml
-from acculturate.jobs.evaluate import EvalConfig, resolve_paths, run_eval
+from acculturate.jobs.system_eval import EvalConfig, resolve_paths, run_eval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "acculturate" / "configs" / "eval"
 
@@ -95,7 +95,7 @@ def test_strategy_systems_are_checked_at_load():
 def test_eval_with_prompting_strategies_real_model(tmp_path, default_model, monkeypatch):
     """A cot and a self_consistency system next to the zero-shot base, on 1 BLEnD question and 1
     SVAMP problem: rows carry what the scorers read, and the report compares the three."""
-    import acculturate.jobs.evaluate as job
+    import acculturate.jobs.system_eval as job
 
     monkeypatch.setattr(job, "_load_system", lambda *a, **k: default_model)  # one load for the three
     config = {

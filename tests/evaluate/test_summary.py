@@ -7,7 +7,7 @@ import pytest
 from acculturate.config_loading import from_dict, to_dict
 from acculturate.evaluate.ratings import RatingStore, item_key
 from acculturate.io import write_jsonl
-from acculturate.jobs.evaluate import EvalConfig, rescore
+from acculturate.jobs.system_eval import EvalConfig, rescore
 
 pytest.importorskip("matplotlib")
 
