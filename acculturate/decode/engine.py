@@ -63,6 +63,18 @@ def make_row(tokenizer, prompt_ids: list[int], config: GenerationConfig, index: 
                      row_generator(config, index), on_text, tag, index)
 
 
+def distinct_prompts(rows: list[DecodeRow]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """(the distinct prompts of ``rows`` in first-seen order, each row's index into them); a row whose
+    prompt an earlier row already has gets ``cached_tokens`` = its prompt length (prefilled once, copied)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
+    seen: set[int] = set()
+    for row, j in zip(rows, source):
+        row.cached_tokens = len(row.prompt_ids) if j in seen else 0
+        seen.add(j)
+    return list(distinct), source
+
+
 def _sampling_key(row: DecodeRow) -> tuple:
     c = row.config
     if c.greedy:
@@ -115,13 +127,7 @@ class DecodeBatch:
                 raise ValueError(f"a prompt of {len(row.prompt_ids)} tokens with max_new_tokens="
                                  f"{row.config.max_new_tokens} exceeds the model's {limit} positions")
         # Identical prompts (a request's n choices) are prefilled once and their cache rows copied.
-        distinct: dict[tuple[int, ...], int] = {}
-        source = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
-        seen: set[int] = set()
-        for row, j in zip(rows, source):
-            row.cached_tokens = len(row.prompt_ids) if j in seen else 0
-            seen.add(j)
-        prompts = list(distinct)
+        prompts, source = distinct_prompts(rows)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (U, P), left-padded
         mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (U, P)

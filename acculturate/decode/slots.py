@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from acculturate.decode.engine import DecodeRow
+from acculturate.decode.engine import DecodeRow, distinct_prompts
 from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
 from acculturate.decode.static import _apply_rope, _layer
 from acculturate.decode.step import advance_row, eos_token_ids
@@ -188,13 +188,7 @@ class SlotBatch:
     def _prefill(self, rows: list[DecodeRow]) -> None:
         """Prefill the distinct prompts of ``rows`` (right-padded: each row's tokens sit at their own
         positions), copy each into its rows' slots and pick every row's first token."""
-        distinct: dict[tuple[int, ...], int] = {}
-        source = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
-        seen_source: set[int] = set()
-        for row, j in zip(rows, source):
-            row.cached_tokens = len(row.prompt_ids) if j in seen_source else 0
-            seen_source.add(j)
-        prompts = list(distinct)
+        prompts, source = distinct_prompts(rows)
         n, P = len(prompts), max(map(len, prompts))
         free = [s for s, row in enumerate(self._slots) if row is None][:len(rows)]
         # Every host-to-device copy of a join in one pinned, asynchronous transfer: a plain copy would

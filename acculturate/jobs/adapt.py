@@ -277,11 +277,17 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
                                           f"{tag}: {len(region_test)} questions, {mode.replace('_', '-')}")
         return rows
 
-    stages = {"setup": time.perf_counter() - start}   # seconds per stage, this call (saved answers are not redone)
-    clock = time.perf_counter()
+    stages: dict[str, float] = {}   # seconds per stage, this call (saved answers are not redone)
+    lap = [start]
+
+    def stage_done(name: str) -> None:
+        now = time.perf_counter()
+        stages[name], lap[0] = now - lap[0], now
+
+    stage_done("setup")
     base_rows = evaluate("base")
     general_before = general_skill(model, tok, general_check, config, out / "eval" / "general_base.json")
-    stages["base_eval"], clock = time.perf_counter() - clock, time.perf_counter()
+    stage_done("base_eval")
 
     # Training data: retrieval-aware examples, the same questions closed-book, raw text, general data.
     train_hits = retrieve_many(index, [q.meta["question"] for q in region_train], deep, embedder)
@@ -299,11 +305,11 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     if spec.adapter is None:
         spec.model = str(saved.resolve())
     spec.save(out)
-    stages["training"], clock = time.perf_counter() - clock, time.perf_counter()
+    stage_done("training")
 
     adapted_rows = evaluate("adapted")
     general_after = general_skill(model, tok, general_check, config, out / "eval" / "general_adapted.json")
-    stages["adapted_eval"] = time.perf_counter() - clock
+    stage_done("adapted_eval")
 
     systems = {"base_closed_book": base_rows["closed_book"], "base_retrieval": base_rows["retrieval"],
                "adapted_closed_book": adapted_rows["closed_book"], "adapted_retrieval": adapted_rows["retrieval"]}

@@ -19,10 +19,13 @@ pytestmark = [
 ]
 
 
+MODELS_LOADED = "[data-testid=model] option[value='smollm2-135m']"
+
+
 @contextlib.contextmanager
-def chat_page(url: str):
-    """(page, errors): the chat page open in headless Chromium with the model list loaded; errors
-    collects the page's uncaught JavaScript errors."""
+def chat_page(url: str, ready: str = MODELS_LOADED):
+    """(page, errors): the chat page open in headless Chromium once ``ready`` (a selector) is in it (by
+    default: the model list loaded); errors collects the page's uncaught JavaScript errors."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -31,7 +34,7 @@ def chat_page(url: str):
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/")
-            page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
+            page.wait_for_selector(ready, state="attached")
             yield page, errors
         finally:
             browser.close()
@@ -120,47 +123,38 @@ def test_chat_asks_for_the_api_key_keeps_it_in_the_tab_and_explains_429(live_ser
     chats; past the rate limit the answer says to wait, with the server's Retry-After."""
     key = "chat-test-key-0001"
     server, app = live_server(api_keys=[key], rate_limit_per_minute=0.5, rate_limit_burst=3)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no `playwright install`)")
-    with server as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            page.wait_for_selector(".msg.error.setup")
-            assert "needs an API key (401)" in page.text_content(".msg.error.setup")
-            assert page.locator("[data-testid=model] option").count() == 0
+    with server as url, chat_page(url, ready=".msg.error.setup") as (page, errors):
+        assert "needs an API key (401)" in page.text_content(".msg.error.setup")
+        assert page.locator("[data-testid=model] option").count() == 0
 
-            page.fill("[data-testid=token]", "not-the-key-0001")
-            page.press("[data-testid=token]", "Tab")                # leaving the field: one change event
-            page.wait_for_selector(".msg.error.setup >> text=refused this API key")
+        page.fill("[data-testid=token]", "not-the-key-0001")
+        page.press("[data-testid=token]", "Tab")                # leaving the field: one change event
+        page.wait_for_selector(".msg.error.setup >> text=refused this API key")
 
-            page.fill("[data-testid=token]", key)
-            page.press("[data-testid=token]", "Tab")                # 2 requests: models and indexes
-            page.wait_for_selector("[data-testid=model] option[value='smollm2-135m']", state="attached")
-            assert page.locator(".msg.error.setup").count() == 0
-            assert page.evaluate("sessionStorage.getItem('acculturate-api-key')") == key
-            assert page.evaluate("localStorage.length") == 0
+        page.fill("[data-testid=token]", key)
+        page.press("[data-testid=token]", "Tab")                # 2 requests: models and indexes
+        page.wait_for_selector(MODELS_LOADED, state="attached")
+        assert page.locator(".msg.error.setup").count() == 0
+        assert page.evaluate("sessionStorage.getItem('acculturate-api-key')") == key
+        assert page.evaluate("localStorage.length") == 0
 
-            page.fill("[data-testid=temperature]", "0")
-            page.fill("[data-testid=max_tokens]", "4")
-            page.fill("[data-testid=input]", "Hello")
-            page.click("[data-testid=send]")                       # the third request: the burst is spent
-            page.wait_for_selector(".msg.assistant.done", timeout=120_000)
-            cid = page.get_attribute(".msg.assistant.done", "data-completion-id")
-            assert app.state.store.completion(cid)["completion"] == page.text_content(".msg.assistant.done .text")
+        page.fill("[data-testid=temperature]", "0")
+        page.fill("[data-testid=max_tokens]", "4")
+        page.fill("[data-testid=input]", "Hello")
+        page.click("[data-testid=send]")                       # the third request: the burst is spent
+        page.wait_for_selector(".msg.assistant.done", timeout=120_000)
+        cid = page.get_attribute(".msg.assistant.done", "data-completion-id")
+        assert app.state.store.completion(cid)["completion"] == page.text_content(".msg.assistant.done .text")
 
-            page.fill("[data-testid=input]", "And again")
-            page.click("[data-testid=send]")
-            page.wait_for_selector(".msg.assistant.error", timeout=60_000)
-            text = page.text_content(".msg.assistant.error .text")
-            assert "Too many requests for this key (429): wait" in text and " s and send again" in text
+        page.fill("[data-testid=input]", "And again")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant.error", timeout=60_000)
+        text = page.text_content(".msg.assistant.error .text")
+        assert "Too many requests for this key (429): wait" in text and " s and send again" in text
 
-            page.reload()                                          # the key survives a reload of the tab
-            page.wait_for_selector(".msg.error.setup")             # ... and is still rate-limited, not refused
-            assert page.input_value("[data-testid=token]") == key
-            assert "429" in page.text_content(".msg.error.setup")
-            assert errors == []
-        finally:
-            browser.close()
+        page.reload()                                          # the key survives a reload of the tab
+        page.wait_for_selector(".msg.error.setup")             # ... and is still rate-limited, not refused
+        assert page.input_value("[data-testid=token]") == key
+        assert "429" in page.text_content(".msg.error.setup")
+        assert errors == []
+
