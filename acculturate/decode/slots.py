@@ -36,9 +36,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.engine import DecodeRow, distinct_prompts
 from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
-from acculturate.decode.static import _apply_rope, _layer
 from acculturate.decode.step import advance_row, eos_token_ids
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
@@ -71,7 +71,7 @@ class SlotBatch:
         self.vocab = self.head.weight.shape[0]
         self.use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         module = sys.modules.get(type(attn).__module__)
-        self.rope = getattr(module, "apply_rotary_pos_emb", None) or _apply_rope
+        self.rope = getattr(module, "apply_rotary_pos_emb", None) or apply_rope
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         B, dev = slots, self.device
@@ -211,7 +211,7 @@ class SlotBatch:
                 for _ in self.decoder.layers]
         values = [torch.zeros_like(k) for k in keys]
         for layer, k, v in zip(self.decoder.layers, keys, values):
-            x = _layer(layer, x, cos, sin, k, v, columns, mask, self.rope)
+            x = cache_layer(layer, x, cos, sin, k, v, columns, mask, self.rope)
         last = x[torch.arange(n, device=self.device), lengths - 1]                         # (n, d)
         logits = self.head(self.decoder.norm(last)).float()                                # (n, V)
 
@@ -344,7 +344,7 @@ class SlotBatch:
         bias = bias.masked_fill_(~self.valid[:, :width], float("-inf"))
         bias = bias.view(self.slots, 1, width).repeat_interleave(self.n_kv, dim=0)   # (B * Hkv, 1, W)
         for layer, k, v in zip(self.decoder.layers, self.k, self.v):
-            x = _layer(layer, x, cos, sin, k[:, :, :width], v[:, :, :width], cols, bias, self.rope)
+            x = cache_layer(layer, x, cos, sin, k[:, :, :width], v[:, :, :width], cols, bias, self.rope)
         logits = self.head(self.decoder.norm(x[:, -1])).float()               # (B, V)
         new = self._pick(logits, None, mode)
         self.tokens.copy_(new)

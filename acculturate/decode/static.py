@@ -24,8 +24,8 @@ import sys
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.detokenize import TextStream
 from acculturate.decode.sampling import (
     GREEDY_TEMPERATURE, apply_temperature, filter_top_k, filter_top_p, sample_inverse_cdf,
@@ -37,41 +37,6 @@ from acculturate.decode.step import (
 # Decoder layers with input_layernorm, self_attn.{q,k,v,o}_proj (no q/k norms), mlp and
 # post_attention_layernorm, and standard rotate-half RoPE.
 STATIC_MODEL_TYPES = ("llama", "mistral", "qwen2")
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _apply_rope(q, k, cos, sin):
-    """Rotate-half RoPE; q (b, H, T, D), k (b, Hkv, T, D), cos/sin (b, T, D)."""
-    cos, sin = cos[:, None], sin[:, None]
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _layer(layer, x, cos, sin, k_cache, v_cache, slots, mask, rope):
-    """One decoder layer over x (b, T, d), writing its keys/values into the cache (b, Hkv, S, D) at
-    ``slots`` (T,) or, for one token per row, at each row's own column ``slots`` (b, 1); ``mask`` as
-    :func:`_attend` takes it."""
-    b, T, _ = x.shape
-    attn = layer.self_attn
-    n_kv, head_dim = k_cache.shape[1], k_cache.shape[-1]
-    h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(b, T, -1, head_dim).transpose(1, 2)           # (b, H, T, D)
-    k = attn.k_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)         # (b, Hkv, T, D)
-    v = attn.v_proj(h).view(b, T, n_kv, head_dim).transpose(1, 2)
-    q, k = rope(q, k, cos, sin)
-    if slots.ndim == 1:   # (T,): the same cache columns for every row
-        k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
-        v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
-    else:                 # (b, 1): one column per row (decode.slots: rows at their own positions)
-        index = slots.view(b, 1, 1, 1).expand(b, n_kv, 1, head_dim)
-        k_cache.scatter_(2, index, k.to(k_cache.dtype))
-        v_cache.scatter_(2, index, v.to(v_cache.dtype))
-    o = _attend(q, k_cache, v_cache, mask, attn.scaling)                  # (b, H, T, D)
-    x = x + attn.o_proj(o.transpose(1, 2).reshape(b, T, -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 class StaticDecoder:
@@ -129,17 +94,17 @@ class StaticDecoder:
         self.graph = None
         # The model's own RoPE function (Liger's fused kernel once models.kernels patched it), else ours.
         module = sys.modules.get(type(attn).__module__)
-        self.rope = getattr(module, "apply_rotary_pos_emb", None) or _apply_rope
+        self.rope = getattr(module, "apply_rotary_pos_emb", None) or apply_rope
         if compile not in (False, True, "layer"):
             raise ValueError(f"compile must be False, True or 'layer', got {compile!r}")
         # torch.compile the one-token step: Inductor fuses the small elementwise kernels between the
         # matmuls (the graph then replays fewer, larger kernels). Prefill stays eager.
-        self._compiled_layer = torch.compile(_layer, dynamic=False) if compile == "layer" else None
+        self._compiled_layer = torch.compile(cache_layer, dynamic=False) if compile == "layer" else None
         self._step = self._decode_step
         if compile is True and batch_size > 1:
             # Batched matmuls stay cuBLAS GEMMs anyway, and the whole step with coordinate-descent
             # tuning hit an Inductor codegen error at batch 32 (torch 2.11, H200, 2026-12-01).
-            self._compiled_layer = torch.compile(_layer, dynamic=False)
+            self._compiled_layer = torch.compile(cache_layer, dynamic=False)
         elif compile is True:
             self._step = torch.compile(self._decode_step, dynamic=False,
                                        options={"coordinate_descent_tuning": True})
@@ -160,7 +125,7 @@ class StaticDecoder:
         if T == 1:   # decoding: an additive fp32 bias, one row per (row, kv head), shared by the layers
             bias = torch.zeros(mask.shape, dtype=torch.float32, device=self.device).masked_fill_(~mask, float("-inf"))
             mask = bias.view(b, 1, -1).repeat_interleave(self.n_kv, dim=0)   # (b * Hkv, 1, S)
-        layer_fn = self._compiled_layer if (T == 1 and self._compiled_layer is not None) else _layer
+        layer_fn = self._compiled_layer if (T == 1 and self._compiled_layer is not None) else cache_layer
         for i, layer in enumerate(self.decoder.layers):
             k, v = (self.k[i], self.v[i]) if rows == slice(None) else (self.k[i][rows], self.v[i][rows])
             x = layer_fn(layer, x, cos, sin, k, v, slots, mask, self.rope)
@@ -315,24 +280,6 @@ class StaticDecoder:
                     done[r], results[r] = True, self.out[r, :start + t + 1].tolist()
                     break
         return all(done)
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of q (b, H, T, D) over the cache k/v (b, Hkv, S, D).
-
-    Prefill (T > 1): SDPA with a bool ``mask`` (b, 1, T, S). Decoding (T = 1): ``mask`` is an
-    additive fp32 bias (b * Hkv, 1, S); the H query heads are grouped by their kv head, so two
-    batched matmuls read the cache once, with no copy of it per query head, and scores and softmax
-    stay in fp32 (as FlashAttention keeps them)."""
-    b, H, T, D = q.shape
-    n_kv, S = k.shape[1], k.shape[2]
-    if T > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=n_kv != H)
-    qg = q.reshape(b * n_kv, H // n_kv, D)                                  # (b*Hkv, rep, D)
-    scores = torch.bmm(qg, k.reshape(b * n_kv, S, D).transpose(1, 2))       # (b*Hkv, rep, S)
-    probs = torch.add(mask, scores, alpha=scale).softmax(dim=-1)            # fp32
-    out = torch.bmm(probs.to(v.dtype), v.reshape(b * n_kv, S, D))           # (b*Hkv, rep, D)
-    return out.view(b, H, 1, D)
 
 
 def generate_static(model, tokenizer, prompts: Sequence[str], config=None, num_samples: int = 1,
