@@ -154,6 +154,11 @@ def _turn_end(turn: str, start: int, content: str, tokenizer) -> int:
     for token in _end_tokens(tokenizer):
         if turn.startswith(token, end):
             return end + len(token)
+    # A marker the tokenizer does not list as special (a GGUF's tokenizer may not mark Gemma's
+    # <end_of_turn>): what the template writes after the content, when it is one vocabulary token.
+    marker = turn[end:].strip()
+    if marker and len(tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1:
+        return end + turn[end:].index(marker) + len(marker)
     return end
 
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from acculturate.data import Example, read_examples, render_prompt, render_segments
@@ -54,6 +56,21 @@ def test_chat_segments_mark_every_assistant_turn_with_its_end_token(tokenizer):
     ]
     full = tokenizer.apply_chat_template(MULTI.messages, tokenize=False)
     assert "".join(text for text, _ in segments) == full
+
+
+@pytest.mark.slow  # the real SmolLM2 tokenizer
+def test_chat_segments_end_at_a_turn_marker_the_tokenizer_does_not_list_as_special(tokenizer):
+    # A tokenizer read from a GGUF may not mark the template's end-of-turn token as special (Gemma's
+    # <end_of_turn>): the response must still end with it, or the trained model never stops.
+    marker = "###"
+    assert len(tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1
+    assert marker not in tokenizer.all_special_tokens
+    plain = copy.copy(tokenizer)
+    plain.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+                           "{% if m['role'] == 'assistant' %}" + marker + "{% endif %}\n{% endfor %}"
+                           "{% if add_generation_prompt %}assistant: {% endif %}")
+    segments = render_segments(MULTI, plain, "chat")
+    assert [text for text, is_response in segments if is_response] == ["Often nasi uduk.###", "Sweet tea.###"]
 
 
 @pytest.mark.slow  # the real SmolLM2 tokenizer

@@ -1,5 +1,8 @@
 """End to end on the real default model: the adapt job and the train job, small but real."""
 
+import contextlib
+import dataclasses
+import io
 import json
 
 import pytest
@@ -18,10 +21,29 @@ def small_config(tmp_path, *extra) -> AdaptConfig:
     return from_dict(AdaptConfig, apply_overrides({"output_dir": str(tmp_path), "name": "t"}, SMALL + list(extra)))
 
 
-def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path):
-    config = small_config(tmp_path)
-    metrics = run_adapt(config, progress=False)
-    out = tmp_path / "t"
+# One small run through the command (the shipped YAML + --set), saving a checkpoint every 2 steps:
+# the report, ask/serve and CLI tests read it, and the kill test must end where it ended.
+WHOLE = SMALL[:-2] + ["train.max_steps=4", "train.save_every=2", "train.batch_size=4",
+                      "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
+
+
+def adapt_args(root) -> list[str]:
+    return ["adapt", "--name", "k"] + [x for kv in WHOLE + [f"output_dir={root}"] for x in ("--set", kv)]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted run: (its folder, what the command printed)."""
+    root = tmp_path_factory.mktemp("whole")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(adapt_args(root)) == 0
+    return root / "k", printed.getvalue()
+
+
+def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(whole, tmp_path):
+    out, _ = whole
+    metrics = json.loads((out / "metrics.json").read_text())
     for name in ("report.md", "report.html", "metrics.json", "config.json", "assistant.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "index/manifest.json",
                  "documents/UK.md", "eval/base_closed_book.jsonl", "eval/base_retrieval.jsonl",
@@ -33,13 +55,15 @@ def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path
     assert metrics["train_examples"]["retrieval_aware"] == metrics["questions"]["train"]
     assert metrics["train_examples"]["retrieval_aware_kinds"]["gold"] > 0
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 10
-    assert metrics["train"]["steps"] == 2 and metrics["general"]["base"]["n"] == 4
+    assert metrics["train"]["steps"] == 4 and metrics["general"]["base"]["n"] == 4
+    assert set(metrics["stage_seconds"]) == {"setup", "base_eval", "training", "adapted_eval"}
     report = (out / "report.md").read_text()
     assert "| adapted + retrieval |" in report and "Paired bootstrap" in report and "General skills" in report
     rows = [json.loads(l) for l in (out / "eval/base_retrieval.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(len(r["passages"]) == 3 and {"answer", "answers", "correct"} <= set(r) for r in rows)
 
     # Running the same config again continues: answers already saved are not generated again.
+    config = from_dict(AdaptConfig, json.loads((out / "config.json").read_text()))
     before = (out / "eval/base_retrieval.jsonl").read_text()
     again = run_adapt(config, progress=False)
     assert (out / "eval/base_retrieval.jsonl").read_text() == before
@@ -62,57 +86,48 @@ def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(tmp_path
 
     with TestClient(create_app(ServeConfig(run=str(out), db=str(tmp_path / "feedback.db")))) as client:
         reply = client.post("/v1/chat/completions", json={
-            "model": "t", "messages": [{"role": "user", "content": adapted[0]["question"]}],
+            "model": "k", "messages": [{"role": "user", "content": adapted[0]["question"]}],
             "max_tokens": 8, "stop": ["\n"], "temperature": 0}).json()
     assert reply["choices"][0]["message"]["content"].strip() == adapted[0]["answer"]
     assert [p["id"] for p in reply["passages"]] == [p["id"] for p in adapted[0]["passages"]]
 
     # A different config under the same name is refused, naming what differs.
     with pytest.raises(ConfigError, match="differs in: region"):
-        run_adapt(small_config(tmp_path, "region=Mexico"), progress=False)
+        run_adapt(dataclasses.replace(config, region="Mexico"), progress=False)
 
 
-def test_adapt_killed_during_training_resumes_to_the_same_result(tmp_path):
+def test_adapt_killed_during_training_resumes_to_the_same_result(whole, tmp_path):
     """SIGKILL once the first training checkpoint is saved; the same command then finishes the run
-    with the metrics of a run that was never interrupted."""
+    with the metrics of the run that was never interrupted."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    settings = SMALL[:-2] + ["train.max_steps=4", "train.save_every=2", "train.batch_size=4",
-                             "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
-
-    def command(root):
-        return [sys.executable, "-m", "acculturate", "adapt", "--name", "k"] + [
-            x for kv in settings + [f"output_dir={root}"] for x in ("--set", kv)]
-
-    # Both runs through the command (the shipped YAML + --set), one uninterrupted, one killed.
-    assert main(command(tmp_path / "whole")[3:]) == 0
-    whole = json.loads((tmp_path / "whole" / "k" / "metrics.json").read_text())
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    checkpoint = killed / "k" / "train" / "checkpoint"
+    whole_out, _ = whole
+    command = [sys.executable, "-m", "acculturate"] + adapt_args(tmp_path)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = tmp_path / "k" / "train" / "checkpoint"
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists() and not (killed / "k" / "metrics.json").exists(), "not killed during training"
-    assert not (killed / "k" / "eval" / "adapted_retrieval.jsonl").exists()
+    assert checkpoint.exists() and not (tmp_path / "k" / "metrics.json").exists(), "not killed during training"
+    assert not (tmp_path / "k" / "eval" / "adapted_retrieval.jsonl").exists()
 
-    done = subprocess.run(command(killed), capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    resumed = json.loads((killed / "k" / "metrics.json").read_text())
-    assert resumed["systems"] == whole["systems"] and resumed["general"] == whole["general"]
-    assert resumed["train"]["steps"] == whole["train"]["steps"] == 4
-    assert resumed["train"]["train_loss"] == whole["train"]["train_loss"] and resumed["train"]["resumed_from_step"] == 2
+    resumed = json.loads((tmp_path / "k" / "metrics.json").read_text())
+    uninterrupted = json.loads((whole_out / "metrics.json").read_text())
+    assert resumed["systems"] == uninterrupted["systems"] and resumed["general"] == uninterrupted["general"]
+    assert resumed["train"]["steps"] == uninterrupted["train"]["steps"] == 4
+    assert resumed["train"]["train_loss"] == uninterrupted["train"]["train_loss"]
+    assert resumed["train"]["resumed_from_step"] == 2
     for name in ("adapted_closed_book", "adapted_retrieval"):
-        answers = [json.loads(l)["answer"] for l in (killed / "k" / "eval" / f"{name}.jsonl").read_text().splitlines()]
-        assert answers == [json.loads(l)["answer"] for l in
-                           (tmp_path / "whole" / "k" / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        answers = [json.loads(l)["answer"] for l in (tmp_path / "k" / "eval" / f"{name}.jsonl").read_text().splitlines()]
+        assert answers == [json.loads(l)["answer"] for l in (whole_out / "eval" / f"{name}.jsonl").read_text().splitlines()]
 
 
 def test_any_region_name_needs_its_own_questions_and_documents(tmp_path):
@@ -143,14 +158,12 @@ def test_own_region_kit_runs_through_documents_and_questions(tmp_path):
     assert not (tmp_path / "t" / "documents").exists()
 
 
-def test_cli_adapt_and_generate_with_the_adapter(tmp_path, capsys):
-    args = ["adapt", "--name", "cli"] + [x for kv in SMALL + [f"output_dir={tmp_path}"] for x in ("--set", kv)]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "adapted + retrieval" in out and f"{tmp_path}/cli/report.md" in out
-    assert main(["ask", "--run", str(tmp_path / "cli"), "What is a common breakfast in the UK?"]) == 0
+def test_cli_adapt_prints_the_table_and_ask_and_generate_use_its_adapter(whole, capsys):
+    out, printed = whole
+    assert "adapted + retrieval" in printed and f"{out}/report.md" in printed
+    assert main(["ask", "--run", str(out), "What is a common breakfast in the UK?"]) == 0
     assert capsys.readouterr().out.strip()
-    assert main(["generate", "What is the capital of the UK?", "--adapter", str(tmp_path / "cli/adapter"),
+    assert main(["generate", "What is the capital of the UK?", "--adapter", str(out / "adapter"),
                  "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip()
 

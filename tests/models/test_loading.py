@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,23 @@ def test_embedded_gemma_loads_with_its_chat_template_and_stops_at_the_turn_end()
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in eos_token_ids(model, tokenizer)
     completion = generate_chat(model, tokenizer, [messages], GenerationConfig(max_new_tokens=8))[0]
     assert 0 < completion.completion_tokens <= 8
+
+
+def test_a_gguf_file_is_parsed_once_while_converting(tmp_path):
+    import gguf
+
+    from acculturate.models.loading import _gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(1000)])
+    writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+        write()
+    writer.close()
+    original = gguf.GGUFReader
+    with _gguf_read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first   # config, weights and tokenizer share one parse
+        assert len(first.fields["tokenizer.ggml.tokens"].data) == 1000
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
