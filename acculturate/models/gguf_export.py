@@ -31,6 +31,7 @@ already on the target grid (:func:`on_grid`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -257,8 +258,6 @@ def write_gguf(model, tokenizer, path: str | Path, *, quant: str = "f16", name: 
 
 def base_pre_tokenizer(model_name: str) -> str | None:
     """``tokenizer.ggml.pre`` of the GGUF file ``model_name`` resolves to (the default model's), else None."""
-    import gguf
-
     from acculturate.models.loading import resolve
 
     try:
@@ -267,5 +266,14 @@ def base_pre_tokenizer(model_name: str) -> str | None:
         return None
     if kind != "gguf":
         return None
-    field = gguf.GGUFReader(str(source)).fields.get("tokenizer.ggml.pre")
+    stat = source.stat()
+    return _pre_tokenizer_field(str(source.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _pre_tokenizer_field(path: str, size: int, mtime_ns: int) -> str | None:
+    """One parse per file version (a parse reads every metadata field: ~10 s for SmolLM2's GGUF)."""
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.pre")
     return field.contents() if field is not None else None

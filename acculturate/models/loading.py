@@ -127,30 +127,38 @@ def embedded_gguf(name: str) -> Path:
 
 
 @contextmanager
-def _gguf_read_once():
-    """Within the block, each GGUF file's metadata is parsed once.
+def gguf_read_once():
+    """Within the block, each GGUF file's metadata is parsed once and each tensor-name map built once.
 
     Why: transformers parses the whole file again for the config, the weights and the tokenizer
     (``load_gguf_checkpoint`` builds a new ``gguf.GGUFReader`` each time, importing it at call time),
     and ``GGUFReader`` reads a string array one memory-mapped element at a time: for Gemma 3's
-    262k-token vocabulary 38 s per parse on this project's CPU, 114 s of a 171 s conversion.
-    The reader is read-only after it is built, so the three calls can share it.
+    262k-token vocabulary 38 s per parse on this project's CPU, 114 s of a 171 s conversion. It also
+    rebuilds gguf's tensor-name map (a pure function of architecture and layer count) for every
+    submodule it walks: ~10 s per SmolLM2 load. Readers and maps are read-only once built, so the
+    calls can share them.
     """
     import gguf
 
-    original, readers = gguf.GGUFReader, {}
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers, maps = {}, {}
 
     def shared_reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
         if key not in readers:
-            readers[key] = original(path, mode)
+            readers[key] = original_reader(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = shared_reader
+    def shared_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[arch, n_blocks] = original_map(arch, n_blocks)
+        return maps[arch, n_blocks]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, shared_map
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
 
 
 def gguf_to_hf_dir(gguf: Path) -> Path:
@@ -164,7 +172,7 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
 
     log.info("converting %s to an HF directory at %s (once)", gguf, target)
     try:
-        with _gguf_read_once():
+        with gguf_read_once():
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # transformers raises many kinds; the user needs the file name

@@ -33,17 +33,16 @@ def adapt_args(root) -> list[str]:
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    """The uninterrupted run: (its folder, what the command printed)."""
+    """The uninterrupted run: (its folder, what the command printed, its metrics as first written)."""
     root = tmp_path_factory.mktemp("whole")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(adapt_args(root)) == 0
-    return root / "k", printed.getvalue()
+    return root / "k", printed.getvalue(), json.loads((root / "k" / "metrics.json").read_text())
 
 
 def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(whole, tmp_path):
-    out, _ = whole
-    metrics = json.loads((out / "metrics.json").read_text())
+    out, _, metrics = whole
     for name in ("report.md", "report.html", "metrics.json", "config.json", "assistant.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "index/manifest.json",
                  "documents/UK.md", "eval/base_closed_book.jsonl", "eval/base_retrieval.jsonl",
@@ -105,7 +104,7 @@ def test_adapt_killed_during_training_resumes_to_the_same_result(whole, tmp_path
     import sys
     import time
 
-    whole_out, _ = whole
+    whole_out, _, uninterrupted = whole
     command = [sys.executable, "-m", "acculturate"] + adapt_args(tmp_path)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoint = tmp_path / "k" / "train" / "checkpoint"
@@ -120,7 +119,6 @@ def test_adapt_killed_during_training_resumes_to_the_same_result(whole, tmp_path
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = json.loads((tmp_path / "k" / "metrics.json").read_text())
-    uninterrupted = json.loads((whole_out / "metrics.json").read_text())
     assert resumed["systems"] == uninterrupted["systems"] and resumed["general"] == uninterrupted["general"]
     assert resumed["train"]["steps"] == uninterrupted["train"]["steps"] == 4
     assert resumed["train"]["train_loss"] == uninterrupted["train"]["train_loss"]
@@ -159,7 +157,7 @@ def test_own_region_kit_runs_through_documents_and_questions(tmp_path):
 
 
 def test_cli_adapt_prints_the_table_and_ask_and_generate_use_its_adapter(whole, capsys):
-    out, printed = whole
+    out, printed, _ = whole
     assert "adapted + retrieval" in printed and f"{out}/report.md" in printed
     assert main(["ask", "--run", str(out), "What is a common breakfast in the UK?"]) == 0
     assert capsys.readouterr().out.strip()

@@ -14,6 +14,7 @@ import torch
 from acculturate.adapters import LoRAConfig, apply_lora, load_adapter, merge_lora, save_adapter
 from acculturate.cli import main
 from acculturate.models import load
+from acculturate.models.loading import gguf_read_once
 from acculturate.models.gguf_export import permute_rope
 
 pytestmark = pytest.mark.slow   # the real SmolLM2 and two transformers GGUF loads (~1 min each here)
@@ -82,9 +83,10 @@ def test_gguf_export_loads_in_transformers_and_answers_like_the_merged_model(tmp
         modelfile = (out / "Modelfile").read_text()
         assert modelfile.startswith(f"FROM ./uk-{quant}.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
 
-        loaded = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, dtype=torch.float32)
-        if quant == "f16":
-            gguf_tok = AutoTokenizer.from_pretrained(str(out), gguf_file=path.name)
+        with gguf_read_once():   # transformers' loaders, sharing one parse of the file's metadata
+            loaded = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, dtype=torch.float32)
+            gguf_tok = AutoTokenizer.from_pretrained(str(out), gguf_file=path.name) if quant == "f16" else None
+        if gguf_tok is not None:
             chat = [{"role": "user", "content": PROMPTS[1]}]
             assert gguf_tok.apply_chat_template(chat, add_generation_prompt=True) == \
                 tok.apply_chat_template(chat, add_generation_prompt=True)

@@ -70,7 +70,7 @@ def test_embedded_gemma_loads_with_its_chat_template_and_stops_at_the_turn_end()
 def test_a_gguf_file_is_parsed_once_while_converting(tmp_path):
     import gguf
 
-    from acculturate.models.loading import _gguf_read_once
+    from acculturate.models.loading import gguf_read_once
 
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -80,7 +80,7 @@ def test_a_gguf_file_is_parsed_once_while_converting(tmp_path):
         write()
     writer.close()
     original = gguf.GGUFReader
-    with _gguf_read_once():
+    with gguf_read_once():
         first = gguf.GGUFReader(path)
         assert gguf.GGUFReader(str(path)) is first   # config, weights and tokenizer share one parse
         assert len(first.fields["tokenizer.ggml.tokens"].data) == 1000
