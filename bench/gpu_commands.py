@@ -189,7 +189,9 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--model", str(make_model("llama-1b")),
                                "--port", str(port), "--db", str(WORK / "feedback.db"),
-                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0"], env=env(), cwd=ROOT,
+                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0",
+                               *[a for s in os.environ.get("BENCH_SERVE_SET", "").split() for a in ("--set", s)]],
+                              env=env(), cwd=ROOT,
                               stdout=open(WORK / "serve.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
@@ -247,6 +249,7 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
                 pieces = sum(s["pieces"] for s in stats)
                 tokens = sum(s["tokens"] for s in stats)   # the usage chunk's completion_tokens
                 out.append(dict(side="ours", case="serve", shape="llama-1b", clients=n, round=k, seconds=round(dt, 2),
+                                settings=os.environ.get("BENCH_SERVE_SET", ""),
                                 streamed_deltas=pieces, tokens=tokens, tok_s=round(tokens / dt),
                                 errors=sum(s["status"] != 200 for s in stats),
                                 ttft_p50_ms=round(1000 * ttft[len(ttft) // 2]),
