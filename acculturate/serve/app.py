@@ -136,4 +136,5 @@ async def web_chat():
 async def health(request: Request):
     s = server(request).batcher.stats
     return {"status": "ok", "models": server(request).pool.names(), "batches": s.batches, "prompts": s.prompts,
-            "largest_batch": s.largest, "joined": s.joined, "steps": s.steps, "cancelled": s.cancelled}
+            "largest_batch": s.largest, "joined": s.joined, "steps": s.steps, "cancelled": s.cancelled,
+            "prefills": s.prefills, "prefill_s": round(s.prefill_s, 4), "step_s": round(s.step_s, 4)}

@@ -95,6 +95,9 @@ class BatchStats:
     joined: int = 0      # rows admitted into a batch that was already decoding
     steps: int = 0       # decoding steps (one token for every row of the batch)
     cancelled: int = 0   # jobs dropped because their client went away
+    prefills: int = 0    # admissions: one prefill forward each, however many rows it admits
+    prefill_s: float = 0.0   # worker time spent admitting rows (tokenizing, prefill, first tokens)
+    step_s: float = 0.0      # worker time spent in steps (launching, reading and streaming tokens)
 
 
 class Batcher:
@@ -222,6 +225,7 @@ class Batcher:
             size += len(job.prompts)
         if not taken:
             return backlog
+        started = time.perf_counter()
         rows = []
         for job in taken:
             try:
@@ -241,9 +245,12 @@ class Batcher:
             self.stats.prompts += len(rows)
             self.stats.joined += len(rows) if joined else 0
             self.stats.largest = max(self.stats.largest, len(running.rows))
+            self.stats.prefills += 1
+        self.stats.prefill_s += time.perf_counter() - started
         return [j for j in backlog if j not in taken]
 
     def _step(self, running: "_Running") -> None:
+        started = time.perf_counter()
         try:
             finished = running.batch.step()
         except Exception as e:  # reported to every client of the batch; the worker lives on
@@ -253,6 +260,7 @@ class Batcher:
             running.close(failed=True)
             return
         self.stats.steps += 1
+        self.stats.step_s += time.perf_counter() - started
         for row in finished:
             job, i = row.tag
             job.results[i] = Completion(text=row.stream.text, token_ids=list(row.stream.token_ids),

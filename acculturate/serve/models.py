@@ -69,8 +69,13 @@ class ModelPool:
         from acculturate.adapters.registry import adapter_registry
         from acculturate.models import load
 
+        from acculturate.models.kernels import use_fused_kernels
+
         loaded = load(model_name, device=device, dtype=dtype)
         loaded.model.eval()
+        # On CUDA, Liger's fused RMSNorm, RoPE and SwiGLU (where liger-kernel is installed): a decoding
+        # step at small batches is bound by its hundreds of small kernels, and these cut ~25 a layer.
+        self.fused_kernels = use_fused_kernels(loaded.model)
         self.registry = adapter_registry(loaded.model)
         self.base_name = Path(model_name).name if ("/" in model_name or model_name.endswith(".gguf")) else model_name
         self.base = ServedModel(self.base_name, None, f"base:{self.base_name}", loaded.model,

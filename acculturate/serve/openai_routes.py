@@ -124,7 +124,10 @@ async def complete(s: Server, request: Request, endpoint: str, parsed: protocol.
 
 
 def stream(s: Server, endpoint, cid, served, prompts, prompt_tokens, parsed, retrieval=None) -> StreamingResponse:
-    """The answer as server-sent events: a chunk per text delta, then the finish and usage chunks."""
+    """The answer as server-sent events: a chunk per text delta, then the finish and usage chunks.
+
+    Deltas that queued up while the previous chunk was being sent go out as one chunk per choice, so
+    under load the event loop's work per chunk (JSON, the write) is paid per send, not per token."""
     chat = endpoint == "chat.completions"
     loop = asyncio.get_running_loop()
     deltas: asyncio.Queue = asyncio.Queue()
@@ -151,8 +154,19 @@ def stream(s: Server, endpoint, cid, served, prompts, prompt_tokens, parsed, ret
             if chat:
                 for i in range(total):
                     yield event(chunk(i, role=True))
-            while (item := await deltas.get()) is not None:
-                yield event(chunk(item[0], item[1]))
+            done = False
+            while not done:
+                items = [await deltas.get()]
+                while not deltas.empty():
+                    items.append(deltas.get_nowait())
+                if items[-1] is None:   # the end marker comes after every delta
+                    items.pop()
+                    done = True
+                merged: dict[int, str] = {}
+                for i, text in items:
+                    merged[i] = merged.get(i, "") + text
+                for i, text in merged.items():
+                    yield event(chunk(i, text))
             try:
                 completions = job.future.result()
                 await anyio.to_thread.run_sync(s.store.record_completions,

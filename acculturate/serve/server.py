@@ -19,9 +19,13 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
 
     # Before the model loads: a server that would be open to the network does not start.
     check_bind(config.host, config.resolved_api_keys(), config.insecure)
+    import sys
+
     import uvicorn
 
     from acculturate.serve.app import create_app
+
+    sys.setswitchinterval(config.switch_interval_ms / 1000)   # the whole process: it runs only the server
 
     app = create_app(config)
     print(f"serving {', '.join(app.state.pool.names())} on http://{config.host}:{config.port} "

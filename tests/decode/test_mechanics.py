@@ -159,3 +159,28 @@ def test_text_stream_extend_equals_adding_one_by_one(tokenizer):
         assert many.token_ids == one.token_ids
     with pytest.raises(RuntimeError):
         TextStream(tokenizer, stop=("x",)).extend(tokens)
+
+
+def test_text_stream_decodes_incrementally_to_the_whole_decode(tokenizer):
+    """add() decodes a short window per token (anchors every few tokens): over long random completions,
+    byte pieces that form no character included, the text is the whole completion's decode and the
+    deltas add up to it; a stop string past many anchors is still found where it starts."""
+    import random
+
+    from acculturate.decode.detokenize import ANCHOR_EVERY, REPLACEMENT_CHAR
+
+    rng = random.Random(0)
+    for _ in range(20):
+        tokens = [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 12 * ANCHOR_EVERY))]
+        stream = TextStream(tokenizer)
+        deltas = [stream.add(t) for t in tokens] + [stream.flush()]
+        whole = tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert stream.text == whole.rstrip(REPLACEMENT_CHAR) == "".join(deltas)
+    tokens = ids_of(tokenizer, "word " * (4 * ANCHOR_EVERY) + "the end. more words follow here")
+    stream = TextStream(tokenizer, stop=("end.",))
+    deltas = []
+    for token in tokens:
+        deltas.append(stream.add(token))
+        if stream.stopped:
+            break
+    assert stream.stopped and stream.text == "word " * (4 * ANCHOR_EVERY) + "the " == "".join(deltas)

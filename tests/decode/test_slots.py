@@ -103,3 +103,46 @@ def test_refuses_what_does_not_fit(cpu_llama):
 def test_rows_join_leave_and_match_generate_with_cuda_graphs(cuda_llama):
     model, tok = cuda_llama
     run_join_and_leave(model, tok)
+
+
+def test_a_step_runs_only_the_slots_up_to_the_highest_row(cpu_llama):
+    """New rows take the lowest free slots and a step runs the first R slots, R the power of two above
+    the highest occupied one: one row decodes at batch 1 whatever the number of slots."""
+    model, tok = cpu_llama
+    batch = SlotBatch(model, tok, slots=8)
+    rows_run = []
+    step = batch._step
+    batch._step = lambda rows, width, mode: (rows_run.append(rows), step(rows, width, mode))[1]
+
+    def row(question: str):
+        return make_row(tok, encode_prompts(tok, [_chat(tok, question)])[0], GenerationConfig(max_new_tokens=30))
+
+    batch.add([row("Hi!")])
+    batch.step()
+    batch.add([row("Name a dish."), row("Name a river.")])   # slots 1 and 2
+    batch.step()
+    batch.cancel(lambda r: r is batch.rows[0])               # slot 0 frees; slot 2 still runs
+    batch.step()
+    batch.add([row("Name a song.")])                         # takes slot 0 again
+    batch.step()
+    assert rows_run == [1, 4, 4, 4] and batch.free == 5
+
+
+@pytest.mark.gpu
+def test_rows_match_generate_with_the_servers_fused_kernels(cuda_llama, monkeypatch):
+    """The server runs its model with Liger's fused RMSNorm, RoPE and SwiGLU on CUDA
+    (serve.models.ModelPool): the slot batch's graphs and generate()'s eager loop, both through those
+    kernels, still give every row the same tokens."""
+    import copy
+
+    from transformers.models.llama import modeling_llama
+
+    from acculturate.models.kernels import use_fused_kernels
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):   # Liger patches these for the process
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    model, tok = cuda_llama
+    model = copy.deepcopy(model)
+    if not use_fused_kernels(model):
+        pytest.skip("liger-kernel is not installed")
+    run_join_and_leave(model, tok)
