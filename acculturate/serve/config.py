@@ -72,10 +72,11 @@ class ServeConfig:
     cuda_graphs: bool = True
     """On a CUDA GPU, decode Llama-style models on ``max_batch_size`` fixed slots of a static KV cache,
     each step one CUDA-graph replay (acculturate/decode/slots.py); False: the eager batch everywhere."""
-    switch_interval_ms: float = 0.5
-    """Python's thread switch interval in the server process (``sys.setswitchinterval``): after each
-    GPU step the decoding worker waits up to this long for the GIL while the event loop streams
-    (Python's default is 5 ms, longer than a decoding step)."""
+    switch_interval_ms: float | None = None
+    """Python's thread switch interval in the server process (``sys.setswitchinterval``), or None for
+    Python's default (5 ms): after each GPU step the decoding worker can wait up to this long for the
+    GIL while the event loop streams, longer than a decoding step. Not yet timed on a GPU: set it
+    (e.g. 0.5) to try."""
     learn: str | None = None
     """A LearnConfig YAML (acculturate/configs/learn/): serve its current adapter version as its
     ``name`` and open /admin/learn, /admin/versions, /admin/rollback (acculturate/serve/learning.py)."""
@@ -105,7 +106,8 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.rate_limit_per_minute must be >= 0, got {self.rate_limit_per_minute!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"ServeConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
-        if isinstance(self.switch_interval_ms, bool) or not self.switch_interval_ms > 0:
+        if self.switch_interval_ms is not None and (isinstance(self.switch_interval_ms, bool)
+                                                    or not self.switch_interval_ms > 0):
             raise ValueError(f"ServeConfig.switch_interval_ms must be > 0, got {self.switch_interval_ms!r}")
         if not self.batch_window_ms >= 0:
             raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}")

@@ -25,7 +25,8 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
 
     from acculturate.serve.app import create_app
 
-    sys.setswitchinterval(config.switch_interval_ms / 1000)   # the whole process: it runs only the server
+    if config.switch_interval_ms is not None:   # the whole process: it runs only the server
+        sys.setswitchinterval(config.switch_interval_ms / 1000)
 
     app = create_app(config)
     print(f"serving {', '.join(app.state.pool.names())} on http://{config.host}:{config.port} "
