@@ -38,9 +38,25 @@ class LoRAConfig:
     projection of Llama-style models."""
     use_rslora: bool = False
     """Scale by ``alpha / sqrt(r)`` (rank-stabilized LoRA) instead of ``alpha / r``."""
+    layers: tuple[int, ...] | str | None = None
+    """Adapt only these transformer layers (PEFT's ``layers_to_transform``): a list of layer numbers or a
+    slice ``"START:STOP"``; negative numbers count from the last layer (``"-15:"``: the top 15). No gradient
+    flows below the lowest adapted layer, so training skips the backward pass of the layers under it
+    (saved adapters list the layer numbers, as PEFT does). None: every layer."""
 
     def __post_init__(self):
         check_lora_numbers(self.r, self.alpha, self.dropout, owner="LoRAConfig")
+        if isinstance(self.layers, list):
+            self.layers = tuple(self.layers)
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            self.layers = (self.layers,)   # PEFT's form for a single layer
+        if isinstance(self.layers, str):
+            _parse_slice(self.layers)
+        elif self.layers is not None and (
+                not isinstance(self.layers, tuple) or not self.layers
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers)):
+            raise ValueError(f"LoRAConfig.layers must be a non-empty list of layer numbers or a slice "
+                             f"'START:STOP' (e.g. '-15:'), got {self.layers!r}")
         if isinstance(self.targets, str):  # a bare string would silently become its characters
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
@@ -52,6 +68,46 @@ class LoRAConfig:
     def scale(self) -> float:
         """The factor on ``B A``: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
         return lora_scale(self.r, self.alpha, self.use_rslora)
+
+
+def _parse_slice(text: str) -> slice:
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return slice(*(int(p) if p.strip() else None for p in parts))
+    except ValueError:
+        raise ValueError(f"LoRAConfig.layers: expected a slice 'START:STOP' of layer numbers (e.g. '-15:' or "
+                         f"'4:12'), got {text!r}") from None
+
+
+def layer_number(name: str) -> int | None:
+    """The transformer layer a module path lies in (``model.layers.15.mlp.up_proj`` -> 15): the last
+    number between dots, as PEFT reads it for ``layers_to_transform``; None outside the layers."""
+    m = re.match(r".*\.[^.]*\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def select_layers(names: list[str], layers: tuple[int, ...] | str | None) -> list[str]:
+    """The paths in ``names`` that lie in ``layers`` (:attr:`LoRAConfig.layers`, resolved against the
+    layer count that ``names`` shows); all of them when ``layers`` is None."""
+    if layers is None:
+        return list(names)
+    numbers = [n for n in map(layer_number, names) if n is not None]
+    if not numbers:
+        raise ValueError(f"LoRAConfig.layers={layers!r}: none of the modules lies in a numbered layer "
+                         f"(e.g. {names[0] if names else 'no modules'})")
+    count = max(numbers) + 1
+    if isinstance(layers, str):
+        chosen = set(range(count)[_parse_slice(layers)])
+    else:
+        wrong = [i for i in layers if not -count <= i < count]
+        if wrong:
+            raise ValueError(f"LoRAConfig.layers: {wrong} out of range for a model with {count} layers")
+        chosen = {i % count for i in layers}
+    if not chosen:
+        raise ValueError(f"LoRAConfig.layers={layers!r} selects no layer of a model with {count} layers")
+    return [n for n in names if layer_number(n) in chosen]
 
 
 def check_lora_numbers(r, alpha, dropout, owner: str) -> None:
@@ -460,7 +516,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         The paths of the wrapped modules, in model order.
     Raises:
         ValueError: a target matched no ``nn.Linear`` (the message lists the Linear names that
-            exist), or the model already has LoRA layers.
+            exist), ``config.layers`` selects no layer, or the model already has LoRA layers.
     """
     linears = linear_names(model)
     unmatched = [t for t in config.targets if not any(matches_target(n, t) for n in linears)]
@@ -470,7 +526,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
             f"LoRAConfig.targets {list(unmatched)} matched no nn.Linear module of "
             f"{type(model).__name__}; its Linear modules are named {short}"
             + (f" (e.g. {linears[0]})" if linears else " (it has none)"))
-    names = [n for n in linears if any(matches_target(n, t) for t in config.targets)]
+    names = select_layers([n for n in linears if any(matches_target(n, t) for t in config.targets)], config.layers)
     return wrap_modules(model, names, config)
 
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from acculturate.adapters.lora import (
-    PEFT_PREFIX, LoRAConfig, linear_names, lora_modules, lora_state_dict, matches_target, wrap_modules,
+    PEFT_PREFIX, LoRAConfig, layer_number, linear_names, lora_modules, lora_state_dict, matches_target,
+    wrap_modules,
 )
 from acculturate.adapters.prompt_tuning import PromptTuningConfig, attach_prompt, prompt_embedding
 from acculturate.adapters.token_rows import (DELTA_KEY, apply_token_rows, token_rows_config,
@@ -44,7 +45,7 @@ _IGNORED_KEYS = {
     "megatron_core", "qalora_group_size", "layers_pattern", "ensure_weight_tying",
 }
 _SUPPORTED_KEYS = {"r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora",
-                   "trainable_token_indices"}
+                   "trainable_token_indices", "layers_to_transform"}
 
 
 class AdapterError(ValueError):
@@ -52,18 +53,19 @@ class AdapterError(ValueError):
 
 
 def peft_config_dict(config: LoRAConfig, base_model_name_or_path: str | None,
-                     trainable_token_indices: dict | None = None) -> dict:
+                     trainable_token_indices: dict | None = None, layers: list[int] | None = None) -> dict:
     """The ``adapter_config.json`` content for ``config``: the keys peft 0.21 writes for a plain
     LoRA adapter, sorted as PEFT sorts them. ``peft_version`` is left out because PEFT did not
     write this file; PEFT fills in its own version when it reads it. ``trainable_token_indices``
-    (``{"embed_tokens": [ids]}``) names embedding rows trained beside the adapter (token_rows.py)."""
+    (``{"embed_tokens": [ids]}``) names embedding rows trained beside the adapter (token_rows.py);
+    ``layers`` the layer numbers adapted, where ``config.layers`` chose some (PEFT's ``layers_to_transform``)."""
     d = {
         "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None,
         "auto_mapping": None, "base_model_name_or_path": base_model_name_or_path, "bias": "none",
         "corda_config": None, "ensure_weight_tying": False, "eva_config": None,
         "exclude_modules": None, "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "kasa_config": None, "layer_replication": None,
-        "layers_pattern": None, "layers_to_transform": None, "loftq_config": {},
+        "layers_pattern": None, "layers_to_transform": layers, "loftq_config": {},
         "lora_alpha": config.alpha, "lora_bias": False, "lora_dropout": config.dropout,
         "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
         "modules_to_save": None, "monteclora_config": None, "peft_type": "LORA",
@@ -112,7 +114,8 @@ def save_lora_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | 
     if not state:
         raise AdapterError("the model has no LoRA layers to save; apply_lora() or load_adapter() it first")
     state.update(token_rows_state_dict(model, PEFT_PREFIX))   # new-vocabulary rows, if any
-    return _write(out_dir, peft_config_dict(config, base_model_name_or_path, token_rows_config(model)), state)
+    layers = sorted({layer_number(n) for n in lora_modules(model)}) if config.layers is not None else None
+    return _write(out_dir, peft_config_dict(config, base_model_name_or_path, token_rows_config(model), layers), state)
 
 
 def save_prompt_tuning_adapter(model: nn.Module, out_dir, base_model_name_or_path: str | None,
@@ -207,7 +210,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> tuple[LoRAConfig, dic
         targets = (targets,)  # a regex; the weights file says which modules it matched
     try:
         config = LoRAConfig(r=raw["r"], alpha=raw["lora_alpha"], dropout=raw.get("lora_dropout", 0.0),
-                            targets=tuple(targets), use_rslora=bool(raw.get("use_rslora", False)))
+                            targets=tuple(targets), use_rslora=bool(raw.get("use_rslora", False)),
+                            layers=raw.get("layers_to_transform"))
     except ValueError as e:
         raise AdapterError(f"{path}: {e}") from None
     return config, raw
@@ -246,6 +250,16 @@ def _expected_modules(model: nn.Module, raw: dict) -> list[str] | None:
         names = [n for n in names if not re.fullmatch(exclude, n)]
     elif exclude:
         names = [n for n in names if not any(matches_target(n, t) for t in exclude)]
+    layers = raw.get("layers_to_transform")
+    if layers is not None:
+        layers = {layers} if isinstance(layers, int) else set(layers)
+        pattern = raw.get("layers_pattern")
+        if pattern:   # PEFT's rule: the number after one of these module names
+            pattern = "|".join(map(re.escape, [pattern] if isinstance(pattern, str) else pattern))
+            found = [re.match(rf".*\.(?:{pattern})\.(\d+)\.", n) for n in names]
+            names = [n for n, m in zip(names, found) if m and int(m.group(1)) in layers]
+        else:
+            names = [n for n in names if layer_number(n) in layers]
     return names
 
 

@@ -401,3 +401,29 @@ def test_sibling_groups_under_torch_compile_give_the_eager_results(make_llama, t
     assert torch.equal(eager[0], compiled[0])
     assert all(torch.equal(a, b) for a, b in zip(eager[1], compiled[1]))
     assert all(m._siblings.enabled for m in lora_modules(model).values() if m._siblings)
+
+
+@pytest.mark.parametrize("layers, adapted", [("-1:", {1}), ((0,), {0}), ((-2, 1), {0, 1}), ("0:1", {0}), (None, {0, 1})])
+def test_layers_picks_the_adapted_layers(make_llama, layers, adapted):
+    names = apply_lora(make_llama(), LoRAConfig(r=2, alpha=4, layers=layers))
+    assert {int(n.split(".")[2]) for n in names} == adapted and len(names) == 7 * len(adapted)
+
+
+@pytest.mark.parametrize("layers, message", [((5,), r"\[5\] out of range for a model with 2 layers"),
+                                             ("3:", "selects no layer"), ("a", "expected a slice")])
+def test_layers_out_of_range_is_a_named_error(make_llama, layers, message):
+    with pytest.raises(ValueError, match=message):
+        apply_lora(make_llama(), LoRAConfig(r=2, alpha=4, layers=layers))
+
+
+def test_no_backward_runs_below_the_lowest_adapted_layer(make_llama, tiny_ids):
+    """Why ``layers`` makes training cheaper: layer 0's output needs no gradient, so autograd keeps
+    nothing of it and its backward pass never runs."""
+    model = make_llama()
+    apply_lora(model, LoRAConfig(r=2, alpha=4, layers="-1:"))
+    outputs = {}
+    for i, layer in enumerate(model.model.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+    model.train()
+    model(tiny_ids).logits.sum().backward()
+    assert not outputs[0].requires_grad and outputs[1].requires_grad

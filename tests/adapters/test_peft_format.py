@@ -63,6 +63,8 @@ def test_config_has_the_keys_peft_writes(tiny_llama, make_llama, tmp_path):
     {"r": 2, "lora_alpha": 2, "target_modules": r".*\.mlp\.(up|down)_proj"},  # a regex
     {"r": 2, "lora_alpha": 2, "target_modules": "all-linear"},
     {"r": 2, "lora_alpha": 2, "target_modules": ["q_proj", "v_proj"], "exclude_modules": ["model.layers.0.self_attn.v_proj"]},
+    {"r": 2, "lora_alpha": 2, "target_modules": ["q_proj", "down_proj"], "layers_to_transform": [1]},
+    {"r": 2, "lora_alpha": 2, "target_modules": ["o_proj"], "layers_to_transform": 0, "layers_pattern": "layers"},
 ])
 def test_peft_saved_adapter_loads_with_same_logits(make_llama, tiny_ids, tmp_path, lora_kwargs):
     theirs = _peft_saved(make_llama, tmp_path / "ad", **lora_kwargs)
@@ -168,3 +170,18 @@ def test_missing_and_misshapen_weights_are_named(make_llama, saved):
 def test_loading_onto_a_lora_model_is_refused(tiny_llama, saved):
     with pytest.raises(ValueError, match="already has LoRA"):
         load_adapter(tiny_llama, saved)
+
+
+def test_adapter_of_the_top_layers_loads_in_peft_and_back(make_llama, tiny_ids, tmp_path):
+    """``layers`` ("-1:": the last layer only) is saved as PEFT's layers_to_transform, absolute."""
+    model = make_llama()
+    config = LoRAConfig(r=4, alpha=8, layers="-1:")
+    assert {n.split(".")[2] for n in apply_lora(model, config)} == {"1"}
+    _randomize_b(model)
+    save_adapter(model, tmp_path / "ad", "tiny-llama", config)
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    theirs = peft.PeftModel.from_pretrained(make_llama(), tmp_path / "ad").eval()
+    torch.testing.assert_close(theirs(tiny_ids).logits, model(tiny_ids).logits, atol=1e-5, rtol=0)
+    again = make_llama()
+    assert load_adapter(again, tmp_path / "ad").layers == (1,)
+    assert list(lora_modules(again)) == list(lora_modules(model))
