@@ -164,7 +164,11 @@ def gguf_read_once():
 def gguf_to_hf_dir(gguf: Path) -> Path:
     """De-quantize a GGUF file once into a cached HF directory and return that directory."""
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # An embedded model whose GGUF carries no chat template gets its family's in the directory, so
+    # the directory loads by path as it does by name (the template is part of the cache key).
+    entry = next((e for e in EMBEDDED.values() if e.filename == gguf.name and e.chat_template), None)
+    template = entry.chat_template if entry else ""
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{template}".encode()).hexdigest()[:16]
     target = cache_root() / "gguf" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
@@ -181,6 +185,8 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
+    if entry is not None:
+        add_chat_template(model, tokenizer, entry)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

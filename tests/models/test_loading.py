@@ -57,8 +57,13 @@ def test_embedded_gemma_loads_with_its_chat_template_and_stops_at_the_turn_end()
     from acculturate.decode import GenerationConfig, generate_chat
     from acculturate.decode.step import eos_token_ids
 
-    model, tokenizer = load("gemma3-270m", dtype="bf16")
+    loaded = load("gemma3-270m", dtype="bf16")
+    model, tokenizer = loaded
     assert model.config.model_type == "gemma3_text"
+    # The converted directory carries the template and the stop too: it loads by path the same way.
+    by_path = load(loaded.path, dtype="bf16")
+    assert by_path.tokenizer.chat_template == tokenizer.chat_template
+    assert eos_token_ids(by_path.model, by_path.tokenizer) == eos_token_ids(model, tokenizer)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt == "<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
