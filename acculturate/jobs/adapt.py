@@ -178,6 +178,9 @@ def answer_and_score(model, tok, spec, questions: list[Example], hits, path: Pat
 
     done = read_jsonl_by_key(path, "id") if path.exists() else {}
     todo = [i for i, q in enumerate(questions) if q.meta["id"] not in done]
+    if hits is not None:
+        # Longest prompts first, so each chunk holds prompts of similar length (little padding).
+        todo.sort(key=lambda i: -sum(min(len(h.passage["text"]), spec.max_passage_chars) for h in hits[i]))
     bar = tqdm(total=len(todo), desc=desc, unit="q", disable=not progress or not todo)
     chunk = batch_size * 4   # each chunk's rows are saved before the next starts (resumable)
     for start in range(0, len(todo), chunk):

