@@ -15,7 +15,7 @@ sampling, the bookkeeping) is captured once as a ``torch.cuda.CUDAGraph`` and re
   first prompt, width to a multiple of 64, then a power of two), and :meth:`SlotBatch.warm` runs
   every bucket once up front: Liger's Triton RoPE kernel is compiled per batch size (``bs`` is a
   ``tl.constexpr``) and per divisibility of the prompt length by 16, so an unpadded prefill paid a
-  compilation for each new row count (one client's first token: 27 ms in one round, 674 ms in the
+  compilation for each new row count (one client's prefill: 27 ms in one round, 674 ms in the
   next, on an H200).
 - **Leaving**: a finished or cancelled row frees its slot at once; a free slot below the highest
   occupied one still runs through the graph (its result is ignored).

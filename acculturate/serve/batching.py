@@ -206,6 +206,7 @@ class Batcher:
             done = running.warm(served, self.warm_prompt_tokens, self.warm_new_tokens)
         except Exception:   # a failed warm-up costs the first requests time, never the server
             log.exception("warming the slot batch up failed; shapes will compile on first use")
+            running.forget()   # its state may be half-written: the first batch builds a fresh one
             done = None
         finally:
             self.stats.warming = False
@@ -365,6 +366,10 @@ class _Running:
         with served.active():
             self._kept = (weights_key(served), SlotBatch(served.model, served.tokenizer, self.slots))
             return self._kept[1].warm(prompt_tokens, new_tokens)
+
+    def forget(self) -> None:
+        """Drop the kept slot batch (its cache and graphs)."""
+        self._kept = None
 
     def close(self, failed: bool = False) -> None:
         if isinstance(self.batch, SlotBatch):

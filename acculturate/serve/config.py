@@ -112,7 +112,8 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.rate_limit_per_minute must be >= 0, got {self.rate_limit_per_minute!r}")
         if isinstance(self.warmup_prompt_tokens, bool) or not isinstance(self.warmup_prompt_tokens, int) \
                 or self.warmup_prompt_tokens < 0:
-            raise ValueError(f"ServeConfig.warmup_prompt_tokens must be an integer >= 0, got {self.warmup_prompt_tokens!r}")
+            raise ValueError("ServeConfig.warmup_prompt_tokens must be an integer >= 0, "
+                             f"got {self.warmup_prompt_tokens!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"ServeConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.switch_interval_ms is not None and (isinstance(self.switch_interval_ms, bool)

@@ -96,7 +96,8 @@ def test_rows_join_leave_and_match_generate_on_cpu(cpu_llama, pad_prefill):
 def test_prefill_buckets():
     """Widths: multiples of 64 up to 512, then powers of two, capped by the cache; rows: powers of two
     up to the slots, the slot count itself a bucket."""
-    assert [prefill_width(n) for n in (1, 64, 65, 130, 512, 513, 1500, 4096)] == [64, 64, 128, 192, 512, 1024, 2048, 4096]
+    lengths = (1, 64, 65, 130, 512, 513, 1500, 4096)
+    assert [prefill_width(n) for n in lengths] == [64, 64, 128, 192, 512, 1024, 2048, 4096]
     assert prefill_width(900, cap=1000) == 1000 and prefill_width(40, cap=50) == 50
     assert prefill_shape(3, 100, slots=32) == (4, 128) and prefill_shape(20, 700, slots=24) == (24, 1024)
     assert row_buckets(32) == [1, 2, 4, 8, 16, 32] and row_buckets(24) == [1, 2, 4, 8, 16, 24]
@@ -108,7 +109,8 @@ def test_padded_prefill_runs_the_bucket_and_keeps_every_rows_tokens(cpu_llama):
     the bucket (4 rows, 64 columns: the fourth row a copy of the first) decode to the same tokens as
     the exact-shape prefill."""
     model, tok = cpu_llama
-    configs = [GenerationConfig(max_new_tokens=8), GenerationConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=3),
+    configs = [GenerationConfig(max_new_tokens=8),
+               GenerationConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=3),
                GenerationConfig(max_new_tokens=8, repetition_penalty=1.3)]
     questions = ["Hi!", "Describe a traditional breakfast in Spain.", "What is 2 + 2?"]
     ids = encode_prompts(tok, [_chat(tok, q) for q in questions])

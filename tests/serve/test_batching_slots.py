@@ -88,3 +88,21 @@ def test_batcher_warms_the_slot_batch_up_before_its_first_job(cpu_llama, monkeyp
         batcher.stop()
     assert len(warmed) == 1 and used == warmed and batcher.stats.warmup_s > 0 and not batcher.stats.warming
     assert text == generate(model, tok, [prompt], GenerationConfig(max_new_tokens=6, cuda_graphs=False))[0].text
+
+
+def test_serve_config_sets_the_warm_up(tmp_path):
+    """ServeConfig.warmup_prompt_tokens (and default_max_tokens, the cache it warms for) reach the batcher;
+    a negative value is refused with the field's name; /health reports the warm-up."""
+    from fastapi.testclient import TestClient
+
+    from acculturate.feedback.store import FeedbackStore
+    from acculturate.serve import ServeConfig, create_app
+
+    with pytest.raises(ValueError, match="warmup_prompt_tokens"):
+        ServeConfig(warmup_prompt_tokens=-1)
+    app = create_app(ServeConfig(warmup_prompt_tokens=128, default_max_tokens=32),
+                     pool=SimpleNamespace(before_change=[], names=lambda: []), store=FeedbackStore(tmp_path / "f.db"))
+    assert (app.state.batcher.warm_prompt_tokens, app.state.batcher.warm_new_tokens) == (128, 32)
+    with TestClient(app) as client:
+        health = client.get("/health").json()
+    assert health["warming"] is False and health["warmup_s"] == 0   # no pool.base here: nothing to warm
