@@ -270,7 +270,9 @@ def slots_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
     serve rows' model as the server loads it (Liger's fused kernels where installed), ``n`` of the
     chat prompts added at once and stepped to the end, 256 new tokens each at temperature 0.7 (seeded
     per row, as the serve clients ask). Its tokens/s is the ceiling of the serve rows: what HTTP, the
-    event loop and streaming cost is the difference. One warm-up run per level captures its graphs."""
+    event loop and streaming cost is the difference. The batch is warmed up as the server warms it
+    (``SlotBatch.warm(512, 256)``: every padded prefill shape, the step's graphs; its time is a row of
+    its own), then one untimed run per level."""
     import torch
 
     from acculturate.decode import GenerationConfig
@@ -287,17 +289,20 @@ def slots_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
     ids = encode_prompts(tok, [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                        add_generation_prompt=True) for t in texts])
     batch = SlotBatch(model, tok, 32)
+    warm = batch.warm(512, GEN["new"])   # as the server does at start (ServeConfig.warmup_prompt_tokens)
     config = GenerationConfig(max_new_tokens=GEN["new"], temperature=0.7, seed=0)
-    out = []
+    out = [dict(side="slots", case="warmup", shape="llama-1b", fused_kernels=fused, slots=32,
+                seconds=round(warm["seconds"], 2), prefill_shapes=warm["prefill_shapes"], graphs=warm["graphs"])]
     for n in levels:
         for k in range(-1, rounds):
             rows = [make_row(tok, ids[i], config, i) for i in range(n)]
             torch.cuda.synchronize()
             t = time.perf_counter()
             batch.add(rows)
-            steps = 0
+            steps, first = 0, None
             while len(batch):
-                batch.step()
+                batch.step()   # the first call reads the prefill's tokens: the in-process time to first token
+                first = first or time.perf_counter() - t
                 steps += 1
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
@@ -305,6 +310,7 @@ def slots_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[dic
             if k >= 0:
                 out.append(dict(side="slots", case="serve", shape="llama-1b", clients=n, round=k, fused_kernels=fused,
                                 seconds=round(dt, 3), tokens=made, steps=steps, tok_s=round(made / dt),
+                                first_token_ms=round(1000 * first, 1),
                                 ms_per_step=round(1000 * dt / steps, 3)))
     return out
 

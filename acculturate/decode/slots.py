@@ -10,7 +10,13 @@ sampling, the bookkeeping) is captured once as a ``torch.cuda.CUDAGraph`` and re
 
 - **Joining** (:meth:`SlotBatch.add`, between two replays): the new prompts are prefilled eagerly
   into free slots (identical prompts once, their cache copied), their first token picked, and
-  their sampling settings written into per-slot tensors that the graph reads.
+  their sampling settings written into per-slot tensors that the graph reads. On CUDA the prefill
+  runs at a bucketed shape (:func:`prefill_shape`: rows padded to a power of two with copies of the
+  first prompt, width to a multiple of 64, then a power of two), and :meth:`SlotBatch.warm` runs
+  every bucket once up front: Liger's Triton RoPE kernel is compiled per batch size (``bs`` is a
+  ``tl.constexpr``) and per divisibility of the prompt length by 16, so an unpadded prefill paid a
+  compilation for each new row count (one client's prefill: 27 ms in one round, 674 ms in the
+  next, on an H200).
 - **Leaving**: a finished or cancelled row frees its slot at once; a free slot below the highest
   occupied one still runs through the graph (its result is ignored).
 - **Widths and rows**: attention reads only the first W columns of the cache, W the smallest of
@@ -33,6 +39,7 @@ uses it on CUDA (``acculturate.serve.batching``).
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from typing import Callable
 
@@ -45,6 +52,44 @@ from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_
 from acculturate.decode.step import advance_row, eos_token_ids
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
+# Prefill widths: multiples of PREFILL_STEP up to PREFILL_LINEAR, powers of two beyond. Triton
+# specialises the RoPE kernel's length only on its divisibility by 16, so any multiple of 16 would
+# do for it; 64 keeps the set of shapes (what cuBLAS and SDPA see, what warm() runs) at 8 up to 512
+# tokens for at most 63 padded tokens a row. Longer prompts are rarer: powers of two bound the
+# shapes to one per doubling at less than 2x the work.
+PREFILL_STEP = 64
+PREFILL_LINEAR = 512
+
+
+def prefill_width(length: int, cap: int | None = None) -> int:
+    """The bucketed width of a prefill whose longest prompt has ``length`` tokens (at most ``cap``,
+    the cache width, when given; never below ``length``)."""
+    if length <= PREFILL_LINEAR:
+        width = -(-length // PREFILL_STEP) * PREFILL_STEP
+    else:
+        width = 1 << (length - 1).bit_length()
+    return max(length, min(width, cap)) if cap else width
+
+
+def prefill_rows(n: int, slots: int) -> int:
+    """The bucketed row count of a prefill of ``n`` distinct prompts: the power of two at or above
+    ``n``, at most ``slots`` (itself a bucket when it is not a power of two)."""
+    return min(1 << (n - 1).bit_length(), slots)
+
+
+def prefill_shape(n: int, length: int, slots: int, cap: int | None = None) -> tuple[int, int]:
+    """``(rows, width)`` a prefill of ``n`` prompts, the longest ``length`` tokens, runs at."""
+    return prefill_rows(n, slots), prefill_width(length, cap)
+
+
+def row_buckets(slots: int) -> list[int]:
+    """Every row count :func:`prefill_rows` gives for ``slots`` slots: 1, 2, 4... and ``slots``."""
+    return sorted({prefill_rows(n, slots) for n in range(1, slots + 1)})
+
+
+def width_buckets(longest: int, cap: int | None = None) -> list[int]:
+    """Every prefill width :func:`prefill_width` gives for prompts of up to ``longest`` tokens."""
+    return sorted({prefill_width(n, cap) for n in range(1, longest + 1)})
 
 
 class SlotBatch:
@@ -59,9 +104,13 @@ class SlotBatch:
         tokenizer: its tokenizer.
         slots: rows decoded at once.
         cuda_graph: replay each step as a CUDA graph (default: whenever the model is on CUDA).
+        pad_prefill: run prefills at bucketed shapes (:func:`prefill_shape`; default: whenever the
+            model is on CUDA, where each new shape can cost a kernel compilation; on the CPU
+            padding only adds work). The rows' tokens do not depend on it.
     """
 
-    def __init__(self, model, tokenizer, slots: int, cuda_graph: bool | None = None):
+    def __init__(self, model, tokenizer, slots: int, cuda_graph: bool | None = None,
+                 pad_prefill: bool | None = None):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model, self.tokenizer = model, tokenizer
         self.decoder, self.head = base.get_decoder(), base.get_output_embeddings()
@@ -73,6 +122,7 @@ class SlotBatch:
         self.device, self.dtype = weight.device, weight.dtype
         self.vocab = self.head.weight.shape[0]
         self.use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.pad_prefill = self.device.type == "cuda" if pad_prefill is None else pad_prefill
         module = sys.modules.get(type(attn).__module__)
         self.rope = getattr(module, "apply_rotary_pos_emb", None) or apply_rope
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -192,31 +242,22 @@ class SlotBatch:
         """Prefill the distinct prompts of ``rows`` (right-padded: each row's tokens sit at their own
         positions), copy each into its rows' slots and pick every row's first token."""
         prompts, source = distinct_prompts(rows)
-        n, P = len(prompts), max(map(len, prompts))
+        n, longest = len(prompts), max(map(len, prompts))
+        m, P = prefill_shape(n, longest, self.slots, self.width) if self.pad_prefill else (n, longest)
+        # Pad rows repeat the first prompt: a row's attention sees only its own keys, so they change
+        # no real row's values, and their results are never read (``src`` indexes real rows only).
+        prompts = prompts + [prompts[0]] * (m - n)
         free = [s for s, row in enumerate(self._slots) if row is None][:len(rows)]
         # Every host-to-device copy of a join in one pinned, asynchronous transfer: a plain copy would
         # wait for the step in flight.
-        ids = torch.full((n, P), self.pad_id, dtype=torch.long)
+        ids = torch.full((m, P), self.pad_id, dtype=torch.long)
         for b, p in enumerate(prompts):
             ids[b, :len(p)] = torch.tensor(p)
         meta = torch.tensor([len(p) for p in prompts] + free + source, dtype=torch.long)
         ids, meta = self._upload(ids), self._upload(meta)
-        lengths, slots, src = meta[:n], meta[n:n + len(rows)], meta[n + len(rows):]       # (n,) (N,) (N,)
-        columns = torch.arange(P, device=self.device)
-        real = columns[None, :] < lengths[:, None]                                          # (n, P)
-        # Key j is visible to query i when j <= i and j is a real token; every query sees itself.
-        mask = ((columns[None, :] <= columns[:, None])[None] & real[:, None, :]) | torch.eye(
-            P, dtype=torch.bool, device=self.device)[None]
-        mask = mask[:, None]                                                                # (n, 1, P, P)
-        x = self.decoder.embed_tokens(ids)                                                  # (n, P, d)
-        cos, sin = self.decoder.rotary_emb(x, columns[None].expand(n, P))
-        keys = [torch.zeros((n, self.n_kv, P, self.head_dim), dtype=self.dtype, device=self.device)
-                for _ in self.decoder.layers]
-        values = [torch.zeros_like(k) for k in keys]
-        for layer, k, v in zip(self.decoder.layers, keys, values):
-            x = cache_layer(layer, x, cos, sin, k, v, columns, mask, self.rope)
-        last = x[torch.arange(n, device=self.device), lengths - 1]                         # (n, d)
-        logits = self.head(self.decoder.norm(last)).float()                                # (n, V)
+        lengths, slots, src = meta[:m], meta[m:m + len(rows)], meta[m + len(rows):]       # (m,) (N,) (N,)
+        keys, values, logits = self._forward(ids, lengths)
+        real = torch.arange(P, device=self.device)[None, :] < lengths[:, None]             # (m, P)
 
         for cache, new in zip(self.k + self.v, keys + values):
             cache[slots, :, :P] = new[src]
@@ -238,6 +279,61 @@ class SlotBatch:
             self._slots[s] = row
             self._columns[s] = len(row.prompt_ids)
         self._record(first, list(zip(free, rows)), by_slot=False)
+
+    def _forward(self, ids: torch.Tensor, lengths: torch.Tensor):
+        """The prefill forward of ``ids`` (n, P), row b's prompt in its first ``lengths[b]`` columns.
+        Returns each layer's keys and values (n, Hkv, P, D) and the logits (n, V) at each last token."""
+        n, P = ids.shape
+        columns = torch.arange(P, device=self.device)
+        real = columns[None, :] < lengths[:, None]                                          # (n, P)
+        # Key j is visible to query i when j <= i and j is a real token; every query sees itself.
+        mask = ((columns[None, :] <= columns[:, None])[None] & real[:, None, :]) | torch.eye(
+            P, dtype=torch.bool, device=self.device)[None]
+        mask = mask[:, None]                                                                # (n, 1, P, P)
+        x = self.decoder.embed_tokens(ids)                                                  # (n, P, d)
+        cos, sin = self.decoder.rotary_emb(x, columns[None].expand(n, P))
+        keys = [torch.zeros((n, self.n_kv, P, self.head_dim), dtype=self.dtype, device=self.device)
+                for _ in self.decoder.layers]
+        values = [torch.zeros_like(k) for k in keys]
+        for layer, k, v in zip(self.decoder.layers, keys, values):
+            x = cache_layer(layer, x, cos, sin, k, v, columns, mask, self.rope)
+        last = x[torch.arange(n, device=self.device), lengths - 1]                         # (n, d)
+        return keys, values, self.head(self.decoder.norm(last)).float()                    # (n, V)
+
+    def warm(self, prompt_tokens: int, new_tokens: int = 0) -> dict:
+        """Run what the first requests would otherwise pay for, before they come: the prefill at every
+        bucketed shape for prompts of up to ``prompt_tokens`` tokens (rows 1, 2, 4... ``slots``) and,
+        with CUDA graphs, the capture of the decoding step's graphs (greedy and sampling; every row
+        bucket and attention width of a cache wide enough for ``prompt_tokens + new_tokens``).
+
+        Returns:
+            ``{"seconds", "prefill_shapes", "graphs"}``: the time it took and what it ran.
+        """
+        started = time.perf_counter()
+        shapes = 0
+        with torch.inference_mode():
+            need = prompt_tokens + new_tokens
+            self._ensure_width(min(need, self.limit) if self.limit else need)
+            for P in width_buckets(min(prompt_tokens, self.width), self.width):
+                for n in row_buckets(self.slots):
+                    ids = torch.full((n, P), self.pad_id, dtype=torch.long, device=self.device)
+                    self._forward(ids, torch.full((n,), P, dtype=torch.long, device=self.device))
+                    shapes += 1
+            captured = len(self.graphs)
+            if self.use_graph and not len(self):
+                width = MIN_WIDTH
+                while True:
+                    for rows in row_buckets(self.slots):
+                        for mode in ("greedy", "sample"):
+                            if (rows, min(width, self.width), mode) not in self.graphs:
+                                self._capture((rows, min(width, self.width), mode))
+                    if width >= self.width:
+                        break
+                    width *= 2
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return {"seconds": time.perf_counter() - started, "prefill_shapes": shapes,
+                "graphs": len(self.graphs) - captured}
 
     def _configure(self, rows: list[DecodeRow], slots: torch.Tensor) -> None:
         """Write each row's sampling settings and uniforms into its slot (``slots`` (N,) on the device)."""

@@ -61,7 +61,8 @@ def create_app(config: ServeConfig | None = None, pool: ModelPool | None = None,
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        # The base model's slot batch is warmed up before the first job (ServeConfig.warmup_prompt_tokens).
+        batcher.start(warm=getattr(pool, "base", None))
         pool.before_change.append(batcher.drain)
         try:
             yield
@@ -105,7 +106,7 @@ def _server(config: ServeConfig, pool: ModelPool | None, store: FeedbackStore | 
                              max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
     return Server(config=config, pool=pool, store=store or FeedbackStore(config.db),
                   batcher=Batcher(config.max_batch_size, config.batch_window_ms / 1000, config.max_pending,
-                                  config.cuda_graphs),
+                                  config.cuda_graphs, config.warmup_prompt_tokens, config.default_max_tokens),
                   limiter=limiter, api_keys=api_keys, limits=limits, run_defaults=run_defaults)
 
 
@@ -137,4 +138,5 @@ async def health(request: Request):
     s = server(request).batcher.stats
     return {"status": "ok", "models": server(request).pool.names(), "batches": s.batches, "prompts": s.prompts,
             "largest_batch": s.largest, "joined": s.joined, "steps": s.steps, "cancelled": s.cancelled,
-            "prefills": s.prefills, "prefill_s": round(s.prefill_s, 4), "step_s": round(s.step_s, 4)}
+            "prefills": s.prefills, "prefill_s": round(s.prefill_s, 4), "step_s": round(s.step_s, 4),
+            "warming": s.warming, "warmup_s": round(s.warmup_s, 3)}

@@ -25,7 +25,11 @@ and it is skipped if it has not started.
 On a CUDA GPU, Llama-style models decode on fixed slots (:class:`acculturate.decode.slots.SlotBatch`):
 a static KV cache of ``max_batch_size`` rows, each step one CUDA-graph replay, rows joining and
 leaving between replays. The slot batch (cache and captured graphs) is kept while the same weights
-run, so later batches reuse it. Elsewhere (the CPU, other model types, prompt tuning, a job with more
+run, so later batches reuse it. With ``warm_prompt_tokens`` > 0 the worker builds the slot batch of the
+model given to :meth:`Batcher.start` before it takes its first job and runs every bucketed prefill
+shape and decoding graph once (:meth:`acculturate.decode.slots.SlotBatch.warm`), so the first
+requests pay no kernel compilation or graph capture; requests that come meanwhile wait in the queue.
+Elsewhere (the CPU, other model types, prompt tuning, a job with more
 rows than ``max_batch_size``) the batch is a :class:`acculturate.decode.engine.DecodeBatch`.
 """
 
@@ -98,6 +102,8 @@ class BatchStats:
     prefills: int = 0    # admissions: one prefill forward each, however many rows it admits
     prefill_s: float = 0.0   # worker time spent admitting rows (tokenizing, prefill, first tokens)
     step_s: float = 0.0      # worker time spent in steps (launching, reading and streaming tokens)
+    warming: bool = False    # the worker is warming the slot batch up (Batcher.start) and takes no job yet
+    warmup_s: float = 0.0    # how long that warm-up took (0: none ran)
 
 
 class Batcher:
@@ -107,12 +113,16 @@ class Batcher:
         max_batch_size: most rows decoding at once (a single job with more still runs, alone).
         window_s: how long an idle worker waits for more jobs after the first.
         max_pending: most prompts queued or running; :meth:`submit` raises :class:`Overloaded` beyond it.
+        cuda_graphs: decode on fixed slots with graph replays where the model allows.
+        warm_prompt_tokens: at :meth:`start`, warm the slot batch up for prompts of up to this many
+            tokens (0: no warm-up); ``warm_new_tokens`` more columns of cache are allocated with it.
     """
 
     def __init__(self, max_batch_size: int = 16, window_s: float = 0.01, max_pending: int = 256,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, warm_prompt_tokens: int = 0, warm_new_tokens: int = 0):
         self.max_batch_size = max_batch_size
-        self.cuda_graphs = cuda_graphs   # fixed slots with graph replays where the model allows
+        self.cuda_graphs = cuda_graphs
+        self.warm_prompt_tokens, self.warm_new_tokens = warm_prompt_tokens, warm_new_tokens
         self.window_s = window_s
         self.max_pending = max_pending
         self.stats = BatchStats()
@@ -123,8 +133,10 @@ class Batcher:
         self._stopping = False
         self._drain = threading.Event()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="acculturate-batcher", daemon=True)
+    def start(self, warm=None) -> None:
+        """Start the worker; with ``warm`` (a served model) and ``warm_prompt_tokens`` > 0 it first
+        warms a slot batch for ``warm``'s weights up (where they decode on slots)."""
+        self._thread = threading.Thread(target=self._loop, args=(warm,), name="acculturate-batcher", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -151,10 +163,12 @@ class Batcher:
 
     # --- the worker -------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, warm=None) -> None:
         backlog: list[Job] = []
         running = _Running(self.max_batch_size if self.cuda_graphs else 0)
         try:
+            if warm is not None and self.warm_prompt_tokens > 0:
+                self._warm(running, warm)
             while True:
                 if not running.rows and not backlog:
                     running.close()
@@ -185,6 +199,22 @@ class Batcher:
                     break
                 if job is not None:
                     self._finish(job, error=Cancelled("the server stopped before this request ran"))
+
+    def _warm(self, running: "_Running", served) -> None:
+        self.stats.warming = True
+        try:
+            done = running.warm(served, self.warm_prompt_tokens, self.warm_new_tokens)
+        except Exception:   # a failed warm-up costs the first requests time, never the server
+            log.exception("warming the slot batch up failed; shapes will compile on first use")
+            running.forget()   # its state may be half-written: the first batch builds a fresh one
+            done = None
+        finally:
+            self.stats.warming = False
+        if done is not None:
+            self.stats.warmup_s = done["seconds"]
+            log.info("warmed up in %.2f s: %d prefill shapes (prompts up to %d tokens, up to %d rows), %d decoding "
+                     "graphs", done["seconds"], done["prefill_shapes"], self.warm_prompt_tokens,
+                     self.max_batch_size, done["graphs"])
 
     def _collect(self, backlog: list[Job], deadline: float | None) -> bool:
         """Move queued jobs into ``backlog``: until ``deadline`` or a full batch, or (deadline None)
@@ -327,6 +357,19 @@ class _Running:
             self.batch = self._kept[1]
         else:
             self.batch = DecodeBatch(served.model, served.tokenizer)
+
+    def warm(self, served, prompt_tokens: int, new_tokens: int) -> dict | None:
+        """Make the kept slot batch for ``served``'s weights and warm it up
+        (:meth:`SlotBatch.warm`); None where those weights do not decode on slots."""
+        if not self.slots or not static_decoding_supported(served.model):
+            return None
+        with served.active():
+            self._kept = (weights_key(served), SlotBatch(served.model, served.tokenizer, self.slots))
+            return self._kept[1].warm(prompt_tokens, new_tokens)
+
+    def forget(self) -> None:
+        """Drop the kept slot batch (its cache and graphs)."""
+        self._kept = None
 
     def close(self, failed: bool = False) -> None:
         if isinstance(self.batch, SlotBatch):

@@ -72,6 +72,12 @@ class ServeConfig:
     cuda_graphs: bool = True
     """On a CUDA GPU, decode Llama-style models on ``max_batch_size`` fixed slots of a static KV cache,
     each step one CUDA-graph replay (acculturate/decode/slots.py); False: the eager batch everywhere."""
+    warmup_prompt_tokens: int = 512
+    """With ``cuda_graphs`` on a CUDA GPU: before taking requests, run the base model's prefill at every
+    padded shape for prompts of up to this many tokens (1, 2, 4... ``max_batch_size`` rows) and capture
+    its decoding graphs for a cache of this plus ``default_max_tokens`` columns, so first tokens wait on no
+    kernel compilation (the time is in the log and /health ``warmup_s``). Longer prompts still run, and
+    compile on first use. 0: no warm-up. Nothing runs on the CPU."""
     switch_interval_ms: float | None = None
     """Python's thread switch interval in the server process (``sys.setswitchinterval``), or None for
     Python's default (5 ms): after each GPU step the decoding worker can wait up to this long for the
@@ -104,6 +110,10 @@ class ServeConfig:
         self.output_filters = _output_filters(self.output_filters)
         if isinstance(self.rate_limit_per_minute, bool) or not self.rate_limit_per_minute >= 0:
             raise ValueError(f"ServeConfig.rate_limit_per_minute must be >= 0, got {self.rate_limit_per_minute!r}")
+        if isinstance(self.warmup_prompt_tokens, bool) or not isinstance(self.warmup_prompt_tokens, int) \
+                or self.warmup_prompt_tokens < 0:
+            raise ValueError("ServeConfig.warmup_prompt_tokens must be an integer >= 0, "
+                             f"got {self.warmup_prompt_tokens!r}")
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"ServeConfig.cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.switch_interval_ms is not None and (isinstance(self.switch_interval_ms, bool)

@@ -19,6 +19,7 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
 
     # Before the model loads: a server that would be open to the network does not start.
     check_bind(config.host, config.resolved_api_keys(), config.insecure)
+    import logging
     import sys
 
     import uvicorn
@@ -28,6 +29,9 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
     if config.switch_interval_ms is not None:   # the whole process: it runs only the server
         sys.setswitchinterval(config.switch_interval_ms / 1000)
 
+    # The batching worker's start-up line (what its warm-up ran, how long it took) is part of the
+    # server's log even without --verbose.
+    logging.getLogger("acculturate.serve.batching").setLevel(logging.INFO)
     app = create_app(config)
     print(f"serving {', '.join(app.state.pool.names())} on http://{config.host}:{config.port} "
           f"(web chat at /, OpenAI API at /v1); store: {app.state.store.url}", flush=True)
