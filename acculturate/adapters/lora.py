@@ -204,12 +204,17 @@ class LoRALinear(nn.Module):
 
     def _frozen_half_path(self, x: torch.Tensor) -> bool:
         """Whether the half-precision path with the base matmul last applies: the base is a plain
-        frozen ``nn.Linear`` in ``x``'s dtype, without hooks, and the adapter is not merged."""
+        frozen ``nn.Linear`` in ``x``'s dtype or a quantized one (QLoRA's ``NF4Linear``, dequantized
+        to ``x``'s dtype inside the matmul), without hooks, its bias (if any) frozen and in ``x``'s
+        dtype, and the adapter is not merged."""
         base = self.base_layer
-        return (self.frozen_base_last and not self.merged and type(base) is nn.Linear
-                and base.weight.dtype == x.dtype and not base.weight.requires_grad
-                and (base.bias is None or not base.bias.requires_grad)
-                and not (base._forward_hooks or base._forward_pre_hooks))
+        if not self.frozen_base_last or self.merged or base._forward_hooks or base._forward_pre_hooks:
+            return False
+        if base.bias is not None and (base.bias.requires_grad or base.bias.dtype != x.dtype):
+            return False
+        if type(base) is nn.Linear:
+            return base.weight.dtype == x.dtype and not base.weight.requires_grad
+        return _is_quantized(base)
 
     def _half_forward(self, x: torch.Tensor, out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
                       ) -> torch.Tensor:
@@ -239,7 +244,8 @@ class LoRALinear(nn.Module):
         if out is not None:
             return torch.addmm(out.reshape(-1, out.shape[-1]), xa, bs.t()).view(*lead, out.shape[-1]).to(out.dtype)
         lora = torch.mm(xa, bs.t()) if base.bias is None else torch.addmm(base.bias, xa, bs.t())   # (n, out)
-        y = _FrozenAddmm.apply(lora, x2, base.weight) if grad else lora.addmm_(x2, base.weight.t())
+        weight = _frozen_weight(base)
+        y = _FrozenAddmm.apply(lora, x2, weight) if grad else lora.addmm_(x2, _dense(weight, x2.dtype).t())
         return y.view(*lead, y.shape[-1])
 
     def _half_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +292,26 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scale={self.scale:g}, merged={self.merged}"
 
 
+def _is_quantized(base: nn.Module) -> bool:
+    """A quantized frozen base (QLoRA's ``NF4Linear``), duck-typed (nf4.py imports this module): it
+    stores packed codes and gives its weight back with ``dequantize(dtype)``."""
+    return callable(getattr(base, "dequantize", None)) and isinstance(getattr(base, "packed", None), torch.Tensor)
+
+
+def _frozen_weight(base: nn.Module):
+    """What the frozen matmuls below take as ``weight``: a plain base's weight tensor, or the
+    quantized base itself (dequantized by :func:`_dense` at each use, never stored)."""
+    return base.weight if type(base) is nn.Linear else base
+
+
+def _dense(weight, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` as a dense (out, in) tensor of ``dtype``: a plain weight cast if needed, a quantized
+    base dequantized (a temporary that lives for one matmul: QLoRA keeps no full-size weight)."""
+    if isinstance(weight, torch.Tensor):
+        return weight.to(dtype)
+    return weight.dequantize(dtype)
+
+
 class _FrozenAddmm(torch.autograd.Function):
     """``c + x @ weight.T`` for a frozen ``weight``, accumulated into ``c`` in place and saving no
     tensor for backward.
@@ -304,13 +330,13 @@ class _FrozenAddmm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, c: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.weight = weight                                   # (out, in), frozen
+        ctx.weight = weight                                   # (out, in), frozen (or a quantized base)
         ctx.mark_dirty(c)                                     # c (the adapter's product) is ours to overwrite
-        return c.addmm_(x, weight.t())                        # (n, out)
+        return c.addmm_(x, _dense(weight, x.dtype).t())       # (n, out)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        dx = dy.mm(ctx.weight.to(dy.dtype)) if ctx.needs_input_grad[1] else None   # (n, in)
+        dx = dy.mm(_dense(ctx.weight, dy.dtype)) if ctx.needs_input_grad[1] else None   # (n, in)
         return (dy if ctx.needs_input_grad[0] else None), dx, None
 
 
@@ -354,7 +380,7 @@ class _LoRAOut(torch.autograd.Function):
             xa_i = xa[:, lo:lo + bs.shape[1]]
             lo += bs.shape[1]
             y = xa_i.mm(bs.t()) if bias is None else torch.addmm(bias, xa_i, bs.t())   # (n, out)
-            outs.append(y.addmm_(x, weight.t()))
+            outs.append(y.addmm_(x, _dense(weight, x.dtype).t()))
         return tuple(outs)
 
     @staticmethod
@@ -369,18 +395,18 @@ class _LoRAOut(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dx = dxa.mm(ctx.a)                                                 # (n, in)
             for dy, (_, weight, _) in zip(dys, ctx.members):
-                dx.addmm_(dy, weight.to(dy.dtype))
+                dx.addmm_(dy, _dense(weight, dy.dtype))
         return (dxa, dx, None, *grads)
 
 
 def _lora_out(members: list[LoRALinear], x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The outputs of ``members`` (frozen plain-Linear bases, no dropout) for the same ``x2``
+    """The outputs of ``members`` (frozen plain-Linear or quantized bases, no dropout) for the same ``x2``
     (n, in): one ``_LoRAIn`` over their stacked ``A`` and one ``_LoRAOut``."""
     halves = [m._half_weights(x2.dtype) for m in members]
     a = halves[0][0] if len(halves) == 1 else torch.cat([h[0] for h in halves])   # (R, in)
     flat = []
     for m, (_, bs) in zip(members, halves):
-        flat += [bs, m.base_layer.weight, m.base_layer.bias]
+        flat += [bs, _frozen_weight(m.base_layer), m.base_layer.bias]
     return _LoRAOut.apply(_LoRAIn.apply(x2, a), x2, a, *flat)
 
 

@@ -142,6 +142,44 @@ def test_quantize_lora_bases_after_loading_adapter(make_llama, tiny_ids):
     assert dequantize_model(a) == [f"{n}.base_layer" for n in lora_modules(a)]
 
 
+def test_bf16_qlora_takes_the_frozen_base_last_path_with_the_dequantized_results(make_llama, tiny_ids):
+    """A bf16 model with fp32 adapters over NF4 bases (QLoRA on a GPU) runs LoRA's half path with the
+    base matmul last: the NF4 weight is dequantized inside the adapter's matmuls (q/k/v and gate/up
+    as sibling groups) and nothing NF4-shaped is saved for backward. Logits and adapter gradients are
+    those of the same adapters over plain bf16 Linears holding dequant(W)."""
+    def run(model):
+        seen = []
+
+        def pack(t):
+            seen.append(t.dtype)
+            return t
+
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(tiny_ids).logits
+        logits.float().pow(2).mean().backward()
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach().float(), grads, seen
+
+    quant, plain = make_llama().to(torch.bfloat16), make_llama().to(torch.bfloat16)
+    cfg = LoRAConfig(r=4, alpha=8, dropout=0.0)
+    for model in (quant, plain):
+        apply_qlora(model, cfg)
+    _randomize_b(quant)
+    plain.load_state_dict(quant.state_dict())
+    dequantize_model(plain, torch.bfloat16)   # the same adapters over plain Linears with dequant(W)
+    assert nf4_modules(quant) and not nf4_modules(plain)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    assert all(layer._frozen_half_path(x) for layer in lora_modules(quant).values())
+    q_logits, q_grads, q_saved = run(quant)
+    p_logits, p_grads, _ = run(plain)
+    assert torch.uint8 not in q_saved   # the packed codes are not saved: the base matmul saves nothing
+    torch.testing.assert_close(q_logits, p_logits, rtol=0, atol=0)
+    assert q_grads.keys() == p_grads.keys() and len(q_grads) == 2 * 14
+    for name in q_grads:
+        torch.testing.assert_close(q_grads[name], p_grads[name], rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 def test_qlora_trains_on_cuda(make_llama, tiny_ids):
     model = make_llama().cuda()
