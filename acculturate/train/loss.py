@@ -56,15 +56,18 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     Returns:
         ``(loss_sum, n_targets)``: a scalar fp32 tensor (differentiable) and the number of targets.
     """
-    labels = batch["labels"].to(device)                   # (B, T)
-    keep = target_mask(labels)                            # (B, T)
-    targets = labels[:, 1:][keep[:, :-1]]                 # (N,) row-major, like logits[keep] below
+    # The masks and index lists are formed where the labels are (the host, for a collated batch):
+    # boolean indexing on the GPU would wait for the device (its result size is data-dependent).
+    labels = batch["labels"]                              # (B, T)
+    keep_here = target_mask(labels)                       # (B, T)
+    targets = _to(labels[:, 1:][keep_here[:, :-1]], device)   # (N,) row-major, like the rows picked below
     if targets.numel() == 0:
         return torch.zeros((), device=device), 0
-    weights = None                                        # (N,) each target's example weight
+    picked = _to(keep_here.reshape(-1).nonzero().squeeze(1), device)   # (N,) flat (B*T) positions of keep
+    weights = None                                        # (N,) each target's example weight (on the host)
     if "loss_weights" in batch:
-        weights = batch["loss_weights"].to(device)[:, 1:][keep[:, :-1]]
-    inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+        weights = batch["loss_weights"][:, 1:][keep_here[:, :-1]]
+    inputs = {k: _to(batch[k], device) for k in MODEL_INPUTS if k in batch}
     if "position_ids" in inputs and "attention_mask" not in inputs and uses_varlen_attention(model):
         inputs.update(varlen_kwargs(inputs["position_ids"]))   # packed rows: example boundaries
     amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
@@ -74,7 +77,7 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
     if targets.numel() * vocab > chunked_above:
         hidden = final_hidden_states(model, inputs, amp)           # (B, T, d) or None
         if hidden is not None and hidden.shape[:2] == labels.shape:
-            hidden = hidden[keep]                                  # (N, d)
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, picked)   # (N, d)
             with amp:
                 if weights is None:
                     return chunked_cross_entropy(hidden, head, targets), int(targets.numel())
@@ -83,19 +86,31 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: tor
                 total = hidden.new_zeros((), dtype=torch.float32)
                 for w in torch.unique(weights).tolist():
                     if w != 0.0:
-                        rows = weights == w
-                        total = total + w * chunked_cross_entropy(hidden[rows], head, targets[rows])
+                        rows = _to((weights == w).nonzero().squeeze(1), device)
+                        total = total + w * chunked_cross_entropy(hidden.index_select(0, rows), head,
+                                                                  targets.index_select(0, rows))
                 return total, int(targets.numel())
-    positions = keep.any(dim=0).nonzero().squeeze(1)      # (K,) positions with a target in some row
+    positions_here = keep_here.any(dim=0).nonzero().squeeze(1)   # (K,) positions with a target in some row
+    positions = _to(positions_here, device)
     with amp:
         logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits   # (B, K, V)
     if logits.shape[1] != positions.numel():   # a model that ignored logits_to_keep: (B, T, V)
         logits = logits[:, positions]
-    logits = logits[keep[:, positions]]                   # (N, V)
+    rows = _to(keep_here[:, positions_here].reshape(-1).nonzero().squeeze(1), device)   # (N,) of B*K
+    logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)                 # (N, V)
     if weights is None:
         return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
     losses = F.cross_entropy(logits.float(), targets, reduction="none")   # (N,)
-    return (losses * weights).sum(), int(targets.numel())
+    return (losses * _to(weights, device)).sum(), int(targets.numel())
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the host to a GPU through pinned memory without waiting for the
+    device (a plain ``.to`` from pageable memory synchronizes the stream: the GPU would idle while
+    the host prepares the next step)."""
+    if t.device == device or device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict, amp) -> torch.Tensor | None:

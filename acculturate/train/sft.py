@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # Fields that only change how often the loop reports or saves, not the weights it ends with: a
 # resumed run may change them. Any other field must match the checkpoint's.
 _RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed", "report_to",
-                       "activation_checkpointing"}
+                       "activation_checkpointing", "memory_budget_gib"}
 
 
 @dataclass
@@ -84,12 +84,17 @@ class TrainConfig:
     """Experiment trackers to log the config, losses, learning rate, tokens/s, eval loss, peak memory
     and the final report to: any of 'tensorboard', 'mlflow', 'wandb' (offline, under
     ``<out_dir>/tracking``; each needs its extra installed). Empty: the JSONL log only."""
-    activation_checkpointing: str = "auto"
+    activation_checkpointing: str | int = "auto"
     """Recompute activations in the backward pass to save memory: 'off', 'mlp' (each layer's MLP
-    block only: most of the memory for a third of the recompute), 'full' (each layer keeps only its
-    input) or 'auto': off on the CPU; on a GPU the cheapest policy whose estimated activations fit
-    the free memory (see :mod:`acculturate.train.checkpointing`). A run that cannot fit fails
-    before its first step, naming the setting to change."""
+    block only), 'full' (each layer keeps only its input), a number n (the first n decoder layers
+    as under 'full', the layers above keep their activations: faster than 'full', more memory) or
+    'auto': off on the CPU; on a GPU the option with the least recomputation whose estimated
+    activations fit the free memory (see :mod:`acculturate.train.checkpointing`). A run that
+    cannot fit fails before its first step, naming the setting to change."""
+    memory_budget_gib: float | None = None
+    """GPU memory (GiB, weights included) that 'auto' plans the checkpointing for, when it is less
+    than what the device has free: to leave room for other processes on the GPU, or to train as a
+    smaller card would. A planning budget, not an allocator limit. None: the free memory."""
 
     def __post_init__(self):
         def fail(name, expected):
@@ -122,8 +127,15 @@ class TrainConfig:
         if self.distributed not in distributed.STRATEGIES:
             fail("distributed", f"one of {list(distributed.STRATEGIES)}")
         check_backends(self.report_to, "TrainConfig.report_to")
-        if self.activation_checkpointing not in checkpointing.POLICIES:
-            fail("activation_checkpointing", f"one of {list(checkpointing.POLICIES)}")
+        try:
+            self.activation_checkpointing = checkpointing.check_policy(self.activation_checkpointing,
+                                                                       "TrainConfig.activation_checkpointing")
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if self.memory_budget_gib is not None and not (
+                isinstance(self.memory_budget_gib, (int, float)) and not isinstance(self.memory_budget_gib, bool)
+                and self.memory_budget_gib > 0):
+            fail("memory_budget_gib", "None or a number of GiB > 0")
 
 
 @dataclass
@@ -155,8 +167,8 @@ class TrainResult:
     """Features with no target token left after truncation."""
     history: list[dict] = field(default_factory=list)
     """The rows of metrics.jsonl."""
-    activation_checkpointing: str = "off"
-    """The policy applied (auto resolved)."""
+    activation_checkpointing: str | int = "off"
+    """The policy applied (auto resolved): off, mlp, full or the number of layers checkpointed."""
     activation_estimate_bytes: int | None = None
     """Its estimated activations per micro-batch (GPU)."""
 
@@ -262,6 +274,41 @@ def _mixed_precision(model: torch.nn.Module, params: list[torch.nn.Parameter]) -
     return torch.bfloat16
 
 
+class _Reading:
+    """Scalars of the device copied to the host without waiting for the device: on CUDA into
+    pinned memory with a non-blocking copy and a timing event after it. :meth:`values` waits for
+    that event only (by then long passed when the loop reads a step's values one step later), and
+    :meth:`seconds_since` is the device's wall time from an earlier reading's event to this one's
+    (idle time included, as a host clock would count it). On the CPU the values are read at once
+    and the times are the host's."""
+
+    def __init__(self, values: list[torch.Tensor | None], device: torch.device):
+        self.missing = [v is None for v in values]
+        present = [v.detach().reshape(1).to(torch.float64) for v in values if v is not None]
+        flat = torch.cat(present) if present else torch.zeros(0, dtype=torch.float64, device=device)
+        self.event = None
+        if device.type == "cuda":
+            self.host = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
+            self.host.copy_(flat, non_blocking=True)
+            self.event = torch.cuda.Event(enable_timing=True)
+            self.event.record()
+            self.time = None
+        else:
+            self.host, self.time = flat, time.perf_counter()
+
+    def values(self) -> list[float | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        found = iter(self.host.tolist())
+        return [None if missing else next(found) for missing in self.missing]
+
+    def seconds_since(self, earlier: "_Reading") -> float:
+        if self.event is not None and earlier.event is not None:
+            self.event.synchronize()
+            return earlier.event.elapsed_time(self.event) / 1000
+        return self.time - earlier.time
+
+
 def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features: Sequence[dict] | None,
           config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pad_id: int,
           device: str | torch.device | None = None, progress: bool = True, objective=None,
@@ -305,8 +352,12 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     model_dtype = next(model.parameters()).dtype
     amp_dtype = _mixed_precision(model, params)
     # Before the first step: choose the checkpointing policy, or fail now if the run cannot fit.
+    free = None
+    if device.type == "cuda" and config.memory_budget_gib is not None:
+        free = min(torch.cuda.mem_get_info(device)[0],
+                   int(config.memory_budget_gib * 2 ** 30) - torch.cuda.memory_allocated(device))
     memory_plan = checkpointing.plan(model, config.activation_checkpointing,
-                                     config.batch_size * config.max_length, device)
+                                     config.batch_size * config.max_length, device, free_bytes=free)
     checkpointing.apply(model, memory_plan.policy)
     # Under torchrun: DDP/FSDP2 wrapping, this rank's share of each batch, sums over ranks.
     par = distributed.setup(model, config.distributed, device)
@@ -382,8 +433,31 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train", unit="step")
     model.train()
     batches, batches_epoch = None, -1
-    t0 = t_window = time.perf_counter()
+    t0 = time.perf_counter()
     window_tokens = window_labels = 0
+    # The step's loss and gradient norm stay on the device; a logged row reads them one step later,
+    # when the device has long passed them (see _Reading): no step waits for the GPU to drain.
+    window_loss = torch.tensor(float(window["loss"]), dtype=torch.float64, device=device)
+    window_start = _Reading([], device)   # marks the start of the first log window
+    pending: dict | None = None           # the last logged row, its device values not read yet
+
+    def flush() -> None:
+        nonlocal pending, last_train_loss
+        if pending is None:
+            return
+        p, pending = pending, None
+        loss, grad_norm = p["reading"].values()
+        seconds = max(p["reading"].seconds_since(p["start"]), 1e-9)
+        last_train_loss = loss / max(p["targets"], 1)
+        row = {"step": p["step"], "epoch": p["epoch"], "loss": round(last_train_loss, 6), "lr": p["lr"],
+               "grad_norm": grad_norm, "tokens_per_s": round(p["tokens"] / seconds, 2),
+               "label_tokens_per_s": round(p["labels"] / seconds, 2), **p["extra"]}
+        history.append(row)
+        if par.is_main:
+            append_jsonl(log_path, row)
+        tracker.metrics(row)
+        bar.set_postfix(loss=f"{last_train_loss:.4f}", lr=f"{p['lr']:.2e}")
+
     with tracker:
         with PeakMemory(device) as memory:
             for step in range(start_step, total_steps):
@@ -397,7 +471,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                 n_targets = int(par.all_sum(sum(count_targets(b) * w for b, (_, w) in zip(group, shards))))
                 lr = scheduler.get_last_lr()[0]
                 optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
+                step_loss = torch.zeros((), dtype=torch.float64, device=device)
                 if objective is not None:
                     objective.start_step(step, [[rows[i] for i in idx] for idx in group_idx])
                 for j, (batch, (_, weight)) in enumerate(zip(group, shards)):
@@ -407,48 +481,47 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
                             (s * (weight * par.grad_scale) / n_targets).backward()
                     else:   # regularised loss (one process only, checked above); returns the plain loss sum
                         s = objective.backward(model, batch, n_targets, j, len(group), device, amp_dtype)
-                    step_loss += s.item() * weight
-                step_loss = par.all_sum(step_loss)
+                    step_loss = step_loss + s.detach().to(torch.float64) * weight
+                if par.world > 1:
+                    step_loss = torch.tensor(par.all_sum(step_loss.item()), dtype=torch.float64, device=device)
+                flush()   # the last logged row: its values were ready before this step's work was queued
                 grad_norm = None
                 if config.max_grad_norm:
                     norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    grad_norm = float(distributed.full_tensor(norm))
+                    grad_norm = norm.detach() if par.world == 1 else distributed.full_tensor(norm)
                 optimizer.step()
                 scheduler.step()
-                window["loss"] += step_loss
+                window_loss = window_loss + step_loss
                 window["targets"] += n_targets
                 window["steps"] += 1
                 window_labels += n_targets
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss / n_targets:.4f}", lr=f"{lr:.2e}")
 
                 done = step + 1
                 eval_loss = None
                 if config.eval_every and done % config.eval_every == 0 and done < total_steps:
                     eval_loss = evaluate_loss(model, eval_rows, config, pad_id, device, amp_dtype, par)
                 if done % config.log_every == 0 or done == total_steps or eval_loss is not None:
-                    now = time.perf_counter()
-                    last_train_loss = window["loss"] / max(window["targets"], 1)
-                    row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
-                           "loss": round(last_train_loss, 6), "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": round(window_tokens / (now - t_window), 2),
-                           "label_tokens_per_s": round(window_labels / (now - t_window), 2)}
-                    if eval_loss is not None:
-                        row["eval_loss"] = round(eval_loss, 6)
+                    extra = {} if eval_loss is None else {"eval_loss": round(eval_loss, 6)}
                     if objective is not None:
-                        row.update(objective.log_fields())
-                    history.append(row)
-                    if par.is_main:
-                        append_jsonl(log_path, row)
-                    tracker.metrics(row)
+                        extra.update(objective.log_fields())
+                    reading = _Reading([window_loss, grad_norm], device)
+                    pending = {"step": done, "epoch": round(done / steps_per_epoch, 4), "lr": lr,
+                               "targets": window["targets"], "tokens": window_tokens, "labels": window_labels,
+                               "extra": extra, "reading": reading, "start": window_start}
                     tokens_seen, labels_seen = tokens_seen + window_tokens, labels_seen + window_labels
                     window = {"loss": 0.0, "targets": 0, "steps": 0}
+                    window_loss = torch.zeros((), dtype=torch.float64, device=device)
                     window_tokens = window_labels = 0
-                    t_window = now
+                    window_start = reading
                 if eval_loss is not None and on_eval is not None:
+                    flush()
                     on_eval(done, eval_loss)
                 if config.save_every and done % config.save_every == 0 and done < total_steps:
+                    flush()
+                    window["loss"] = float(window_loss)
                     checkpoint(done)
+            flush()
             bar.close()
             if start_step < total_steps:
                 checkpoint(total_steps)

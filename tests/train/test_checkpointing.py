@@ -42,7 +42,7 @@ def _batch(vocab: int, rows: int, length: int, device) -> dict:
     return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
 
-@pytest.mark.parametrize("policy", ["mlp", "full"])
+@pytest.mark.parametrize("policy", ["mlp", "full", 1])
 def test_policies_equal_no_checkpointing_on_cpu(policy):
     model = tiny_model()
     apply_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=TARGETS))
@@ -59,24 +59,64 @@ def test_policies_equal_no_checkpointing_on_cpu(policy):
 
 
 def test_auto_chooses_by_the_estimate_and_refuses_what_cannot_fit():
-    model = tiny_model()
+    model = tiny_model()   # 2 layers
     c, cpu = model.config, torch.device("cpu")
-    per = {p: checkpointing.activation_bytes(c, 1, p) for p in ("off", "mlp", "full")}
-    assert per["off"] > per["mlp"] > per["full"]
+    per = {p: checkpointing.activation_bytes(c, 1, p) for p in ("off", "mlp", "full", 1)}
+    # The top layer unchecked costs no more than full's one recomputed layer (minus its kept input).
+    assert per["off"] > per["mlp"] > per["full"] > per[1]
+    assert checkpointing.activation_bytes(c, 1, 2) == per["full"] and checkpointing.activation_bytes(c, 1, 0) == per["off"]
     free = 10 ** 9
     fits = lambda policy: int(0.85 * free / per[policy])  # noqa: E731  tokens that fit under policy
     assert checkpointing.plan(model, "auto", fits("off"), cpu, free_bytes=free).policy == "off"
-    assert checkpointing.plan(model, "auto", fits("mlp"), cpu, free_bytes=free).policy == "mlp"
-    assert checkpointing.plan(model, "auto", fits("full"), cpu, free_bytes=free).policy == "full"
+    assert checkpointing.plan(model, "auto", fits(1), cpu, free_bytes=free).policy == 1
     with pytest.raises(ValueError, match="train.batch_size or train.max_length"):
-        checkpointing.plan(model, "auto", 2 * fits("full"), cpu, free_bytes=free)
-    with pytest.raises(ValueError, match="set train.activation_checkpointing to 'mlp'"):
-        checkpointing.plan(model, "off", fits("mlp"), cpu, free_bytes=free)
+        checkpointing.plan(model, "auto", 2 * fits(1), cpu, free_bytes=free)
+    with pytest.raises(ValueError, match="set train.activation_checkpointing to 1"):
+        checkpointing.plan(model, "off", fits(1), cpu, free_bytes=free)
+    with pytest.raises(ValueError, match="3 layers to checkpoint, but the model has 2"):
+        checkpointing.plan(model, 3, 10, cpu)
     # Without a budget (the CPU): auto is off, an explicit policy is applied as asked.
     assert checkpointing.plan(model, "auto", 10 ** 9, cpu).policy == "off"
     assert checkpointing.plan(model, "full", 10 ** 9, cpu).policy == "full"
+    assert checkpointing.plan(model, 2, 10 ** 9, cpu).policy == "full"   # every layer: full
     with pytest.raises(ValueError, match="TrainConfig.activation_checkpointing: expected one of"):
         TrainConfig(activation_checkpointing="some")
+    with pytest.raises(ValueError, match="TrainConfig.activation_checkpointing: expected one of"):
+        TrainConfig(activation_checkpointing=-1)
+    assert TrainConfig(activation_checkpointing="30").activation_checkpointing == 30   # as --set gives it
+    with pytest.raises(ValueError, match="TrainConfig.memory_budget_gib"):
+        TrainConfig(memory_budget_gib=0)
+
+
+class _Shaped(torch.nn.Module):
+    """Only what plan() reads: an HF-like config and the trainable parameters (LoRA r16 at 8B: 42M)."""
+
+    def __init__(self, **shape):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(**shape)
+        self.lora = torch.nn.Parameter(torch.zeros(0))
+        self.trainable = 41_943_040
+
+
+def test_auto_checkpoints_the_fewest_layers_that_fit_the_budget(monkeypatch):
+    """At the Llama-3.1-8B shape, B4 x 2048: auto takes the fewest checkpointed layers (from the
+    bottom) whose estimate fits 90% of the budget, for any budget between off and full; a 20 GiB
+    card (5 GiB free after the 15 GiB of weights) gets 31 of 32 layers checkpointed."""
+    model = _Shaped(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8)
+    monkeypatch.setattr(checkpointing, "_optimizer_bytes", lambda m: 12 * m.trainable)
+    cpu, tokens, optimizer = torch.device("cpu"), 4 * 2048, 12 * model.trainable
+    need = lambda p: checkpointing.activation_bytes(model.config, tokens, p)  # noqa: E731
+    for n in (1, 8, 16, 30, 31):
+        free = int(need(n) / 0.9) + optimizer + 1
+        chosen = checkpointing.plan(model, "auto", tokens, cpu, free_bytes=free)
+        assert chosen.policy == n and chosen.activation_bytes == need(n)
+        assert need(n - 1) > 0.9 * (free - optimizer)   # one layer fewer would not fit
+    assert checkpointing.plan(model, "auto", tokens, cpu, free_bytes=5 * 2 ** 30).policy == 31
+    assert checkpointing.plan(model, "auto", tokens, cpu, free_bytes=80 * 2 ** 30).policy == "off"
+    assert checkpointing.recompute_cost(model.config, "mlp") == pytest.approx(32 * 14336 / (14336 + 4096 + 1024))
 
 
 def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
@@ -90,7 +130,7 @@ def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
 
 # --- on a GPU ----------------------------------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("policy", ["mlp", "full"])
+@pytest.mark.parametrize("policy", ["mlp", "full", 2])
 def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
     """A Llama with LoRA on every projection, bf16 weights and fp32 adapters under autocast, Liger's
     kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
@@ -125,7 +165,7 @@ def test_auto_policy_on_gpu_reads_free_memory(cuda_llama):
     assert checkpointing.plan(model, "auto", 4 * 512, cuda).policy == "off"
     too_many_for_off = int(1.2 * free / per["off"])
     chosen = checkpointing.plan(model, "auto", too_many_for_off, cuda)
-    assert chosen.policy in ("mlp", "full") and chosen.activation_bytes < chosen.free_bytes
+    assert chosen.policy not in ("off", "auto") and chosen.activation_bytes < chosen.free_bytes
     with pytest.raises(ValueError, match="train.activation_checkpointing to"):
         checkpointing.plan(model, "off", too_many_for_off, cuda)
     with pytest.raises(ValueError, match="train.batch_size"):
