@@ -170,3 +170,12 @@ def test_auto_policy_on_gpu_reads_free_memory(cuda_llama):
         checkpointing.plan(model, "off", too_many_for_off, cuda)
     with pytest.raises(ValueError, match="train.batch_size"):
         checkpointing.plan(model, "auto", int(2 * free / per["full"]), cuda)
+
+
+def test_summary_line_names_the_policy():
+    from acculturate.cli.train import speed_line
+
+    t = {"tokens_per_s": 13000.4, "peak_memory_bytes": 19.5 * 2 ** 30, "peak_memory_kind": "cuda_max_allocated"}
+    assert speed_line({**t, "activation_checkpointing": 30}).endswith("activation checkpointing of the first 30 layers")
+    assert speed_line({**t, "activation_checkpointing": "full"}) == (
+        "13,000 tokens/s, peak memory 19.50 GiB (GPU max allocated, weights included), activation checkpointing full")
