@@ -502,9 +502,9 @@ def main() -> None:
             continue
         cases = TRAIN_ROWS.get(row, [])
         for i in range(RUNS):   # interleaved: drift of the machine hits every case alike
-            for shape, B, S, steps, ours_ckpt, hf_ckpt, method, budget in cases:
+            for shape, B, S, steps, ours_ckpt, hf_ckpt, method, gib in cases:
                 make_model(shape)
-                timed("train", ours_train, shape, B, S, steps, ours_ckpt, i, text, method, budget)
+                timed("train", ours_train, shape, B, S, steps, ours_ckpt, i, text, method, gib)
                 if hf_ckpt is not None and os.environ.get("BENCH_ONLY") != "ours":
                     if method == "qlora":
                         timed("train", hf, ["qlora", make_model(shape), B, S, hf_ckpt, steps])
