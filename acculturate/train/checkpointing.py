@@ -13,9 +13,10 @@ Policies (``TrainConfig.activation_checkpointing``):
 - an integer ``n``: the first ``n`` decoder layers as under ``full``, the layers above them keep
   their activations. The top layers are the ones left unchecked because their backward runs
   first: their activations are freed before any checkpointed layer is recomputed, so the first
-  unchecked layer costs no more memory than ``full``'s one recomputed layer, and each further one
-  costs one layer's activations. Each unchecked layer saves one layer's recompute (5 ms a step
-  at the 8B shape, B4 x 2048, on an H200).
+  unchecked layer costs about what ``full``'s one recomputed layer holds anyway, and each further
+  one a layer's activations. At the 8B shape, B4 x 2048, on an H200: one layer's recompute is 5 ms
+  of a 654 ms step, one layer's activations ~1.07 GiB; 30 of 32 layers checkpointed peaked at
+  20.13 GiB against full's 18.91 (docs/benchmarks.md).
 - ``auto`` (default): ``off`` on the CPU; on a GPU the option with the least recompute (``off``,
   then ``n`` checkpointed layers from 1 up, or ``mlp`` where it recomputes less, then ``full``)
   whose estimated activation memory fits the free GPU memory after the optimizer state (or
