@@ -99,7 +99,7 @@ class AdaptConfig(JobConfig):
     method: MethodConfig = field(default_factory=lambda: MethodConfig(
         lora=LoRAConfig(r=16, alpha=32, dropout=0.0, layers="-20:")))
     """The fine-tuning method: LoRA on the top 20 layers by default."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, batch_size=8, lr=1e-3,
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, min_steps=48, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, max_length=384))
     """The training loop's settings."""
     eval: QAEvalConfig = field(default_factory=lambda: QAEvalConfig(batch_size=32))
