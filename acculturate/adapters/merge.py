@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acculturate.adapters.base_model import pick_base_model
 from acculturate.adapters.lora import merge_lora
 from acculturate.adapters.nf4 import nf4_modules
 from acculturate.adapters.peft_format import AdapterError, load_adapter, read_config_json
@@ -73,7 +74,8 @@ def merge_adapter_dir(base_name_or_path: str | os.PathLike | None, adapter_dir: 
 
     Args:
         base_name_or_path: anything :func:`acculturate.models.load` accepts; None to use the
-            ``base_model_name_or_path`` recorded in the adapter's config.
+            ``base_model_name_or_path`` recorded in the adapter's config, else the embedded default
+            (:func:`acculturate.adapters.base_model.pick_base_model`).
         adapter_dir: a PEFT-format LoRA adapter directory.
         out_dir: where the merged HF model directory goes.
         device, dtype: where and in which precision to merge (default: CPU, the model's dtype
@@ -92,11 +94,7 @@ def merge_adapter_dir(base_name_or_path: str | os.PathLike | None, adapter_dir: 
     if raw.get("peft_type") != "LORA":
         raise AdapterError(f"{path}: peft_type is {raw.get('peft_type')!r}; only LoRA adapters can be merged "
                            f"into the weights (a prompt-tuning adapter is used with --adapter instead)")
-    if base_name_or_path is None:
-        base_name_or_path = raw.get("base_model_name_or_path")
-        if not base_name_or_path:
-            raise ValueError(f"{path} records no base_model_name_or_path; name the base model explicitly")
-    model, tokenizer = load(base_name_or_path, device=device, dtype=dtype)
+    model, tokenizer = load(pick_base_model(base_name_or_path, [adapter_dir]), device=device, dtype=dtype)
     load_adapter(model, adapter_dir)
     if quantized_base:
         quantize_lora_bases(model)

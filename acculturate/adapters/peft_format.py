@@ -32,6 +32,7 @@ from acculturate.adapters.prompt_tuning import PromptTuningConfig, attach_prompt
 from acculturate.adapters.token_rows import (DELTA_KEY, apply_token_rows, token_rows_config,
                                              token_rows_state_dict)
 from acculturate.io import atomic_dir, write_json
+from acculturate.models.loading import embedded_name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -147,7 +148,9 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model_name_o
             ``apply_qlora``; unmerged or merged alike, since merging leaves ``A`` and ``B`` in place);
             for a :class:`PromptTuningConfig`, a prompt-tuned model.
         out_dir: the adapter directory; replaced whole if it exists.
-        base_model_name_or_path: recorded in the config (PEFT's ``AutoPeftModel`` loads the base from it).
+        base_model_name_or_path: recorded in the config (PEFT's ``AutoPeftModel``, and acculturate's
+            commands given no model, load the base from it); an embedded model's file or cache
+            directory is recorded as its name (``"gemma3-270m"``), so the adapter is portable.
         config: the config the adapter was built with; its type picks the format (:data:`SAVERS`).
     Returns:
         ``out_dir`` as a Path.
@@ -156,6 +159,8 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model_name_o
     if saver is None:
         raise TypeError(f"save_adapter: config must be one of {[t.__name__ for t in SAVERS]}, "
                         f"got {type(config).__name__}")
+    if base_model_name_or_path:
+        base_model_name_or_path = embedded_name(base_model_name_or_path) or str(base_model_name_or_path)
     return saver(model, out_dir, base_model_name_or_path, config)
 
 
@@ -263,6 +268,21 @@ def _expected_modules(model: nn.Module, raw: dict) -> list[str] | None:
     return names
 
 
+def _other_base(raw: dict, model: nn.Module) -> str:
+    """The sentence a does-not-fit error ends with: the base the adapter records and the model it met."""
+    name = getattr(model, "name_or_path", "") or ""
+    loaded = embedded_name(name) or name or type(model).__name__
+    recorded = raw.get("base_model_name_or_path")
+    if not recorded:
+        return f" Is it for another base model than {loaded}?"
+    recorded_as = embedded_name(recorded) or recorded
+    if recorded_as == loaded or (name and Path(recorded).exists() and Path(recorded).resolve() == Path(name).resolve()):
+        return ""
+    return (f" The adapter was trained on {recorded!r} (base_model_name_or_path in its adapter_config.json) and "
+            f"is being loaded onto {loaded!r}: leave out --model (or the config's model) to load it on its own "
+            f"base, or name the base it was trained on.")
+
+
 def _sample(names, k: int = 5) -> str:
     names = sorted(names)
     return ", ".join(names[:k]) + (f" ... ({len(names)} in all)" if len(names) > k else "")
@@ -308,7 +328,7 @@ def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAC
     if unknown:
         raise AdapterError(
             f"{weights_path}: the adapter has weights for modules that are not nn.Linear modules of "
-            f"{type(model).__name__}: {_sample(unknown)}; is it for another base model?")
+            f"{type(model).__name__}: {_sample(unknown)}.{_other_base(raw, model) or ' Is it for another base model?'}")
     incomplete = [f"{n} (has only {list(p)})" for n, p in modules.items() if set(p) != {"lora_A", "lora_B"}]
     if incomplete:
         raise AdapterError(f"{weights_path}: modules without both lora_A and lora_B: {_sample(incomplete)}")
@@ -317,9 +337,11 @@ def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAC
         missing = sorted(set(expected) - set(modules))
         extra = sorted(set(modules) - set(expected))
         if missing:
-            raise AdapterError(f"{weights_path}: no weights for modules that target_modules matches: {_sample(missing)}")
+            raise AdapterError(f"{weights_path}: no weights for modules that target_modules matches: "
+                               f"{_sample(missing)}.{_other_base(raw, model)}")
         if extra:
-            raise AdapterError(f"{weights_path}: weights for modules target_modules does not match: {_sample(extra)}")
+            raise AdapterError(f"{weights_path}: weights for modules target_modules does not match: "
+                               f"{_sample(extra)}.{_other_base(raw, model)}")
 
     names = [n for n in linear_names(model) if n in modules]  # model order
     for name in names:
@@ -329,7 +351,8 @@ def load_lora_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> LoRAC
             got = tuple(modules[name][part].shape)
             if got != shape:
                 raise AdapterError(f"{weights_path}: {PEFT_PREFIX}{name}.{part}.weight has shape {got}, "
-                                   f"expected {shape} (r={config.r}, layer {base.in_features}->{base.out_features})")
+                                   f"expected {shape} (r={config.r}, layer {base.in_features}->{base.out_features})."
+                                   f"{_other_base(raw, model)}")
     if [n for n in linear_names(model) if any(matches_target(n, t) for t in config.targets)] != names:
         # A regex, exclude_modules or a layer subset: name the modules exactly, so that
         # apply_lora(model, config) wraps the same ones.
@@ -403,7 +426,7 @@ def load_prompt_tuning_adapter(model: nn.Module, adapter_dir: str | os.PathLike)
     hidden = model.get_input_embeddings().weight.shape[1]
     if d != hidden:
         raise AdapterError(f"{path}: token_dim is {d} but {type(model).__name__}'s embeddings have "
-                           f"{hidden} dimensions; is it for another base model?")
+                           f"{hidden} dimensions.{_other_base(raw, model) or ' Is it for another base model?'}")
     weights_path, state = _read_weights(adapter_dir)
     if set(state) != {"prompt_embeddings"}:
         raise AdapterError(f"{weights_path}: expected exactly the key 'prompt_embeddings', got {_sample(state)}")

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from acculturate.adapters.peft_format import AdapterError
     from acculturate.config_loading import ConfigError
     from acculturate.data import DataError
     from acculturate.models import ModelLoadError
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, SandboxUnavailable) as e:
+    except (AdapterError, ConfigError, DataError, ModelLoadError, FileNotFoundError, SandboxUnavailable) as e:
         print(f"acculturate {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -69,9 +69,24 @@ def run_job(args, config, **kwargs):
     return args.job.run_function()(config, **kwargs)
 
 
+MODEL_HELP = ("'smollm2-135m', 'gemma3-270m' (embedded), an HF model directory or a .gguf file (default: the "
+              "base model the --adapter adapters record, else smollm2-135m)")
+
+
+def base_model(args, adapter_specs) -> str:
+    """``--model``, else the base the adapters record (:func:`acculturate.adapters.base_model.pick_base_model`);
+    a clear exit when they record different ones."""
+    from acculturate.adapters import AdapterError
+    from acculturate.adapters.base_model import pick_base_model_for_specs
+
+    try:
+        return pick_base_model_for_specs(args.model, adapter_specs)
+    except (AdapterError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"acculturate {args.verb}: error: {e}") from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="'smollm2-135m' (embedded), an HF model directory or a .gguf file")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="a LoRA adapter directory (ours or PEFT's), repeatable: several adapters share one "
                         "base model; NAME defaults to the folder name")
@@ -82,13 +97,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_with_adapter(args):
-    """The model of ``--model`` with the ``--adapter`` adapters, ``--use`` answering."""
+    """The model of ``--model`` (default: the adapters' recorded base) with the ``--adapter`` adapters,
+    ``--use`` answering."""
     from acculturate.adapters import AdapterError, UnknownAdapterError, load_adapters
     from acculturate.models import load
 
     if args.use is not None and not args.adapter and args.use.lower() != "none":
         raise SystemExit(f"acculturate {args.verb}: error: --use {args.use} needs --adapter {args.use}=DIR")
-    loaded = load(args.model, device=args.device, dtype=args.dtype)
+    loaded = load(base_model(args, args.adapter), device=args.device, dtype=args.dtype)
     if args.adapter:
         try:
             load_adapters(loaded.model, args.adapter, use=args.use)

@@ -10,7 +10,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--quant", default=None, choices=["f16", "q8_0", "q4_0", "q4_1"],
                    help="--format gguf: weights type (default f16)")
     p.add_argument("--output", required=True, help="the folder to write (replaced whole)")
-    p.add_argument("--model", default="smollm2-135m", help="base model, or a fine-tuned full/head model directory")
+    p.add_argument("--model", default=None, help="base model, or a fine-tuned full/head model directory (default: "
+                                                  "the base the --adapter adapters record, else smollm2-135m)")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="a LoRA adapter (repeatable): served by name with vLLM's --enable-lora")
     p.add_argument("--merge", action="store_true", help="fuse the one adapter into the weights instead "
@@ -20,7 +21,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("merge", help="fuse a LoRA adapter into the base and export a plain HF model")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=None, help="the base model (default: the one the adapter records, "
+                                                 "else smollm2-135m)")
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--qlora", action="store_true",
@@ -51,15 +53,21 @@ def cmd_export(args) -> int:
     from acculturate.jobs.export import export_gguf, export_vllm
 
     if args.format == "gguf":
-        result = export_gguf(args.model, args.adapter, args.output, quant=args.quant or "f16",
-                             quantized_base=args.qlora)
+        try:
+            result = export_gguf(args.model, args.adapter, args.output, quant=args.quant or "f16",
+                                 quantized_base=args.qlora)
+        except ValueError as e:   # an adapter or model the export cannot take (the message says why)
+            raise SystemExit(f"acculturate export: error: {e}") from None
         print(f"exported {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['quant']}); "
               f"run it with Ollama:\n  {result['command']}")
         return 0
     if args.quant is not None:
         raise ConfigError("--quant: only with --format gguf")
-    result = export_vllm(args.model, args.adapter, args.output, merge=args.merge, quantized_base=args.qlora,
-                         dtype=args.dtype)
+    try:
+        result = export_vllm(args.model, args.adapter, args.output, merge=args.merge, quantized_base=args.qlora,
+                             dtype=args.dtype)
+    except ValueError as e:
+        raise SystemExit(f"acculturate export: error: {e}") from None
     print(f"exported ({result['layout']}) to {args.output}; serve it with:\n  {result['command']}")
     return 0
 

@@ -7,7 +7,8 @@ from acculturate.cli.common import add_job_parser, job_config, run_job
 
 def add_parsers(sub) -> None:
     p = add_job_parser(sub, "serve", cmd_serve)
-    p.add_argument("--model", default=None, help="base model (default smollm2-135m)")
+    p.add_argument("--model", default=None, help="base model (default: the one the --adapter adapters record, "
+                                                 "else smollm2-135m)")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="a LoRA adapter to serve as model NAME (repeatable)")
     p.add_argument("--host", default=None, help="default 127.0.0.1")

@@ -29,6 +29,29 @@ class ModelConfig:
 
 
 @dataclass
+class AdaptedModelConfig(ModelConfig):
+    """The base model under an adapter: unless named, the one the adapter was trained on."""
+
+    name: str | None = None
+    """'smollm2-135m', 'gemma3-270m' (embedded), an HF model directory or a .gguf file; default (null):
+    the base model the adapter records (its adapter_config.json), else smollm2-135m."""
+
+
+def resolve_model_name(model: ModelConfig, adapters) -> str:
+    """Fill in an unset ``model.name`` with the base the ``adapters`` (directories; None entries are
+    skipped) record, else the embedded default, and return it
+    (:func:`acculturate.adapters.base_model.pick_base_model`); ConfigError naming the field."""
+    from acculturate.adapters import AdapterError
+    from acculturate.adapters.base_model import pick_base_model
+
+    try:
+        model.name = pick_base_model(model.name, [a for a in adapters if a])
+    except (AdapterError, FileNotFoundError) as e:
+        raise ConfigError(f"model.name: {e}") from None
+    return model.name
+
+
+@dataclass
 class RunConfig:
     """The header of a job config that writes a run folder."""
 

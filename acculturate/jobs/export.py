@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from acculturate.adapters import (AdapterError, export_merged, load_adapter, merge_lora, read_adapter_config)
+from acculturate.adapters.base_model import pick_base_model
 from acculturate.adapters.peft_format import CONFIG_FILE, WEIGHTS_FILE, read_adapter_weights
 from acculturate.adapters.registry import parse_adapter_spec
 from acculturate.io import atomic_dir, write_text
@@ -53,13 +54,13 @@ def _max_lora_rank(ranks: list[int]) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= need), need)
 
 
-def export_vllm(model: str, adapters: list[str], output: str | Path, *, merge: bool = False,
+def export_vllm(model: str | None, adapters: list[str], output: str | Path, *, merge: bool = False,
                 quantized_base: bool = False, dtype: str = "bf16") -> dict:
     """Write a vLLM-ready folder; returns ``{"layout", "command", "files"}``.
 
     Args:
         model: the base model (anything :func:`acculturate.models.load` takes), or a fine-tuned
-            full/head model directory.
+            full/head model directory; None: the base the adapters record, else the embedded default.
         adapters: ``[NAME=]DIR`` LoRA adapter specs (PEFT format, ours or PEFT's).
         output: the folder to write (replaced whole).
         merge: fuse the (single) adapter into the weights instead of serving it as a LoRA.
@@ -82,6 +83,7 @@ def export_vllm(model: str, adapters: list[str], output: str | Path, *, merge: b
         configs[name] = read_adapter_config(directory)[0]   # validates the file (names the field)
     if merge and len(specs) != 1:
         raise ValueError(f"--merge fuses exactly one adapter into the weights, got {len(specs)}")
+    model = pick_base_model(model, [d for _, d in specs])
     output = Path(output)
     with atomic_dir(output) as tmp:
         loaded = _load_fp32(model)
@@ -153,14 +155,15 @@ def _readme(layout: str, cmd: str, names: list[str]) -> str:
 # --- GGUF (llama.cpp, Ollama, LM Studio) ------------------------------------------------------
 
 
-def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: str = "f16",
+def export_gguf(model: str | None, adapters: list[str], output: str | Path, *, quant: str = "f16",
                 quantized_base: bool = False, name: str | None = None) -> dict:
     """Write ``OUT/<name>.gguf`` (the base with the adapter merged in, new vocabulary rows included,
     tokenizer and chat template inside) and an Ollama ``Modelfile`` beside it.
 
     Args:
         model: the base model (anything :func:`acculturate.models.load` takes; a vocabulary-extended
-            model directory brings its added tokens), or a fine-tuned full/head model directory.
+            model directory brings its added tokens), or a fine-tuned full/head model directory;
+            None: the base the adapter records, else the embedded default.
         adapters: at most one ``[NAME=]DIR`` LoRA adapter (merged into the weights).
         output: the folder to write (replaced whole).
         quant: ``f16``, ``q8_0``, ``q4_0`` or ``q4_1`` (:mod:`acculturate.models.gguf_export`).
@@ -172,7 +175,7 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
         when the adapter was merged into a base already on the q4 grid, see
         :mod:`acculturate.models.gguf_export`).
     """
-    from acculturate.models.gguf_export import QUANTS, base_pre_tokenizer, on_grid, write_gguf
+    from acculturate.models.gguf_export import QUANTS, base_pre_tokenizer, check_architecture, on_grid, write_gguf
 
     if quant not in QUANTS:
         raise ValueError(f"quant: expected one of {QUANTS}, got {quant!r}")
@@ -180,9 +183,11 @@ def export_gguf(model: str, adapters: list[str], output: str | Path, *, quant: s
         raise ValueError(f"--format gguf merges one adapter into the weights, got {len(adapters)}")
     specs = [parse_adapter_spec(s) for s in adapters]
     name = name or (specs[0][0] if specs else "model")
+    model = pick_base_model(model, [d for _, d in specs])
     output = Path(output)
     with atomic_dir(output) as tmp:
         loaded = _load_fp32(model)
+        check_architecture(loaded.model.config, model)   # before the merge: a clear error, early
         rounding = "nearest"
         if specs:
             # Nearest rounding would put a merged delta back on the base's own 4-bit values and export

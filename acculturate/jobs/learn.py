@@ -38,7 +38,7 @@ from acculturate.feedback.simulated import SimulatedUser
 from acculturate.feedback.store import DEFAULT_DB, FeedbackStore
 from acculturate.feedback.versions import VersionInfo, VersionStore
 from acculturate.io import write_json
-from acculturate.models import DEFAULT_MODEL, load
+from acculturate.models import load
 from acculturate.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,9 @@ class LearnConfig:
 
     name: str = "online"
     """The adapter's name when served (clients ask for ``model: <name>``)."""
-    model: str = DEFAULT_MODEL
-    """The base model ('smollm2-135m', an HF directory or a GGUF file)."""
+    model: str | None = None
+    """The base model ('smollm2-135m', 'gemma3-270m', an HF directory or a GGUF file); default (null):
+    the one ``initial_adapter`` records, else smollm2-135m."""
     db: str = DEFAULT_DB
     """The feedback store (SQLite path or SQLAlchemy URL); a server uses its own store instead."""
     versions_dir: str = "runs/online/versions"
@@ -138,6 +139,11 @@ class LearnConfig:
     """Show progress bars while training."""
 
     def __post_init__(self):
+        if not self.model:
+            from acculturate.adapters.base_model import pick_base_model
+
+            start = self.initial_adapter
+            self.model = pick_base_model(None, [start] if start and Path(start).is_dir() else [])
         if not 0 <= self.guard_fraction < 1:
             raise ValueError(f"guard_fraction: expected a number in [0, 1), got {self.guard_fraction!r}")
         if self.min_feedback < 1:

@@ -20,7 +20,7 @@ from pathlib import Path
 from acculturate.config_loading import apply_overrides
 from acculturate.evaluate.qa import wilson_interval
 from acculturate.io import append_jsonl, read_jsonl_by_key, write_json, write_text
-from acculturate.jobs.common import JobConfig, ModelConfig, open_run
+from acculturate.jobs.common import AdaptedModelConfig, JobConfig, ModelConfig, open_run, resolve_model_name
 from acculturate.prompting import STRATEGIES, Task, load_task, run_strategy, strategy_config
 from acculturate.prompting.trace import StrategyResult
 
@@ -74,8 +74,9 @@ class PromptEvalConfig(JobConfig):
     """`acculturate prompt-eval CONFIG`: compare prompting strategies on one task sample."""
 
     name: str = "prompt-eval"
+    model: AdaptedModelConfig = field(default_factory=AdaptedModelConfig)
     adapter: str | None = None
-    """A LoRA adapter directory applied to the model."""
+    """A LoRA or prompt-tuning adapter directory applied to the model (which defaults to the adapter's base)."""
     task: PromptTaskConfig = field(default_factory=PromptTaskConfig)
     strategies: list[StrategyRun] = field(default_factory=lambda: [StrategyRun("zero_shot"), StrategyRun("cot")])
     """The strategies compared, each a name and its config fields (see `acculturate prompt --help`)."""
@@ -92,10 +93,12 @@ class PromptEvalConfig(JobConfig):
 
 
 def load_model(model: ModelConfig, adapter: str | None):
-    """The model to prompt (with ``adapter`` applied when given)."""
+    """The model to prompt (with ``adapter`` applied when given); an unset ``model.name`` is the
+    adapter's recorded base, else the embedded default."""
+    from acculturate.adapters.base_model import pick_base_model
     from acculturate.models import load
 
-    loaded = load(model.name, device=model.device, dtype=model.dtype)
+    loaded = load(pick_base_model(model.name, [adapter] if adapter else []), device=model.device, dtype=model.dtype)
     if adapter:
         from acculturate.adapters import load_adapter
 
@@ -176,6 +179,8 @@ def run_prompt_eval(config: PromptEvalConfig, *, overwrite: bool = False, progre
         ``<run>/results.json``, with the table in ``<run>/results.md``.
     """
     start = time.perf_counter()
+    if loaded is None:
+        resolve_model_name(config.model, [config.adapter])   # config.json and the summary name the model used
     out = open_run(config, overwrite)
     options = {"countries": config.task.countries} if config.task.countries else {}
     task, evaluated = split_task(load_task(config.task.name, config.task.path, **options),
@@ -228,7 +233,7 @@ def answer_question(strategy: str, task_name: str, question: str, *, overrides: 
     task = load_task(task_name)
     example = task.question_example(question, region=region)
     if loaded is None:
-        loaded = load_model(model or ModelConfig(), adapter)
+        loaded = load_model(model or AdaptedModelConfig(), adapter)
     m, tok = loaded
     return task, run_strategy(strategy, m, tok, task, example, config)
 

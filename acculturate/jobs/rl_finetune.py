@@ -29,7 +29,7 @@ from acculturate.data.templates import check_template
 from acculturate.decode import GenerationConfig, generate
 from acculturate.feedback.ppo import PPOConfig, PPOResult, train_ppo
 from acculturate.io import atomic_path, write_json, write_text
-from acculturate.jobs.common import JobConfig, open_run
+from acculturate.jobs.common import AdaptedModelConfig, JobConfig, open_run, resolve_model_name
 from acculturate.jobs.rewards import build_reward
 from acculturate.models import load
 from acculturate.train.tracking import log_report
@@ -77,6 +77,7 @@ class PPOJobConfig(JobConfig):
     """`acculturate ppo CONFIG`."""
 
     name: str = "ppo"
+    model: AdaptedModelConfig = field(default_factory=AdaptedModelConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     adapter: str | None = None
     """Start from this LoRA adapter directory (ours or PEFT's); None: a new adapter from ``lora``."""
@@ -163,6 +164,7 @@ def run_ppo(config: PPOJobConfig, *, overwrite: bool = False, base_dir: Path | N
             progress: bool = True) -> dict:
     """Run ``acculturate ppo``; returns the summary written to ``<run>/summary.json``. A re-run of the
     same config in the same run directory resumes from its checkpoint."""
+    resolve_model_name(config.model, [config.adapter])   # unset: the starting adapter's base
     out = open_run(config, overwrite)
     t0 = time.perf_counter()
     loaded = load(config.model.name, device=config.model.device, dtype=config.model.dtype)

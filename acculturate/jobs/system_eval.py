@@ -20,7 +20,6 @@ from acculturate.config_loading import ConfigError, from_dict
 from acculturate.evaluate.tasks import TASKS, TaskConfig
 from acculturate.io import write_json, write_text
 from acculturate.jobs.common import RunConfig, open_run, run_dir
-from acculturate.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,9 @@ class SystemConfig:
     """One system under evaluation: model + adapter + prompting strategy + its decoding settings."""
 
     name: str
-    model: str = DEFAULT_MODEL
-    """'smollm2-135m', an HF model directory or a .gguf file."""
+    model: str | None = None
+    """An embedded name ('smollm2-135m', 'gemma3-270m'), an HF model directory or a .gguf file; default
+    (null): the base model the adapter records, else smollm2-135m."""
     adapter: str | None = None
     """An adapter directory (LoRA or prompt tuning; e.g. runs/adapt-uk/adapter)."""
     strategy: str = "zero_shot"
@@ -78,8 +78,9 @@ class SystemConfig:
 class JudgeConfig:
     """The model that rates cultural appropriateness (may be bigger than the judged ones)."""
 
-    model: str = DEFAULT_MODEL
-    """The judge model: an embedded name, an HF model directory or a GGUF file."""
+    model: str | None = None
+    """The judge model: an embedded name, an HF model directory or a GGUF file; default (null): the
+    base model the judge's adapter records, else smollm2-135m."""
     adapter: str | None = None
     """A LoRA adapter directory the judge uses (None: the base model)."""
     rubrics: str | None = None
@@ -131,7 +132,11 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 def resolve_paths(config: EvalConfig, base_dir: Path | None) -> None:
     """Make adapter/rubrics/ids_from paths absolute and check that they exist, with an error that says
-    what to run when an adapter is missing."""
+    what to run when an adapter is missing; fill in each unset model with its adapter's base
+    (:func:`acculturate.adapters.base_model.pick_base_model`), so config.json records the model used."""
+    from acculturate.adapters import AdapterError
+    from acculturate.adapters.base_model import pick_base_model
+
     for s in config.systems:
         if s.adapter:
             path = _resolve(s.adapter, base_dir)
@@ -142,8 +147,16 @@ def resolve_paths(config: EvalConfig, base_dir: Path | None) -> None:
                     "writes to runs/adapt-uk/adapter: run `acculturate adapt` first (from this directory), "
                     "or point the system's adapter to yours with --set.")
             s.adapter = str(path)
+        try:
+            s.model = pick_base_model(s.model, [s.adapter] if s.adapter else [])
+        except AdapterError as e:
+            raise ConfigError(f"systems[{s.name}].model: {e}") from None
     if config.judge.adapter:
         config.judge.adapter = str(_resolve(config.judge.adapter, base_dir))
+    try:
+        config.judge.model = pick_base_model(config.judge.model, [config.judge.adapter] if config.judge.adapter else [])
+    except (AdapterError, FileNotFoundError) as e:
+        raise ConfigError(f"judge.model: {e}") from None
     if config.judge.rubrics:
         config.judge.rubrics = str(_resolve(config.judge.rubrics, base_dir))
     for t in config.tasks:

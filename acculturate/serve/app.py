@@ -98,6 +98,9 @@ def _server(config: ServeConfig, pool: ModelPool | None, store: FeedbackStore | 
     api_keys = config.resolved_api_keys()
     limiter = auth.RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst)
     if pool is None:
+        from acculturate.adapters.base_model import pick_base_model
+
+        config.model = pick_base_model(config.model, config.adapters.values())   # unset: the adapters' base
         pool = ModelPool(config.model, device=config.device, dtype=config.dtype)
         for name, path in config.adapters.items():
             pool.add_adapter(name, path)

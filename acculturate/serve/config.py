@@ -16,8 +16,9 @@ class ServeConfig:
     """How to serve. Defaults: the embedded model on 127.0.0.1:8000, admin closed; the chat API is open
     only while the server listens on a loopback address (see ``api_keys`` and ``insecure``)."""
 
-    model: str = "smollm2-135m"
-    """The base model: an embedded name, an HF model directory or a GGUF file."""
+    model: str | None = None
+    """The base model: an embedded name ('smollm2-135m', 'gemma3-270m'), an HF model directory or a GGUF
+    file; default (null): the one the ``adapters`` record (they must agree), else smollm2-135m."""
     adapters: dict[str, str] = field(default_factory=dict)
     """Adapters to load at start, name -> adapter directory; a request's ``model`` picks one."""
     host: str = "127.0.0.1"

@@ -49,6 +49,9 @@ class TrainConfig:
     """Passes over the training data (ignored when ``max_steps`` is set)."""
     max_steps: int | None = None
     """Optimizer steps to take; overrides ``epochs`` (the data repeats as needed)."""
+    min_steps: int | None = None
+    """At least this many optimizer steps when ``epochs`` gives fewer (a small dataset repeats, e.g. a
+    72-question region in the adapt job); ignored when ``max_steps`` is set."""
     batch_size: int = 8
     """Examples (or packed rows) per micro-batch."""
     grad_accum: int = 1
@@ -108,8 +111,10 @@ class TrainConfig:
                 fail(name, "an integer >= 0")
         if self.log_every == 0:
             fail("log_every", "an integer >= 1")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            fail("max_steps", "None or an integer >= 1")
+        for name in ("max_steps", "min_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                fail(name, "None or an integer >= 1")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             fail("lr", "a number > 0")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
@@ -382,7 +387,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     eval_rows, _ = prepare_rows(eval_features or [], config)
     micro_per_epoch = math.ceil(len(rows) / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    total_steps = config.max_steps or max(config.epochs * steps_per_epoch, config.min_steps or 0)
 
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]

@@ -37,6 +37,25 @@ def test_missing_adapter_says_what_to_run(tmp_path):
         resolve_paths(config, tmp_path)
 
 
+def test_a_system_without_model_uses_its_adapters_base(tmp_path):
+    """systems[].model unset: the base the adapter records (written into config.json), else the default;
+    a named model stays; bases that cannot load are errors naming the system."""
+    for name, base in (("gemma", "gemma3-270m"), ("elsewhere", "org/not-here")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(
+            json.dumps({"peft_type": "LORA", "base_model_name_or_path": base}))
+    config = from_dict(EvalConfig, {"systems": [{"name": "base"}, {"name": "uk", "adapter": "gemma"},
+                                                {"name": "mine", "model": "smollm2-135m", "adapter": "gemma"}],
+                                    "tasks": [{"name": "x", "kind": "blend"}]})
+    resolve_paths(config, tmp_path)
+    assert [s.model for s in config.systems] == ["smollm2-135m", "gemma3-270m", "smollm2-135m"]
+    assert config.judge.model == "smollm2-135m"
+    config = from_dict(EvalConfig, {"systems": [{"name": "far", "adapter": "elsewhere"}],
+                                    "tasks": [{"name": "x", "kind": "blend"}]})
+    with pytest.raises(ConfigError, match=r"systems\[far\].model: .*'org/not-here'"):
+        resolve_paths(config, tmp_path)
+
+
 @pytest.mark.slow
 def test_eval_end_to_end_real_model(tmp_path, capsys):
     config = {

@@ -14,7 +14,7 @@ _spec.loader.exec_module(resume_script)
 tiny_model, tiny_features = resume_script.tiny_model, resume_script.tiny_features
 
 
-@pytest.mark.parametrize("field, value", [("batch_size", 0), ("grad_accum", -1), ("lr", 0), ("max_steps", 0),
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("grad_accum", -1), ("lr", 0), ("max_steps", 0), ("min_steps", 0),
                                           ("warmup_ratio", 1.5), ("packing", "yes"), ("log_every", 0),
                                           ("max_grad_norm", -1.0)])
 def test_config_validation_names_the_field(field, value):
@@ -53,6 +53,13 @@ def test_grad_accum_2x4_equals_batch_8(tmp_path, monkeypatch):
     for g8, g4 in zip(*seen):
         torch.testing.assert_close(g4, g8, atol=1e-6, rtol=1e-5)
     assert results[0].train_loss == pytest.approx(results[1].train_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("epochs, min_steps, max_steps, steps", [(1, 5, None, 5), (2, 3, None, 4), (1, 5, 2, 2)])
+def test_min_steps_repeats_a_small_dataset(tmp_path, epochs, min_steps, max_steps, steps):
+    """6 examples in batches of 3: 2 steps an epoch; min_steps raises that, max_steps overrides both."""
+    config = TrainConfig(epochs=epochs, min_steps=min_steps, max_steps=max_steps, batch_size=3, save_every=0)
+    assert train(tiny_model(), tiny_features(6), None, config, tmp_path, pad_id=0, progress=False).steps == steps
 
 
 def test_log_checkpoint_and_result_fields(tmp_path):
