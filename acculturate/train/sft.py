@@ -289,7 +289,7 @@ class _Reading:
 
     def __init__(self, values: list[torch.Tensor | None], device: torch.device):
         self.missing = [v is None for v in values]
-        present = [v.detach().reshape(1).to(torch.float64) for v in values if v is not None]
+        present = [v.detach().reshape(1).to(device=device, dtype=torch.float64) for v in values if v is not None]
         flat = torch.cat(present) if present else torch.zeros(0, dtype=torch.float64, device=device)
         self.event = None
         if device.type == "cuda":
