@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from acculturate.decode import kv_attention
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -51,15 +53,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """Attention of q (b, H, T, D) over the cache k/v (b, Hkv, S, D).
 
     Prefill (T > 1): SDPA with a bool ``mask`` (b, 1, T, S). Decoding (T = 1): ``mask`` is an
-    additive fp32 bias (b * Hkv, 1, S); the H query heads are grouped by their kv head, so two
-    batched matmuls read the cache once, with no copy of it per query head, and scores and softmax
-    stay in fp32 (as FlashAttention keeps them)."""
-    b, H, T, D = q.shape
-    n_kv, S = k.shape[1], k.shape[2]
+    additive fp32 bias (b * Hkv, 1, S); on CUDA one Triton kernel (:mod:`.kv_attention`) reads each
+    row's cache once for the query heads that share it, elsewhere :func:`grouped_attention`."""
+    H, T = q.shape[1], q.shape[2]
     if T > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=n_kv != H)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != H)
+    if kv_attention.available(q):
+        return kv_attention.decode_attention(q, k, v, mask, scale)
+    return grouped_attention(q, k, v, mask, scale)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """Decoding attention (q (b, H, 1, D), additive fp32 ``bias`` (b * Hkv, 1, S)) as two batched
+    matmuls: the H query heads grouped by their kv head, so the cache is read once, with no copy of
+    it per query head, and scores and softmax stay in fp32 (as FlashAttention keeps them). The CPU
+    path, and the reference the CUDA kernel is tested against."""
+    b, H, _, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
     qg = q.reshape(b * n_kv, H // n_kv, D)                                  # (b*Hkv, rep, D)
     scores = torch.bmm(qg, k.reshape(b * n_kv, S, D).transpose(1, 2))       # (b*Hkv, rep, S)
-    probs = torch.add(mask, scores, alpha=scale).softmax(dim=-1)            # fp32
+    probs = torch.add(bias, scores, alpha=scale).softmax(dim=-1)            # fp32
     out = torch.bmm(probs.to(v.dtype), v.reshape(b * n_kv, S, D))           # (b*Hkv, rep, D)
     return out.view(b, H, 1, D)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.engine import DecodeRow, distinct_prompts
 from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
-from acculturate.decode.step import advance_row, eos_token_ids
+from acculturate.decode.step import advance_row, eos_token_ids, gc_paused
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
 # Prefill widths: multiples of PREFILL_STEP up to PREFILL_LINEAR, powers of two beyond. Triton
@@ -499,7 +499,7 @@ class SlotBatch:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with gc_paused(), torch.cuda.graph(graph, pool=self._pool):
             self._step(*key)
         for t, s in zip(state, saved):
             t.copy_(s)   # capture does not run the step, but the warm-up did

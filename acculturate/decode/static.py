@@ -31,7 +31,7 @@ from acculturate.decode.sampling import (
     GREEDY_TEMPERATURE, apply_temperature, filter_top_k, filter_top_p, sample_inverse_cdf,
 )
 from acculturate.decode.step import (
-    Completion, GenerationConfig, PromptRow, advance_row, encode_prompts, eos_token_ids, row_generator,
+    Completion, GenerationConfig, PromptRow, advance_row, encode_prompts, eos_token_ids, gc_paused, row_generator,
 )
 
 # Decoder layers with input_layernorm, self_attn.{q,k,v,o}_proj (no q/k norms), mlp and
@@ -158,7 +158,7 @@ class StaticDecoder:
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with gc_paused(), torch.cuda.graph(self.graph):
             self._step()
         for t, s in zip((self.tokens, self.positions, self.slot, self.step, self.valid), saved):
             t.copy_(s)   # capture does not run the step, but the warm-up did

@@ -10,6 +10,8 @@ they produce the same completions; this module imports none of them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import inspect
 from dataclasses import dataclass, field
@@ -202,3 +204,20 @@ def advance_row(row: PromptRow, token: int, eos_ids: set[int], max_new_tokens: i
     if on_text is not None and delta:
         on_text(row.index, delta)
     return row.finish_reason is not None
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused, for a CUDA graph capture. A dead decoder still in a
+    reference cycle (a bound method of itself) holds its graph and that graph's memory pool; collected
+    in the middle of another decoder's capture, it would free device memory, which invalidates the
+    capture ("operation failed due to a previous error during capture": seen once on an H200 in
+    bench/decode_attention.py, which builds decoder after decoder). torch no longer runs gc.collect()
+    before a capture (``torch.compiler.config.force_cudagraph_gc``); the garbage waits until after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

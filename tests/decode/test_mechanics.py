@@ -184,3 +184,21 @@ def test_text_stream_decodes_incrementally_to_the_whole_decode(tokenizer):
         if stream.stopped:
             break
     assert stream.stopped and stream.text == "word " * (4 * ANCHOR_EVERY) + "the " == "".join(deltas)
+
+
+def test_gc_paused_during_a_capture_and_restored_after():
+    import gc
+
+    from acculturate.decode.step import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError), gc_paused():
+            raise RuntimeError("capture failed")
+        assert not gc.isenabled()   # left as the caller had it
+    finally:
+        gc.enable()
