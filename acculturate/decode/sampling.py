@@ -190,7 +190,7 @@ def cumsum_rows(x: torch.Tensor, chunk: int | None = None, force: bool = False) 
     B, V = x.shape
     # Under torch.compile Inductor writes its own scan, and its searchsorted lowering rejects this
     # function's view as the sorted sequence (InductorError "NotImplementedError: View" compiling
-    # StaticDecoder(compile=True) at batch 1, H200, 2026-12-03).
+    # StaticDecoder(compile=True) at batch 1 on an H200).
     if not force and (x.device.type != "cuda" or V <= 4096 or torch.compiler.is_compiling()):
         return x.cumsum(dim=-1)
     chunk = chunk or next((c for c in range(1024, 255, -1) if V % c == 0), 1024)

@@ -245,8 +245,6 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         tokenizer.pad_token = tokenizer.eos_token
     model.to(dev).eval()
     contiguous_head_input(model)
-    if str(name_or_path) in EMBEDDED:
-        add_chat_template(model, tokenizer, EMBEDDED[str(name_or_path)])
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=Path(hf_dir))
 
 
