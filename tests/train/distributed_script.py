@@ -7,7 +7,9 @@ Used by tests/train/test_distributed.py and bench/multi_gpu.py's CPU check.
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -57,8 +59,9 @@ def main(argv=None) -> int:
         return 3
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    json.dump({"history": result.history, "resumed_from_step": result.resumed_from_step},
-              open(f"{args.out}/history-{world_size_from_env()}.json", "w"))
+    if int(os.environ.get("RANK", "0")) == 0:   # every rank holds the same history; two writers would interleave
+        Path(args.out, f"history-{world_size_from_env()}.json").write_text(
+            json.dumps({"history": result.history, "resumed_from_step": result.resumed_from_step}))
     return 0
 
 
