@@ -25,6 +25,8 @@ import functools
 
 import torch
 
+from acculturate.models.kernels import wait_for_triton
+
 try:   # triton ships with CUDA builds of torch; CPU-only installs have no use for this module
     import triton
     import triton.language as tl
@@ -137,6 +139,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
            splits: int = 0) -> torch.Tensor:
     """:func:`decode_attention`'s kernels, launched (no dispatcher)."""
+    wait_for_triton()   # the first launch would otherwise repeat the load's Triton start-up beside it
     b, H, _, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     rep = H // n_kv

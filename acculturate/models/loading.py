@@ -232,6 +232,10 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     hf_dir = gguf_to_hf_dir(path) if kind == "gguf" else path
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    if dev.type == "cuda":   # Triton's once-per-process start-up, beside the load (models/kernels.py)
+        from acculturate.models.kernels import start_preparing_triton
+
+        start_preparing_triton(dev)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
