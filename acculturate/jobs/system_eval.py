@@ -164,7 +164,7 @@ def resolve_paths(config: EvalConfig, base_dir: Path | None) -> None:
             path = _resolve(t.ids_from, base_dir)
             if not path.exists():
                 raise FileNotFoundError(f"tasks[{t.name}].ids_from: {path} does not exist (e.g. "
-                                        "runs/adapt-uk/eval/base.jsonl, written by `acculturate adapt`)")
+                                        "runs/adapt-uk/eval/base_closed_book.jsonl, written by `acculturate adapt`)")
             t.ids_from = str(path)
 
 

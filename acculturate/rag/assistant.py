@@ -85,31 +85,42 @@ def retrieve_many(index, questions: list[str], config: RetrieveConfig, embedder=
     return [retrieve(index, q, config, model, query_vector=v) for q, v in zip(questions, vectors)]
 
 
+def assistant_prompts(tokenizer, spec: AssistantSpec, questions: list[str], hits: list[list[Hit]] | None = None,
+                      shots: list[dict] | None = None) -> list[str]:
+    """The rendered prompt of each question: the system message (the persona; with retrieval, also the
+    instruction to cite), then ``shots``, then the question (after its passages with retrieval)."""
+    from acculturate.data import render_prompt
+
+    prompts = []
+    for i, q in enumerate(questions):
+        if hits is None:
+            system, turn = spec.persona, closed_book_turn(q)
+        else:
+            system, turn = spec.retrieval_system, passages_turn(q, hits[i], spec.max_passage_chars)
+        messages = [{"role": "system", "content": system}, *(shots or []), {"role": "user", "content": turn}]
+        prompts.append(render_prompt(messages, tokenizer, spec.template))
+    return prompts
+
+
 def answer_questions(model, tokenizer, spec: AssistantSpec, questions: list[str],
                      hits: list[list[Hit]] | None = None, *, batch_size: int = 16, seed: int | None = None,
-                     temperature: float = 0.0, on_batch=None) -> list[dict]:
+                     temperature: float = 0.0, on_batch=None, shots: list[dict] | None = None) -> list[dict]:
     """Answer ``questions`` as the assistant does.
 
     Args:
         hits: the passages shown for each question (from :func:`retrieve_many`); None: closed-book
             (the persona alone, the question asked in the closed-book wording).
         on_batch: called with each batch's rows as they are done (to save them: resumable runs).
+        shots: solved user/assistant turns placed before each question (:mod:`acculturate.rag.shots`;
+            the adapt job's base systems of a pre-trained model).
     Returns:
         One dict per question: ``question``, ``answer``, ``citations`` (the cited passages, each with
         ``number``, ``id``, ``source``, ``heading``, ``text`` and ``how``) and ``passages`` (every
         passage shown), in order.
     """
-    from acculturate.data import render_prompt
     from acculturate.decode import GenerationConfig, generate
 
-    prompts = []
-    for i, q in enumerate(questions):
-        if hits is None:
-            messages = [{"role": "system", "content": spec.persona}, {"role": "user", "content": closed_book_turn(q)}]
-        else:
-            messages = [{"role": "system", "content": spec.retrieval_system},
-                        {"role": "user", "content": passages_turn(q, hits[i], spec.max_passage_chars)}]
-        prompts.append(render_prompt(messages, tokenizer, spec.template))
+    prompts = assistant_prompts(tokenizer, spec, questions, hits, shots)
     config = GenerationConfig(max_new_tokens=spec.max_new_tokens, batch_size=batch_size, stop=("\n",),
                               temperature=temperature, seed=seed)
     keep = ("number", "id", "source", "title", "heading", "text", "how")

@@ -13,7 +13,7 @@ from acculturate.jobs.adapt import AdaptConfig, run_adapt
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["eval.limit=6", "eval.max_new_tokens=8", "eval.general=4", "train.max_steps=2", "train.batch_size=4",
+SMALL = ["model.name=smollm2-135m", "eval.limit=6", "eval.max_new_tokens=8", "eval.general=4", "train.max_steps=2", "train.batch_size=4",
          "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
 
 
@@ -24,6 +24,7 @@ def small_config(tmp_path, *extra) -> AdaptConfig:
 # One small run through the command (the shipped YAML + --set), saving a checkpoint every 2 steps:
 # the report, ask/serve and CLI tests read it, and the kill test must end where it ended.
 WHOLE = SMALL[:-2] + ["train.max_steps=4", "train.save_every=2", "train.batch_size=4",
+                      "eval.base_shots={closed_book: 2, retrieval: 1}",
                       "data.sources=[{path: 'shipped:instructions/instruction-data.json', limit: 8}]"]
 
 
@@ -55,9 +56,11 @@ def test_adapt_writes_the_assistant_report_and_continues_a_finished_run(whole, t
     assert metrics["train_examples"]["retrieval_aware_kinds"]["gold"] > 0
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 10
     assert metrics["train"]["steps"] == 4 and metrics["general"]["base"]["n"] == 4
+    assert metrics["base_shots"] == {"closed_book": 2, "retrieval": 1}   # base systems only (ask/serve below)
     assert set(metrics["stage_seconds"]) == {"setup", "base_eval", "training", "adapted_eval"}
     report = (out / "report.md").read_text()
     assert "| adapted + retrieval |" in report and "Paired bootstrap" in report and "General skills" in report
+    assert "shown 2 (closed-book) and 1 (retrieval) solved training questions" in report
     rows = [json.loads(l) for l in (out / "eval/base_retrieval.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(len(r["passages"]) == 3 and {"answer", "answers", "correct"} <= set(r) for r in rows)
 
