@@ -139,7 +139,7 @@ def test_gemma_gguf_export_loads_in_transformers_and_answers_like_the_merged_mod
             assert got == expected, (got, expected)
         del loaded
     print(results)
-    assert results["f16 max logit diff"] < 0.5, results   # weights rounded to f16 only
+    assert results["f16 max logit diff"] < 0.1, results   # weights rounded to f16 only (measured 0.016)
     assert results["q8_0"] >= 0.85 and results["q8_0"] > results["q8_0 vs base"], results
 
 
