@@ -8,6 +8,8 @@ with the merged model's (fp32 merge of the same adapter): the share of identical
 identical answers.
 
     python bench/gguf_export.py --adapter runs/adapt-uk/adapter --out bench/results/gguf_export_smollm2.json
+    python bench/gguf_export.py --model gemma3-270m --quants f16,q8_0 --adapter runs/adapt-uk-gemma/adapter \
+        --out bench/results/gguf_export_gemma3.json
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from pathlib import Path
 import torch
 
 
-def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, eos) -> list[list[int]]:
     answers = []
     for prompt in prompts:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
         answers.append(out[0, ids.shape[1]:].tolist())
     return answers
 
@@ -41,8 +43,10 @@ def main() -> None:
     from acculturate.data import load_blend
     from acculturate.jobs.export import export_gguf
     from acculturate.models import load
+    from acculturate.models.loading import contiguous_head_input
 
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m", help="the adapter's base model")
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--questions", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=24)
@@ -51,23 +55,26 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(2)
-    merged, tok = load("smollm2-135m", device="cpu", dtype="fp32")
+    merged, tok = load(args.model, device="cpu", dtype="fp32")
     load_adapter(merged, args.adapter)
     merge_lora(merged)
     questions = [ex.messages[0]["content"] for ex in load_blend(countries=["UK"])[-args.questions:]]
-    expected = greedy(merged, tok, questions, args.max_new_tokens)
+    # The merged model's EOS ids (Gemma: <eos> and <end_of_turn>); a GGUF file read back names only one.
+    eos = merged.generation_config.eos_token_id
+    expected = greedy(merged, tok, questions, args.max_new_tokens, eos)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for quant in args.quants.split(","):
             out = Path(tmp) / quant
             t0 = time.perf_counter()
-            result = export_gguf("smollm2-135m", [f"uk={args.adapter}"], out, quant=quant)
+            result = export_gguf(args.model, [f"uk={args.adapter}"], out, quant=quant)
             export_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=Path(result["path"]).name,
                                                          dtype=torch.float32)
             load_s = time.perf_counter() - t0
-            got = greedy(model, tok, questions, args.max_new_tokens)
+            contiguous_head_input(model)
+            got = greedy(model, tok, questions, args.max_new_tokens, eos)
             same = sum(a == b for x, y in zip(got, expected) for a, b in zip(x, y))
             total = sum(max(len(x), len(y)) for x, y in zip(got, expected))
             rows.append({"quant": quant, "bytes": result["bytes"], "mib": round(result["bytes"] / 2**20, 1),

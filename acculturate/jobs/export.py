@@ -187,7 +187,7 @@ def export_gguf(model: str | None, adapters: list[str], output: str | Path, *, q
     output = Path(output)
     with atomic_dir(output) as tmp:
         loaded = _load_fp32(model)
-        check_architecture(loaded.model.config, model)   # before the merge: a clear error, early
+        arch = check_architecture(loaded.model.config, model)   # before the merge: a clear error, early
         rounding = "nearest"
         if specs:
             # Nearest rounding would put a merged delta back on the base's own 4-bit values and export
@@ -202,9 +202,12 @@ def export_gguf(model: str | None, adapters: list[str], output: str | Path, *, q
                 quantize_lora_bases(loaded.model)
             merge_lora(loaded.model)
         filename = f"{name}-{quant}.gguf"
-        write_gguf(loaded.model, loaded.tokenizer, tmp / filename, quant=quant, name=name,
-                   pre=base_pre_tokenizer(model) or "default", rounding=rounding)
-        write_text(tmp / "Modelfile", modelfile(filename, loaded.tokenizer))
+        # A byte-level BPE's pre-tokenizer name comes from the base GGUF; SentencePiece has none to read.
+        pre = base_pre_tokenizer(model) if arch.tokenizer == "gpt2" else None
+        write_gguf(loaded.model, loaded.tokenizer, tmp / filename, quant=quant, name=name, pre=pre,
+                   rounding=rounding)
+        write_text(tmp / "Modelfile", modelfile(filename, loaded.tokenizer,
+                                                loaded.model.generation_config.eos_token_id))
         command = f"ollama create {name} -f {output / 'Modelfile'} && ollama run {name}"
         write_text(tmp / "README.md", "\n".join([
             f"# GGUF export (written by `acculturate export --format gguf --quant {quant}`)", "",
@@ -215,10 +218,12 @@ def export_gguf(model: str | None, adapters: list[str], output: str | Path, *, q
             "modelfile": str(output / "Modelfile"), "command": command}
 
 
-def modelfile(filename: str, tokenizer) -> str:
+def modelfile(filename: str, tokenizer, eos_ids: int | list[int] | None = None) -> str:
     """An Ollama Modelfile for the GGUF file: ``FROM`` it, a Go ``TEMPLATE`` for ChatML models
-    (SmolLM2's ``<|im_start|>`` format; other templates are left to Ollama, which reads
-    ``tokenizer.chat_template`` from the file), and the end-of-turn token as the stop string."""
+    (SmolLM2's ``<|im_start|>`` format; other templates, Gemma's among them, are left to Ollama, which
+    reads ``tokenizer.chat_template`` from the file), and the end-of-turn token as the stop string
+    (the tokens of ``eos_ids``, the model's generation EOS ids, e.g. Gemma's ``<eos>`` and
+    ``<end_of_turn>``; else the tokenizer's EOS token)."""
     lines = [f"FROM ./{filename}", ""]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     if "<|im_start|>" in template:
@@ -228,6 +233,8 @@ def modelfile(filename: str, tokenizer) -> str:
                   "{{ .Content }}<|im_end|>",
                   '{{ end }}<|im_start|>assistant',
                   '"""', 'PARAMETER stop "<|im_end|>"']
-    elif tokenizer.eos_token:
-        lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+    else:
+        ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
+        stops = [tokenizer.convert_ids_to_tokens(i) for i in ids] or [tokenizer.eos_token]
+        lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops) if stop]
     return "\n".join(lines) + "\n"

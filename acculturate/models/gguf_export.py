@@ -1,11 +1,23 @@
-"""Write a Hugging Face Llama-architecture model (SmolLM2, Llama, Mistral-style) as a GGUF file that
-llama.cpp, Ollama and LM Studio run, with its tokenizer and chat template inside.
+"""Write a Hugging Face model as a GGUF file that llama.cpp, Ollama and LM Studio run, with its
+tokenizer and chat template inside: Llama-architecture models (SmolLM2, Llama, Mistral-style) and
+Gemma 3 (``gemma3-270m``).
 
-Names and layout follow llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel``): tensor names from
-gguf-py's ``TensorNameMap``, the q/k projection rows permuted from HF's rotate-half RoPE layout to
-GGUF's interleaved one, metadata under ``llama.*``, a byte-level BPE tokenizer as
-``tokenizer.ggml.model = gpt2`` (tokens, token types, merges, special ids). Quantization uses gguf-py's
-numpy reference quantizers (the same bit layout as llama.cpp's ``llama-quantize``):
+Names and layout follow llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel``, ``Gemma3Model``); what
+differs between the two is one :class:`Architecture` entry each in :data:`ARCHITECTURES`:
+
+- **llama**: metadata under ``llama.*``; the q/k projection rows permuted from HF's rotate-half RoPE
+  layout to GGUF's interleaved one; a byte-level BPE tokenizer as ``tokenizer.ggml.model = gpt2``
+  (tokens, token types, merges, special ids).
+- **gemma3**: metadata under ``gemma3.*`` (head size, sliding window, the global layers' RoPE base;
+  llama.cpp fixes the local layers' base at 10000 and the pattern at 5 sliding + 1 global layer, so a
+  config that differs is refused); q/k rows as they are (llama.cpp runs Gemma's RoPE NeoX-style, as HF
+  does); every RMSNorm weight, q/k norms included, stored as ``1 + w`` (HF's Gemma norm multiplies by
+  ``1 + w``, llama.cpp's by the stored weight; transformers' GGUF reader subtracts the 1 again); a
+  SentencePiece vocabulary as ``tokenizer.ggml.model = llama`` (tokens, scores, token types, no merges).
+  The token embedding is written as it is: both scale it by sqrt(hidden) inside the model.
+
+Quantization uses gguf-py's numpy reference quantizers (the same bit layout as llama.cpp's
+``llama-quantize``):
 
 - ``f16``: every matrix in float16, norms in float32.
 - ``q8_0``: matrices in 8-bit blocks of 32 (one f16 scale each; 8.5 bits/weight).
@@ -32,19 +44,19 @@ already on the target grid (:func:`on_grid`).
 from __future__ import annotations
 
 import functools
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from acculturate.models.gguf_vocab import byte_level_fields, sentencepiece_fields
 
 log = logging.getLogger(__name__)
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_1")
 ROUNDINGS = ("nearest", "stochastic")
-_ARCH = "llama"
-# llama.cpp's token types (gguf.TokenType): NORMAL 1, CONTROL 3, USER_DEFINED 4, UNUSED 5.
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 
 
 def _qtype(quant: str):
@@ -68,56 +80,129 @@ def permute_rope(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def check_architecture(config, model_name: str | None = None) -> None:
-    """Refuse a model this writer cannot write, before any work: ValueError naming the model, its
-    ``model_type`` and what to do instead.
+def _rope(config) -> dict:
+    return getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
 
-    Gemma 3 (``gemma3-270m``) is refused: llama.cpp's ``Gemma3Model`` writes other tensors (q/k norms,
-    four norms per block, stored as ``1 + w``), metadata under ``gemma3.*`` (sliding window, two RoPE
-    bases) and a SentencePiece-style vocabulary, none of which this writer has."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ("llama", "mistral"):
-        named = f"{model_name!r} (model_type {model_type!r})" if model_name else f"model_type {model_type!r}"
-        raise ValueError(
-            f"GGUF export writes Llama-architecture models (llama, mistral; e.g. smollm2-135m), not {named}. "
-            "Write a merged Hugging Face model with `acculturate export --format vllm --merge` (or "
-            "`acculturate merge`) and convert it with llama.cpp's convert_hf_to_gguf.py, which supports it")
-    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _check_llama(config) -> None:
+    rope = _rope(config)
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise ValueError(f"GGUF export: RoPE scaling {rope!r} is not written yet (plain RoPE only)")
 
 
-def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
-    """The GGUF tokenizer fields of a byte-level BPE (gpt2-style) HF tokenizer, padded to
-    ``vocab_size`` rows (``[PAD<i>]`` unused tokens, as convert_hf_to_gguf does).
+def _llama_metadata(writer, config, n_vocab: int) -> None:
+    n_head = config.num_attention_heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.num_key_value_heads or n_head)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or _rope(config).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(n_vocab)
+    writer.add_rope_dimension_count(_head_dim(config))
 
-    Returns:
-        ``{"tokens", "token_types", "merges", "bos", "eos", "unk", "pad", "add_bos", "chat_template"}``.
-    """
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = state.get("model", {})
-    if model.get("type") != "BPE" or state.get("pre_tokenizer") is None or "ByteLevel" not in json.dumps(
-            state.get("pre_tokenizer")):
-        raise ValueError("GGUF export writes byte-level BPE tokenizers (gpt2-style, as SmolLM2's); this "
-                         f"tokenizer's model is {model.get('type')!r}")
-    n = len(tokenizer)
-    if n > vocab_size:
-        raise ValueError(f"the tokenizer has {n} tokens but the model only {vocab_size} embedding rows")
-    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
-    added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
-    types = []
-    for tok in tokens:
-        info = added.get(tok)
-        types.append(_NORMAL if info is None else (_CONTROL if info.special else _USER_DEFINED))
-    tokens += [f"[PAD{i}]" for i in range(n, vocab_size)]
-    types += [_UNUSED] * (vocab_size - n)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    first = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return {"tokens": tokens, "token_types": types, "merges": merges,
-            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id,
-            "pad": tokenizer.pad_token_id,
-            "add_bos": bool(first and tokenizer.bos_token_id is not None and first[0] == tokenizer.bos_token_id),
-            "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None}
+
+# llama.cpp's gemma3 graph (llama-model.cpp, LLM_ARCH_GEMMA3) fixes what the file does not say: every
+# 6th layer global, the rest sliding; the sliding layers' RoPE base 10000; attention scaled by
+# 1/sqrt(head_dim) (27B excepted); GELU (tanh) in the MLP.
+_GEMMA3_SWA_PATTERN, _GEMMA3_LOCAL_BASE = 6, 10000.0
+
+
+def _check_gemma3(config) -> None:
+    def refuse(what):
+        raise ValueError(f"GGUF export: this Gemma 3 config has {what}; the gemma3 file this writer produces "
+                         "cannot say so, and llama.cpp would run it as the 270M-1B layout (5 sliding + 1 global "
+                         "layers, local RoPE base 10000, plain RoPE, 1/sqrt(head_dim) attention scale)")
+
+    rope = _rope(config)
+    for layer_type in ("full_attention", "sliding_attention"):
+        params = rope.get(layer_type, {})
+        if params.get("rope_type", "default") != "default":
+            refuse(f"RoPE scaling {params!r} on its {layer_type} layers")
+    local_base = rope.get("sliding_attention", {}).get("rope_theta", _GEMMA3_LOCAL_BASE)
+    if float(local_base) != _GEMMA3_LOCAL_BASE:
+        refuse(f"a sliding-layer RoPE base of {local_base} (not {_GEMMA3_LOCAL_BASE:g})")
+    expected = ["full_attention" if (i + 1) % _GEMMA3_SWA_PATTERN == 0 else "sliding_attention"
+                for i in range(config.num_hidden_layers)]
+    if list(getattr(config, "layer_types", expected)) != expected:
+        refuse(f"layer types {config.layer_types} (not 5 sliding + 1 global)")
+    if getattr(config, "query_pre_attn_scalar", _head_dim(config)) != _head_dim(config):
+        refuse(f"query_pre_attn_scalar {config.query_pre_attn_scalar} != head_dim {_head_dim(config)}")
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        refuse(f"attention logit softcapping {config.attn_logit_softcapping}")
+    if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        refuse(f"activation {config.hidden_activation!r}")
+    if getattr(config, "use_bidirectional_attention", False):
+        refuse("bidirectional attention")
+
+
+def _gemma3_metadata(writer, config, n_vocab: int) -> None:
+    # The keys and order of the shipped gemma-3-270m GGUF (convert_hf_to_gguf.Gemma3Model).
+    head_dim = _head_dim(config)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(_rope(config).get("full_attention", {}).get("rope_theta", 1_000_000.0)))
+    writer.add_sliding_window(config.sliding_window)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    if getattr(config, "final_logit_softcapping", None):
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the writer does differently for one GGUF architecture."""
+
+    name: str                  # general.architecture, the prefix of its metadata keys, gguf.MODEL_ARCH by name
+    model_types: tuple[str, ...]   # the HF ``config.model_type`` values written as it
+    tokenizer: str             # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    rope_permute: bool         # q/k rows from HF's rotate-half layout to GGUF's interleaved pairs
+    norm_shift: float          # added to every ``*norm.weight`` (Gemma: llama.cpp multiplies by w, HF by 1 + w)
+    spaces_user_defined: bool  # runs of spaces are user-defined pieces (Gemma's SentencePiece model)
+    check: Callable            # (config) -> None; ValueError for what llama.cpp's graph would run otherwise
+    metadata: Callable         # (writer, config, n_vocab) -> None; the ``{name}.*`` hyperparameters
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", ("llama", "mistral"), tokenizer="gpt2", rope_permute=True, norm_shift=0.0,
+                          spaces_user_defined=False, check=_check_llama, metadata=_llama_metadata),
+    "gemma3": Architecture("gemma3", ("gemma3_text",), tokenizer="llama", rope_permute=False, norm_shift=1.0,
+                           spaces_user_defined=True, check=_check_gemma3, metadata=_gemma3_metadata),
+}
+
+
+def check_architecture(config, model_name: str | None = None) -> Architecture:
+    """The :class:`Architecture` ``config`` is written as; before any work, a ValueError naming the
+    model, its ``model_type`` and what to do instead for one this writer cannot write."""
+    model_type = getattr(config, "model_type", None)
+    arch = next((a for a in ARCHITECTURES.values() if model_type in a.model_types), None)
+    if arch is None:
+        named = f"{model_name!r} (model_type {model_type!r})" if model_name else f"model_type {model_type!r}"
+        raise ValueError(
+            "GGUF export writes Llama-architecture models (llama, mistral; e.g. smollm2-135m) and Gemma 3 "
+            f"(gemma3_text; gemma3-270m), not {named}. Write a merged Hugging Face model with "
+            "`acculturate export --format vllm --merge` (or `acculturate merge`) and convert it with llama.cpp's "
+            "convert_hf_to_gguf.py, which supports it")
+    arch.check(config)
+    return arch
+
+
+def tokenizer_fields(tokenizer, vocab_size: int, arch: Architecture = ARCHITECTURES["llama"]) -> dict:
+    """The GGUF tokenizer fields of ``tokenizer`` in the form ``arch`` writes (:mod:`gguf_vocab`)."""
+    if arch.tokenizer == "gpt2":
+        return byte_level_fields(tokenizer, vocab_size)
+    return sentencepiece_fields(tokenizer, vocab_size, spaces_user_defined=arch.spaces_user_defined)
 
 
 def quantize_q4_stochastic(data: np.ndarray, quant: str, seed: int = 0) -> np.ndarray:
@@ -182,15 +267,16 @@ def _tensor(data: np.ndarray, quant: str, embedding: bool, rounding: str = "near
 
 
 def write_gguf(model, tokenizer, path: str | Path, *, quant: str = "f16", name: str = "model",
-               pre: str = "default", rounding: str = "nearest") -> Path:
-    """Write ``model`` (an HF Llama-architecture causal LM with no adapter layers left: merge first)
-    and ``tokenizer`` as one GGUF file at ``path`` (written to a temporary name, then renamed).
+               pre: str | None = None, rounding: str = "nearest") -> Path:
+    """Write ``model`` (an HF causal LM of an architecture in :data:`ARCHITECTURES`, with no adapter
+    layers left: merge first) and ``tokenizer`` as one GGUF file at ``path`` (written to a temporary
+    name, then renamed).
 
     Args:
         quant: ``f16``, ``q8_0``, ``q4_0`` or ``q4_1`` (see the module docstring).
         name: ``general.name``.
         pre: ``tokenizer.ggml.pre``, llama.cpp's pre-tokenizer name (``smollm`` for SmolLM2; taken
-            from the base GGUF when the model came from one).
+            from the base GGUF when the model came from one); None: ``default``.
         rounding: ``nearest`` (llama.cpp's) or ``stochastic`` (q4_0/q4_1 matrices; see the module
             docstring), seeded by each tensor's position in the file.
     Returns:
@@ -203,55 +289,50 @@ def write_gguf(model, tokenizer, path: str | Path, *, quant: str = "f16", name: 
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
     config = model.config
-    check_architecture(config)
+    arch = check_architecture(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    vocab_size = state["model.embed_tokens.weight"].shape[0]
+    n_vocab = state["model.embed_tokens.weight"].shape[0]
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     tied = bool(getattr(config, "tie_word_embeddings", False))
 
-    writer = gguf.GGUFWriter(str(tmp), _ARCH)
+    writer = gguf.GGUFWriter(str(tmp), arch.name)
     writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or rope.get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(vocab_size)
-    writer.add_rope_dimension_count(head_dim)
+    arch.metadata(writer, config, n_vocab)
     writer.add_file_type(_file_type(quant))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    tok = tokenizer_fields(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    tok = tokenizer_fields(tokenizer, n_vocab, arch)
+    writer.add_tokenizer_model(tok["model"])
+    writer.add_tokenizer_pre(pre or "default")
     writer.add_token_list(tok["tokens"])
+    if "scores" in tok:
+        writer.add_token_scores(tok["scores"])
     writer.add_token_types(tok["token_types"])
-    writer.add_token_merges(tok["merges"])
+    if "merges" in tok:
+        writer.add_token_merges(tok["merges"])
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                      ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
         if tok[key] is not None:
             add(tok[key])
     writer.add_add_bos_token(tok["add_bos"])
+    writer.add_add_eos_token(tok["add_eos"])
     writer.add_add_space_prefix(False)
     if tok["chat_template"]:
         writer.add_chat_template(tok["chat_template"])
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.name.upper()), config.num_hidden_layers)
     for index, (hf_name, data) in enumerate(state.items()):
-        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+        if "rotary_emb." in hf_name or (tied and hf_name == "lm_head.weight"):
             continue
-        if hf_name.endswith("q_proj.weight"):
+        if arch.rope_permute and hf_name.endswith("q_proj.weight"):
             data = permute_rope(data, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif arch.rope_permute and hf_name.endswith("k_proj.weight"):
             data = permute_rope(data, n_kv)
+        if arch.norm_shift and hf_name.endswith("norm.weight"):
+            data = data + np.float32(arch.norm_shift)
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"GGUF export: no GGUF name for tensor {hf_name!r}")
