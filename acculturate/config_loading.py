@@ -113,7 +113,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field; valid fields of "
                           f"{where or cls.__name__} are {sorted(fields)}")
-    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {name: _convert(_over_default(fields[name], value), hints[name], f"{prefix}{name}")
+              for name, value in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -121,6 +122,29 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     except (ValueError, TypeError) as e:
         # __post_init__ validation names the field; add where it sits in the config tree.
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a field whose default is a dataclass sets fields *of that default*: the
+    adapt job's ``train`` default is ``TrainConfig(epochs=1, batch_size=8, ...)``, so a user's
+    ``train: {lr: 5e-4}`` keeps those and changes the rate, rather than falling back on every other
+    ``TrainConfig`` default (a user's ``model: {dtype: bf16}`` silently ran another model that way)."""
+    if not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    return _merged(to_dict(default), value) if dataclasses.is_dataclass(default) else value
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -124,3 +124,17 @@ def test_list_override_reaches_the_typed_config(tmp_path):
     assert cfg.tasks[0].limit == 5 and cfg.tasks[1].source == "sundanese"
     with pytest.raises(ConfigError, match=r"e.yaml: tasks\[1\].limit: expected"):
         load_yaml(EvalConfig, path, ["tasks[1].limit=many"])
+
+
+def test_a_partial_mapping_keeps_the_jobs_own_defaults_for_the_rest():
+    """`model: {dtype: bf16}` in a user's adapt YAML changes the dtype of the job's default model; it
+    does not fall back on ModelConfig's own default model (nor `train: {lr: ...}` on TrainConfig's epochs)."""
+    config = from_dict(AdaptConfig, {"model": {"dtype": "fp32"}, "train": {"lr": 5e-4},
+                                     "retrieval": {"chunk": {"max_chars": 500}}})
+    default = AdaptConfig()
+    assert config.model.name == default.model.name and config.model.dtype == "fp32"
+    assert (config.train.lr, config.train.epochs, config.train.batch_size, config.train.min_steps) == \
+        (5e-4, default.train.epochs, default.train.batch_size, default.train.min_steps)
+    assert config.retrieval.chunk.max_chars == 500
+    assert config.retrieval.chunk.overlap_chars == default.retrieval.chunk.overlap_chars
+    assert config.retrieval.k == default.retrieval.k
