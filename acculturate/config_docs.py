@@ -106,9 +106,12 @@ def _default(f: dataclasses.Field):
     return dataclasses.MISSING
 
 
-def describe_config(cls: type, prefix: str = "") -> list[str]:
+def describe_config(cls: type, prefix: str = "", defaults=None) -> list[str]:
     """One line per field (nested config dataclasses expanded as ``section.field``): name, type,
-    default and meaning, e.g. ``train.lr (float, default 0.0002): peak learning rate``."""
+    default and meaning, e.g. ``train.lr (float, default 0.0002): peak learning rate``.
+
+    A nested section shows the values of its parent's default (the adapt job's ``train.lr`` is its
+    own 0.001, not ``TrainConfig``'s), as a config that leaves them out gets them (config_loading)."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception:   # an annotation that does not resolve here: show the raw text
@@ -119,11 +122,12 @@ def describe_config(cls: type, prefix: str = "") -> list[str]:
         if not f.init:
             continue
         tp = hints.get(f.name, f.type)
-        default = _default(f)
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
         doc = docs.get(f.name, "")
         if dataclasses.is_dataclass(tp):
             out.append(f"{prefix}{f.name}: {doc or _class_doc(tp)}".rstrip(": "))
-            out.extend(describe_config(tp, f"{prefix}{f.name}."))
+            out.extend(describe_config(tp, f"{prefix}{f.name}.",
+                                       default if dataclasses.is_dataclass(default) else None))
             continue
         shown = "required" if default is dataclasses.MISSING else f"default {default!r}"
         out.append(f"{prefix}{f.name} ({_type_name(tp)}, {shown})" + (f": {doc}" if doc else ""))

@@ -46,3 +46,15 @@ def test_every_field_of_every_job_config_is_documented(verb):
     lines = describe_config(JOBS[verb].config_class())
     undocumented = {line.split(" (")[0] for line in lines if line.endswith(")") and "): " not in line}
     assert not undocumented, undocumented
+
+
+def test_a_nested_section_shows_the_jobs_own_defaults():
+    """`acculturate adapt --help` shows the adapt job's model and training defaults, which a config that
+    leaves them out gets, not those of ModelConfig and TrainConfig alone."""
+    from acculturate.jobs.adapt import AdaptConfig
+
+    lines = describe_config(AdaptConfig)
+    default = AdaptConfig()
+    assert any(line.startswith(f"model.name (str, default {default.model.name!r})") for line in lines), lines
+    assert any(line.startswith(f"train.lr (float, default {default.train.lr!r})") for line in lines)
+    assert any(line.startswith(f"eval.batch_size (int, default {default.eval.batch_size!r})") for line in lines)

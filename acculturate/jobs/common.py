@@ -21,7 +21,7 @@ class ModelConfig:
     """Which model to adapt and where it runs."""
 
     name: str = DEFAULT_MODEL
-    """'smollm2-135m' (embedded), an HF model directory or a .gguf file."""
+    """An embedded model ('smollm2-135m', 'gemma3-270m'), an HF model directory or a .gguf file."""
     device: str | None = None
     """Where it runs; default: a GPU if present, else the CPU."""
     dtype: str | None = None
