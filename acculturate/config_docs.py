@@ -19,6 +19,8 @@ import textwrap
 import typing
 from functools import lru_cache
 
+from acculturate.config_loading import field_default
+
 
 @lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
@@ -98,14 +100,6 @@ def _type_name(tp) -> str:
     return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(tp))   # list[acculturate.x.DataSource] -> list[DataSource]
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
 def describe_config(cls: type, prefix: str = "", defaults=None) -> list[str]:
     """One line per field (nested config dataclasses expanded as ``section.field``): name, type,
     default and meaning, e.g. ``train.lr (float, default 0.0002): peak learning rate``.
@@ -122,7 +116,7 @@ def describe_config(cls: type, prefix: str = "", defaults=None) -> list[str]:
         if not f.init:
             continue
         tp = hints.get(f.name, f.type)
-        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        default = getattr(defaults, f.name) if defaults is not None else field_default(f)
         doc = docs.get(f.name, "")
         if dataclasses.is_dataclass(tp):
             out.append(f"{prefix}{f.name}: {doc or _class_doc(tp)}".rstrip(": "))

@@ -131,13 +131,17 @@ def _over_default(f: dataclasses.Field, value: Any) -> Any:
     ``TrainConfig`` default (a user's ``model: {dtype: bf16}`` silently ran another model that way)."""
     if not isinstance(value, dict):
         return value
-    if f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    elif f.default is not dataclasses.MISSING:
-        default = f.default
-    else:
-        return value
+    default = field_default(f)
     return _merged(to_dict(default), value) if dataclasses.is_dataclass(default) else value
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The field's default value (its factory called), or ``dataclasses.MISSING`` when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _merged(base: dict, over: dict) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 
 from acculturate.data.example import Example
+from acculturate.rag.assistant import closed_book_turn
 from acculturate.rag.pipeline import passages_turn
 from acculturate.rag.raft import find_gold
 from acculturate.rag.retrieve import Hit
@@ -27,8 +28,6 @@ SHOT_PASSAGE_CHARS = 200
 
 def closed_book_shots(questions: list[Example], n: int, seed: int = 0) -> list[dict]:
     """``n`` solved questions as user/assistant turns (the closed-book wording), seeded."""
-    from acculturate.rag.assistant import closed_book_turn
-
     turns: list[dict] = []
     for q in random.Random(seed).sample(questions, min(n, len(questions))):
         turns += [{"role": "user", "content": closed_book_turn(q.meta["question"])},
