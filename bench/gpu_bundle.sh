@@ -12,8 +12,11 @@ out=.gpuwt
 grep -qx '/.gpuwt/' .git/info/exclude 2>/dev/null || echo '/.gpuwt/' >> .git/info/exclude
 mkdir -p "$out/whl" "$out/tok"
 version() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1'))"; }
-# transformers' own needs that the device image lacks or has too old (seen when its import failed there)
-needs="huggingface-hub httpx2 httpcore2 hf-xet kernels tomlkit click regex anyio idna h11 truststore"
+# transformers' own needs that the device image lacks or has too old (seen when its import failed there),
+# then the server's and its tests' (tests/serve/conftest.py skips the whole folder without fastapi and uvicorn)
+needs="huggingface-hub httpx2 httpcore2 hf-xet kernels tomlkit click regex anyio idna h11 truststore
+  fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection sqlalchemy greenlet
+  openai distro jiter sniffio python-multipart opentelemetry-api typing-extensions"
 specs="transformers==$(version transformers) peft==$(version peft) liger-kernel==0.8.5"
 for name in $needs; do specs="$specs $name==$(version "$name")"; done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

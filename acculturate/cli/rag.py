@@ -118,7 +118,7 @@ def cmd_ask(args) -> int:
     from acculturate.rag import AskConfig, ask, open_index
 
     index = open_index(args.index)
-    loaded = load_with_adapter(args)
+    loaded = load_with_adapter(args, 1)
     result = ask(args.question, index, loaded.model, loaded.tokenizer,
                  AskConfig(retrieve=_retrieve_config(args), max_new_tokens=args.max_new_tokens))
     if args.json:

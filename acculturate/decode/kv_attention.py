@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from acculturate.models.kernels import wait_for_triton
+from acculturate.models.gpu_start import wait_for_gpu_start_up
 
 try:   # triton ships with CUDA builds of torch; CPU-only installs have no use for this module
     import triton
@@ -139,7 +139,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
            splits: int = 0) -> torch.Tensor:
     """:func:`decode_attention`'s kernels, launched (no dispatcher)."""
-    wait_for_triton()   # the first launch would otherwise repeat the load's Triton start-up beside it
+    wait_for_gpu_start_up()   # the first launch would otherwise repeat the load's Triton start-up beside it
     b, H, _, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     rep = H // n_kv

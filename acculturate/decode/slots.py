@@ -50,6 +50,7 @@ from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.engine import DecodeRow, distinct_prompts
 from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
 from acculturate.decode.step import advance_row, eos_token_ids, gc_paused
+from acculturate.models.gpu_start import wait_for_gpu_start_up
 
 MIN_WIDTH = 128   # the narrowest attention width a graph is captured for
 # Prefill widths: multiples of PREFILL_STEP up to PREFILL_LINEAR, powers of two beyond. Triton
@@ -488,6 +489,7 @@ class SlotBatch:
         return torch.where(at(self.greedy), greedy, sampled)
 
     def _capture(self, key: tuple[int, int, str]) -> None:
+        wait_for_gpu_start_up()   # a capture must not overlap the load's warm-up thread's CUDA work
         state = (self.tokens, self.positions, self.drawn, self.valid, self.seen)
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()

@@ -33,6 +33,7 @@ from acculturate.decode.sampling import (
 from acculturate.decode.step import (
     Completion, GenerationConfig, PromptRow, advance_row, encode_prompts, eos_token_ids, gc_paused, row_generator,
 )
+from acculturate.models.gpu_start import wait_for_gpu_start_up
 
 # Decoder layers with input_layernorm, self_attn.{q,k,v,o}_proj (no q/k norms), mlp and
 # post_attention_layernorm, and standard rotate-half RoPE.
@@ -150,6 +151,7 @@ class StaticDecoder:
         self.step.add_(1)
 
     def _capture(self) -> None:
+        wait_for_gpu_start_up()   # a capture must not overlap the load's warm-up thread's CUDA work
         saved = [t.clone() for t in (self.tokens, self.positions, self.slot, self.step, self.valid)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -253,8 +255,8 @@ class StaticDecoder:
         steps = self.max_length
         if generators is None:
             u = torch.rand(steps, B, dtype=torch.float64)
-        else:
-            u = torch.rand(steps, B, dtype=torch.float64)   # spare rows: any draws
+        else:   # spare rows and steps past max_new_tokens: any value; the global RNG is left alone
+            u = torch.zeros(steps, B, dtype=torch.float64)
             for r, g in enumerate(generators):
                 u[:max_new_tokens, r] = torch.rand(max_new_tokens, generator=g, dtype=torch.float64)
         self.uniforms.copy_(u)

@@ -20,6 +20,7 @@ import torch
 from acculturate.io import atomic_dir
 from acculturate.models.chat_templates import GEMMA3_CHAT_TEMPLATE
 from acculturate.models.device import pick_device, pick_dtype
+from acculturate.models.gpu_start import DecodingWarmUp
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None,
-         dtype: str | torch.dtype | None = None) -> LoadedModel:
+         dtype: str | torch.dtype | None = None, decoding: DecodingWarmUp | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     Args:
@@ -225,6 +226,8 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: a GPU if there is one.
         dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or a torch dtype; default: bf16 on a GPU that
             has it, fp32 otherwise.
+        decoding: for a command that decodes next, its batch sizes and sampling settings: on a CUDA
+            device the decoder's kernels are loaded beside the weights (:mod:`acculturate.models.gpu_start`).
     Returns:
         :class:`LoadedModel` (unpacks as ``model, tokenizer``), model in eval mode.
     """
@@ -232,10 +235,10 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     hf_dir = gguf_to_hf_dir(path) if kind == "gguf" else path
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
-    if dev.type == "cuda":   # Triton's once-per-process start-up, beside the load (models/kernels.py)
-        from acculturate.models.kernels import start_preparing_triton
+    if dev.type == "cuda":   # the process's GPU start-up, beside the weights' load (models/gpu_start.py)
+        from acculturate.models.gpu_start import start_gpu_start_up
 
-        start_preparing_triton(dev)
+        start_gpu_start_up(dev, hf_dir, dt, decoding)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -44,28 +44,3 @@ def test_fused_kernels_keep_outputs_and_gradients():
     assert float((out - ref).norm() / ref.norm()) < 1e-3
     out.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_triton_start_up_is_prepared_only_for_cuda():
-    from acculturate.models.kernels import start_preparing_triton
-
-    assert start_preparing_triton(torch.device("cpu")) is False
-
-
-@pytest.mark.gpu
-def test_prepare_triton_fills_the_caches_a_first_launch_needs():
-    """The warm-up reaches Triton's own per-process caches (internals it names): were they to move, this
-    fails instead of the warm-up silently doing nothing."""
-    pytest.importorskip("triton")
-    from triton.backends.nvidia.compiler import get_ptxas_version
-    from triton.runtime.cache import triton_key
-
-    from acculturate.models.kernels import prepare_triton, wait_for_triton
-
-    wait_for_triton()   # a load earlier in the session may have started the thread
-    prepare_triton(torch.device("cuda"))
-    assert triton_key.cache_info().currsize == 1
-    major, minor = torch.cuda.get_device_capability()
-    before = get_ptxas_version.cache_info()
-    get_ptxas_version(major * 10 + minor)
-    assert get_ptxas_version.cache_info().hits == before.hits + 1

@@ -1,0 +1,116 @@
+"""The GPU start-up beside the model load: started only for CUDA, the decoding warm-up runs the static
+decoder on a zero one-layer twin without drawing from any random generator, and on a GPU it reaches
+Triton's caches and leaves the decoder's tokens unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acculturate.models.gpu_start import DecodingWarmUp, one_layer_twin, start_gpu_start_up, warm_decoding
+
+
+def _config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+def test_start_up_runs_only_for_cuda():
+    assert start_gpu_start_up(torch.device("cpu"), "unused", torch.float32, DecodingWarmUp((1, 8))) is False
+
+
+def test_one_layer_twin_has_the_shapes_and_zero_weights():
+    config = _config()
+    twin = one_layer_twin(config, torch.device("cpu"), torch.float32)
+    assert len(twin.model.layers) == 1 and config.num_hidden_layers == 3   # the caller's config untouched
+    assert twin.lm_head.weight.shape == (96, 64)
+    assert twin.model.layers[0].mlp.up_proj.weight.shape == (128, 64)
+    assert all(float(p.abs().max()) == 0 for p in twin.parameters())
+
+
+def test_one_layer_twin_leaves_the_process_default_dtype_alone(monkeypatch):
+    """The twin is built in a thread beside the main load: a change of torch's process-wide default
+    dtype there would build the loading model's modules in the wrong dtype."""
+    calls = []
+    monkeypatch.setattr(torch, "set_default_dtype", lambda d: calls.append(d))
+    twin = one_layer_twin(_config(), torch.device("cpu"), torch.bfloat16)
+    assert calls == []
+    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16}
+
+
+def test_decoding_warm_up_leaves_the_random_generators_alone():
+    """A command's seeded rows draw from their own generators, unseeded ones from torch's global RNG:
+    the warm-up, running beside the load, must draw from neither."""
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    warm_decoding(_config(), torch.device("cpu"), torch.float32, DecodingWarmUp((1, 3), temperature=0.7, top_p=0.9))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_decoding_warm_up_skips_models_the_static_decoder_does_not_take():
+    from transformers import GPT2Config
+
+    warm_decoding(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50), torch.device("cpu"), torch.float32,
+                  DecodingWarmUp((1,)))
+
+
+@pytest.mark.gpu
+def test_prepare_triton_fills_the_caches_a_first_launch_needs():
+    """The warm-up reaches Triton's own per-process caches (internals it names): were they to move, this
+    fails instead of the warm-up silently doing nothing."""
+    pytest.importorskip("triton")
+    from triton.backends.nvidia.compiler import get_ptxas_version
+    from triton.runtime.cache import triton_key
+
+    from acculturate.models.gpu_start import prepare_triton, wait_for_gpu_start_up
+
+    wait_for_gpu_start_up()   # a load earlier in the session may have started the thread
+    prepare_triton(torch.device("cuda"))
+    assert triton_key.cache_info().currsize == 1
+    major, minor = torch.cuda.get_device_capability()
+    before = get_ptxas_version.cache_info()
+    get_ptxas_version(major * 10 + minor)
+    assert get_ptxas_version.cache_info().hits == before.hits + 1
+
+
+@pytest.mark.gpu
+def test_decoding_warm_up_on_cuda_keeps_the_decoders_tokens():
+    """Warm-up in a thread (as the load runs it), then the graph decoder: the same tokens as before it,
+    and the CUDA generator untouched."""
+    import threading
+
+    from transformers import LlamaForCausalLM
+
+    from acculturate.decode.static import StaticDecoder
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_config()).to("cuda", torch.bfloat16).eval()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+
+    def tokens():
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return StaticDecoder(model, 2, 32, temperature=0.7, top_p=0.9).generate(prompts, 12, generators=gens)
+
+    before = tokens()
+    cuda_state = torch.cuda.get_rng_state()
+    warm_up = DecodingWarmUp((1, 2, 64), temperature=0.7, top_p=0.9)
+    thread = threading.Thread(target=warm_decoding, args=(_config(), torch.device("cuda"), torch.bfloat16, warm_up))
+    thread.start()
+    thread.join()
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+    assert tokens() == before
+
+
+def test_commands_warm_the_batch_sizes_they_will_decode():
+    from types import SimpleNamespace
+
+    from acculturate.cli.common import decoding_warm_up
+
+    args = SimpleNamespace(batch_size=64, temperature=0.7, top_k=0, top_p=0.9)
+    assert decoding_warm_up(args, 64) == DecodingWarmUp((64,), 0.7, 0, 0.9)
+    assert decoding_warm_up(args, 100).rows == (36, 64)   # a full batch, then the rest
+    assert decoding_warm_up(args, None).rows == (1, 64)   # unknown: one prompt or a full batch
+    assert decoding_warm_up(SimpleNamespace(), 1).rows == (1,)   # `ask`: one question, greedy
+    assert decoding_warm_up(SimpleNamespace(), None) is None
