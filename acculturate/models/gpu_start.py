@@ -33,6 +33,8 @@ import torch
 
 log = logging.getLogger(__name__)
 _thread: threading.Thread | None = None
+_handed_over = threading.Event()
+_decoding: tuple | None = None   # (config, model class, DecodingWarmUp) from hand_over
 # Seconds from the thread's start to the end of each of its steps (bench/gpu_commands.py firstcall reads it).
 timeline: dict[str, float] = {}
 
@@ -69,7 +71,7 @@ def prepare_triton(device: torch.device) -> None:
         log.debug("Triton start-up not prepared: %s: %s", type(e).__name__, e)
 
 
-def one_layer_twin(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def one_layer_twin(config, model_class, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """A model of ``config``'s architecture and shapes with one decoder layer, every weight and
     buffer zero (finite logits, valid sampled tokens, no random-number draws: the caller's
     generators stay untouched). Built on the meta device and allocated on ``device``, so no
@@ -79,14 +81,13 @@ def one_layer_twin(config, device: torch.device, dtype: torch.dtype) -> torch.nn
     dtype for the duration of the build (``transformers.modeling_utils.local_torch_dtype``), and this
     runs in a thread beside the main load, whose own modules were then built in the wrong dtype
     (seen on an H200: fp32 norm weights under a bf16 model, "expected mat1 and mat2 to have the same
-    dtype"). The meta-device context is thread-local."""
-    from transformers import AutoModelForCausalLM
-
+    dtype"). The meta-device context is thread-local. ``model_class`` (:func:`causal_lm_class`) is
+    resolved by the caller's thread: transformers' lazy imports are not safe from two threads at once
+    (seen: "cannot import name 'AutoModelForCausalLM' from 'transformers'")."""
     small = copy.deepcopy(config)
     small.num_hidden_layers = 1
     if getattr(small, "layer_types", None):
         small.layer_types = small.layer_types[:1]
-    model_class = AutoModelForCausalLM._model_mapping[type(small)]
     with torch.device("meta"):
         model = model_class(small)
     model.to_empty(device=device).to(dtype)
@@ -96,7 +97,14 @@ def one_layer_twin(config, device: torch.device, dtype: torch.dtype) -> torch.nn
     return model.eval()
 
 
-def warm_decoding(config, device: torch.device, dtype: torch.dtype, warm_up: DecodingWarmUp,
+def causal_lm_class(config):
+    """The transformers class ``AutoModelForCausalLM`` builds for ``config`` (imports its module)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM._model_mapping[type(config)]
+
+
+def warm_decoding(config, model_class, device: torch.device, dtype: torch.dtype, warm_up: DecodingWarmUp,
                   started: float | None = None) -> None:
     """Run the static decoder (:mod:`acculturate.decode.static`, eager: no graph) on
     :func:`one_layer_twin` with ``warm_up``'s sampling settings: a prefill of prompts of two lengths
@@ -109,7 +117,7 @@ def warm_decoding(config, device: torch.device, dtype: torch.dtype, warm_up: Dec
     if getattr(config, "model_type", None) not in STATIC_MODEL_TYPES:
         return
     started = time.perf_counter() if started is None else started
-    model = one_layer_twin(config, device, dtype)
+    model = one_layer_twin(config, model_class, device, dtype)
     timeline["twin_s"] = round(time.perf_counter() - started, 3)
     for b in sorted(set(warm_up.rows)):
         decoder = StaticDecoder(model, b, 40, temperature=warm_up.temperature, top_k=warm_up.top_k,
@@ -122,40 +130,53 @@ def warm_decoding(config, device: torch.device, dtype: torch.dtype, warm_up: Dec
         timeline[f"rows_{b}_s"] = round(time.perf_counter() - started, 3)
 
 
-def gpu_start_up(device: torch.device, model_dir=None, dtype: torch.dtype | None = None,
-                 decoding: DecodingWarmUp | None = None) -> None:
-    """The thread's work: :func:`prepare_triton`, then :func:`warm_decoding` on the config of the HF
-    model directory ``model_dir`` where asked. It starts before the loading thread has imported
-    transformers (2-5 s in a fresh process on the H200 machine), so the config is read here."""
+def gpu_start_up(device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """The thread's work: :func:`prepare_triton`, then, once the loading thread has handed over what
+    it decodes next (:func:`hand_over`), :func:`warm_decoding`."""
     started = time.perf_counter()
     prepare_triton(device)
     timeline["triton_s"] = round(time.perf_counter() - started, 3)
-    if model_dir is not None and decoding is not None and decoding.rows:
+    _handed_over.wait()
+    if _decoding is not None:
+        config, model_class, decoding = _decoding
         try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(model_dir)
-            warm_decoding(config, device, dtype or torch.bfloat16, decoding, started)
+            warm_decoding(config, model_class, device, dtype or torch.bfloat16, decoding, started)
         except Exception as e:   # a warm-up: never the reason a command fails
             log.debug("decoding warm-up skipped: %s: %s", type(e).__name__, e)
     timeline["done_s"] = round(time.perf_counter() - started, 3)
 
 
-def start_gpu_start_up(device: torch.device, model_dir=None, dtype: torch.dtype | None = None,
-                       decoding: DecodingWarmUp | None = None) -> bool:
+def start_gpu_start_up(device: torch.device, dtype: torch.dtype | None = None) -> bool:
     """Run :func:`gpu_start_up` in a daemon thread, once per process, on a CUDA ``device`` where Triton
-    is installed. Returns whether a thread started."""
+    is installed. Returns whether a thread started; the starter then calls :func:`hand_over`."""
     global _thread
     if _thread is not None or torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is None:
         return False
-    _thread = threading.Thread(target=gpu_start_up, args=(torch.device(device), model_dir, dtype, decoding),
-                               name="gpu-start-up", daemon=True)
+    _thread = threading.Thread(target=gpu_start_up, args=(torch.device(device), dtype), name="gpu-start-up",
+                               daemon=True)
     _thread.start()
     return True
 
 
+def hand_over(config=None, decoding: DecodingWarmUp | None = None) -> None:
+    """Give the start-up thread what the command decodes next (``config``: the model's HF config), or
+    nothing. Called by the loading thread once transformers is imported; the model class is resolved
+    here, in the caller's thread (see :func:`one_layer_twin`)."""
+    global _decoding
+    if _handed_over.is_set():
+        return
+    if config is not None and decoding is not None and decoding.rows:
+        try:
+            _decoding = (config, causal_lm_class(config), decoding)
+        except Exception as e:   # no class for this config: the load reports it; no warm-up
+            log.debug("decoding warm-up skipped: %s: %s", type(e).__name__, e)
+    _handed_over.set()
+
+
 def wait_for_gpu_start_up() -> None:
-    """Block until :func:`start_gpu_start_up`'s thread, if any, is done (a no-op inside that thread)."""
+    """Block until :func:`start_gpu_start_up`'s thread, if any, is done (a no-op inside that thread).
+    A thread still waiting for :func:`hand_over` is given nothing, so this never waits for a load."""
     thread = _thread
     if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        hand_over()
         thread.join()

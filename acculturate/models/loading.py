@@ -199,7 +199,8 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     log.info("converting %s to an HF directory at %s (once)", gguf, target)
     try:
         with gguf_read_once():
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                         use_kernels=False)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # transformers raises many kinds; the user needs the file name
         raise ModelLoadError(f"could not read GGUF file {gguf}: {type(e).__name__}: {e}") from e
@@ -238,12 +239,18 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     if dev.type == "cuda":   # the process's GPU start-up, beside the weights' load (models/gpu_start.py)
         from acculturate.models.gpu_start import start_gpu_start_up
 
-        start_gpu_start_up(dev, hf_dir, dt, decoding)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        start_gpu_start_up(dev, dt)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    finally:
+        _hand_over_decoding(hf_dir, decoding)
     try:
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dt)
+        # use_kernels=False: transformers (5.25 with the `kernels` package installed) otherwise swaps layers
+        # for kernels it fetches from the Hub, on every load: offline that fails, and on an H200 `acculturate
+        # train` stopped at its first step ("Kernel repository 'kernels-community/rotary' could not verify
+        # publisher trust status"). The fused kernels here are Liger's (models/kernels.py), installed with pip.
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dt, use_kernels=False)
     except Exception as e:
         raise ModelLoadError(f"could not load model from {hf_dir}: {type(e).__name__}: {e}") from e
     if tokenizer.pad_token_id is None:
@@ -253,6 +260,21 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     model.to(dev).eval()
     contiguous_head_input(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=Path(hf_dir))
+
+
+def _hand_over_decoding(hf_dir, decoding: DecodingWarmUp | None) -> None:
+    """Tell the GPU start-up thread (if :func:`load` started one) what the command decodes next."""
+    from acculturate.models import gpu_start
+
+    config = None
+    if decoding is not None and gpu_start._thread is not None:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(hf_dir)
+        except Exception:   # the load reports an unreadable model with its own message
+            config = None
+    gpu_start.hand_over(config, decoding)
 
 
 def add_chat_template(model, tokenizer, entry: EmbeddedModel) -> None:

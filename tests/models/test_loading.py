@@ -90,3 +90,9 @@ def test_a_gguf_file_is_parsed_once_while_converting(tmp_path):
         assert gguf.GGUFReader(str(path)) is first   # config, weights and tokenizer share one parse
         assert len(first.fields["tokenizer.ggml.tokens"].data) == 1000
     assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
+
+
+def test_loaded_models_take_no_kernels_from_the_hub():
+    """transformers with the `kernels` package swaps layers for kernels fetched from the Hub unless told
+    not to: offline, or for an unverified kernel repository, training then fails at its first step."""
+    assert load("smollm2-135m", device="cpu").model.use_kernels is False
