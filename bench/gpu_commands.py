@@ -434,7 +434,9 @@ def first_call(i: int, start_up: str) -> dict:
     from acculturate.models import load
 
     if start_up == "none":
-        gpu_start.start_gpu_start_up = lambda *a, **k: False   # models.load looks it up at each call
+        import acculturate.models.loading as loading
+
+        loading.start_gpu_start_up = lambda *a, **k: False   # what models.load calls
     imports_s = time.perf_counter() - t0
     _, prompts = make_data()
     rendered, config = generate_inputs(prompts)

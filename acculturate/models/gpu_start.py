@@ -158,17 +158,21 @@ def start_gpu_start_up(device: torch.device, dtype: torch.dtype | None = None) -
     return True
 
 
-def hand_over(config=None, decoding: DecodingWarmUp | None = None) -> None:
-    """Give the start-up thread what the command decodes next (``config``: the model's HF config), or
-    nothing. Called by the loading thread once transformers is imported; the model class is resolved
-    here, in the caller's thread (see :func:`one_layer_twin`)."""
+def hand_over(model_dir=None, decoding: DecodingWarmUp | None = None) -> None:
+    """Give the start-up thread, if one is waiting, what the command decodes next (``model_dir``: the HF
+    model directory being loaded), or nothing. Called by the loading thread once transformers is
+    imported; the config and model class are read here, in the caller's thread (see
+    :func:`one_layer_twin`)."""
     global _decoding
-    if _handed_over.is_set():
+    if _thread is None or _handed_over.is_set():
         return
-    if config is not None and decoding is not None and decoding.rows:
+    if model_dir is not None and decoding is not None and decoding.rows:
         try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_dir)
             _decoding = (config, causal_lm_class(config), decoding)
-        except Exception as e:   # no class for this config: the load reports it; no warm-up
+        except Exception as e:   # an unreadable model: the load reports it; no warm-up
             log.debug("decoding warm-up skipped: %s: %s", type(e).__name__, e)
     _handed_over.set()
 

@@ -20,7 +20,7 @@ import torch
 from acculturate.io import atomic_dir
 from acculturate.models.chat_templates import GEMMA3_CHAT_TEMPLATE
 from acculturate.models.device import pick_device, pick_dtype
-from acculturate.models.gpu_start import DecodingWarmUp
+from acculturate.models.gpu_start import DecodingWarmUp, hand_over, start_gpu_start_up
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +237,11 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dev.type == "cuda":   # the process's GPU start-up, beside the weights' load (models/gpu_start.py)
-        from acculturate.models.gpu_start import start_gpu_start_up
-
         start_gpu_start_up(dev, dt)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-    finally:
-        _hand_over_decoding(hf_dir, decoding)
+    finally:   # the thread builds its twin only after this thread's transformers import (gpu_start.py)
+        hand_over(hf_dir, decoding)
     try:
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         # use_kernels=False: transformers (5.25 with the `kernels` package installed) otherwise swaps layers
@@ -260,21 +258,6 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     model.to(dev).eval()
     contiguous_head_input(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), path=Path(hf_dir))
-
-
-def _hand_over_decoding(hf_dir, decoding: DecodingWarmUp | None) -> None:
-    """Tell the GPU start-up thread (if :func:`load` started one) what the command decodes next."""
-    from acculturate.models import gpu_start
-
-    config = None
-    if decoding is not None and gpu_start._thread is not None:
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(hf_dir)
-        except Exception:   # the load reports an unreadable model with its own message
-            config = None
-    gpu_start.hand_over(config, decoding)
 
 
 def add_chat_template(model, tokenizer, entry: EmbeddedModel) -> None:
