@@ -431,6 +431,7 @@ def first_call(i: int, start_up: str) -> dict:
 
     import acculturate.models.gpu_start as gpu_start
     from acculturate.decode import generate
+    from acculturate.decode.warm_up import DecodingWarmUp
     from acculturate.models import load
 
     if start_up == "none":
@@ -441,7 +442,7 @@ def first_call(i: int, start_up: str) -> dict:
     _, prompts = make_data()
     rendered, config = generate_inputs(prompts)
     t = time.perf_counter()
-    decoding = gpu_start.DecodingWarmUp((GEN["batch"],), 0.7, 0, 0.9)   # what `generate --file` asks for
+    decoding = DecodingWarmUp((GEN["batch"],), 0.7, 0, 0.9)   # what `generate --file` asks for
     loaded = load(str(WORK / "models" / "llama-1b"), decoding=decoding if start_up == "decoding" else None)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t

@@ -20,7 +20,7 @@ python3 -c "import torch, transformers, peft, liger_kernel, acculturate.decode.s
 print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(), transformers.__version__, peft.__version__)" \
   2>&1 | tee "$out/sanity.txt" || exit 1
 limit() { local v="LIMIT_${1//-/_}"; echo "${!v:-$2}"; }
-decoding_tests="tests/models/test_gpu_start.py tests/serve/test_batching_gpu.py tests/decode/test_static.py
+decoding_tests="tests/models/test_gpu_start.py tests/decode/test_warm_up.py tests/serve/test_batching_gpu.py tests/decode/test_static.py
   tests/decode/test_slots.py tests/decode/test_kv_attention.py"
 [ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|batch1|8bauto20 ..." >&2; exit 2; }
 for mode in "$@"; do

@@ -117,9 +117,9 @@ def load_with_adapter(args, prompts: int | None = None):
 
 def decoding_warm_up(args, prompts: int | None = None):
     """What a command with decoding settings (``add_sampling_args``) decodes next, for the GPU warm-up
-    beside the load (``models.gpu_start``): the batch sizes of ``prompts`` prompts in batches of
+    beside the load (``decode.warm_up``): the batch sizes of ``prompts`` prompts in batches of
     ``--batch-size`` (one prompt and a chat: batch 1; unknown: both), with its sampling settings."""
-    from acculturate.models.gpu_start import DecodingWarmUp
+    from acculturate.decode.warm_up import DecodingWarmUp
 
     size = getattr(args, "batch_size", None) or (1 if prompts == 1 else None)
     if not size:

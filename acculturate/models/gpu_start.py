@@ -11,9 +11,9 @@ and the GPU idle, so :func:`acculturate.models.load` starts this work beside it
 (:func:`start_gpu_start_up`):
 
 - always on a CUDA device: :func:`prepare_triton`;
-- for a command that decodes next (a :class:`DecodingWarmUp`): :func:`warm_decoding`, the static
-  decoder's prefill and two eager steps on a one-layer model of the loaded model's shape, its weights
-  zeros, at each batch size the command will use, with its sampling settings.
+- then whatever the loading thread hands over (:func:`hand_over`): for a command that decodes next,
+  :func:`acculturate.decode.warm_up.warm_decoding`, the static decoder's prefill and two eager steps on
+  a one-layer model of the loaded model's shape, at the command's batch sizes and sampling settings.
 
 Capturing a CUDA graph must not overlap other threads' CUDA work, so the decoders wait for the
 thread (:func:`wait_for_gpu_start_up`) before their first capture; a Triton launch waits too, so
@@ -22,32 +22,21 @@ it finds the start-up done instead of repeating it beside the thread.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 log = logging.getLogger(__name__)
 _thread: threading.Thread | None = None
+_started: float | None = None   # the thread's start (perf_counter), for timeline
 _handed_over = threading.Event()
-_decoding: tuple | None = None   # (config, model class, DecodingWarmUp) from hand_over
+_work: Callable[[], None] | None = None   # from hand_over
 # Seconds from the thread's start to the end of each of its steps (bench/gpu_commands.py firstcall reads it).
 timeline: dict[str, float] = {}
-
-
-@dataclass(frozen=True)
-class DecodingWarmUp:
-    """What a command will decode, for :func:`warm_decoding`: its batch sizes (rows decoded together)
-    and sampling settings (greedy when ``temperature`` is 0, as in ``GenerationConfig``)."""
-
-    rows: tuple[int, ...]
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
 
 
 def prepare_triton(device: torch.device) -> None:
@@ -71,109 +60,51 @@ def prepare_triton(device: torch.device) -> None:
         log.debug("Triton start-up not prepared: %s: %s", type(e).__name__, e)
 
 
-def one_layer_twin(config, model_class, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """A model of ``config``'s architecture and shapes with one decoder layer, every weight and
-    buffer zero (finite logits, valid sampled tokens, no random-number draws: the caller's
-    generators stay untouched). Built on the meta device and allocated on ``device``, so no
-    initialisation runs.
-
-    The class is called directly, not through ``from_config``: that sets torch's process-wide default
-    dtype for the duration of the build (``transformers.modeling_utils.local_torch_dtype``), and this
-    runs in a thread beside the main load, whose own modules were then built in the wrong dtype
-    (seen on an H200: fp32 norm weights under a bf16 model, "expected mat1 and mat2 to have the same
-    dtype"). The meta-device context is thread-local. ``model_class`` (:func:`causal_lm_class`) is
-    resolved by the caller's thread: transformers' lazy imports are not safe from two threads at once
-    (seen: "cannot import name 'AutoModelForCausalLM' from 'transformers'")."""
-    small = copy.deepcopy(config)
-    small.num_hidden_layers = 1
-    if getattr(small, "layer_types", None):
-        small.layer_types = small.layer_types[:1]
-    with torch.device("meta"):
-        model = model_class(small)
-    model.to_empty(device=device).to(dtype)
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            t.zero_()
-    return model.eval()
+def mark(step: str) -> None:
+    """Record in :data:`timeline` that ``step`` of the start-up thread's work ended now."""
+    if _started is not None:
+        timeline[step] = round(time.perf_counter() - _started, 3)
 
 
-def causal_lm_class(config):
-    """The transformers class ``AutoModelForCausalLM`` builds for ``config`` (imports its module)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM._model_mapping[type(config)]
-
-
-def warm_decoding(config, model_class, device: torch.device, dtype: torch.dtype, warm_up: DecodingWarmUp,
-                  started: float | None = None) -> None:
-    """Run the static decoder (:mod:`acculturate.decode.static`, eager: no graph) on
-    :func:`one_layer_twin` with ``warm_up``'s sampling settings: a prefill of prompts of two lengths
-    and two decoding steps at each of its batch sizes. This loads the kernels the command's first call
-    launches (those of the layer shapes exactly; the LM head's cuBLAS kernel may differ, the twin's
-    vocabulary being the model's but its batch shapes not) and the decoding-attention kernel's
-    variants for those batch sizes. ``started``: the thread's start, for :data:`timeline`."""
-    from acculturate.decode.static import STATIC_MODEL_TYPES, StaticDecoder
-
-    if getattr(config, "model_type", None) not in STATIC_MODEL_TYPES:
-        return
-    started = time.perf_counter() if started is None else started
-    model = one_layer_twin(config, model_class, device, dtype)
-    timeline["twin_s"] = round(time.perf_counter() - started, 3)
-    for b in sorted(set(warm_up.rows)):
-        decoder = StaticDecoder(model, b, 40, temperature=warm_up.temperature, top_k=warm_up.top_k,
-                                top_p=warm_up.top_p, cuda_graph=False)
-        prompts = [[0] * (16 if r % 2 else 24) for r in range(b)]
-        generators = [torch.Generator().manual_seed(r) for r in range(b)]
-        decoder.generate(prompts, 3, generators=generators)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timeline[f"rows_{b}_s"] = round(time.perf_counter() - started, 3)
-
-
-def gpu_start_up(device: torch.device, dtype: torch.dtype | None = None) -> None:
-    """The thread's work: :func:`prepare_triton`, then, once the loading thread has handed over what
-    it decodes next (:func:`hand_over`), :func:`warm_decoding`."""
-    started = time.perf_counter()
+def gpu_start_up(device: torch.device) -> None:
+    """The thread's work: :func:`prepare_triton`, then the work the loading thread hands over."""
+    global _started
+    _started = time.perf_counter()
     prepare_triton(device)
-    timeline["triton_s"] = round(time.perf_counter() - started, 3)
+    mark("triton_s")
     _handed_over.wait()
-    if _decoding is not None:
-        config, model_class, decoding = _decoding
+    if _work is not None:
         try:
-            warm_decoding(config, model_class, device, dtype or torch.bfloat16, decoding, started)
+            _work()
         except Exception as e:   # a warm-up: never the reason a command fails
-            log.debug("decoding warm-up skipped: %s: %s", type(e).__name__, e)
-    timeline["done_s"] = round(time.perf_counter() - started, 3)
+            log.debug("GPU warm-up skipped: %s: %s", type(e).__name__, e)
+    mark("done_s")
 
 
-def start_gpu_start_up(device: torch.device, dtype: torch.dtype | None = None) -> bool:
+def start_gpu_start_up(device: torch.device) -> bool:
     """Run :func:`gpu_start_up` in a daemon thread, once per process, on a CUDA ``device`` where Triton
     is installed. Returns whether a thread started; the starter then calls :func:`hand_over`."""
     global _thread
     if _thread is not None or torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is None:
         return False
-    _thread = threading.Thread(target=gpu_start_up, args=(torch.device(device), dtype), name="gpu-start-up",
-                               daemon=True)
+    _thread = threading.Thread(target=gpu_start_up, args=(torch.device(device),), name="gpu-start-up", daemon=True)
     _thread.start()
     return True
 
 
-def hand_over(model_dir=None, decoding: DecodingWarmUp | None = None) -> None:
-    """Give the start-up thread, if one is waiting, what the command decodes next (``model_dir``: the HF
-    model directory being loaded), or nothing. Called by the loading thread once transformers is
-    imported; the config and model class are read here, in the caller's thread (see
-    :func:`one_layer_twin`)."""
-    global _decoding
+def hand_over(make_work: Callable[[], Callable[[], None] | None] | None = None) -> None:
+    """Give the start-up thread, if one is waiting, more work: ``make_work()`` runs here, in the
+    caller's thread (transformers' lazy imports are not safe from two threads at once: seen, "cannot
+    import name 'AutoModelForCausalLM' from 'transformers'"), and returns what the thread runs, or
+    None. The loading thread calls this once transformers is imported; the thread waits until then."""
+    global _work
     if _thread is None or _handed_over.is_set():
         return
-    if model_dir is not None and decoding is not None and decoding.rows:
+    if make_work is not None:
         try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(model_dir)
-            _decoding = (config, causal_lm_class(config), decoding)
+            _work = make_work()
         except Exception as e:   # an unreadable model: the load reports it; no warm-up
-            log.debug("decoding warm-up skipped: %s: %s", type(e).__name__, e)
+            log.debug("GPU warm-up skipped: %s: %s", type(e).__name__, e)
     _handed_over.set()
 
 

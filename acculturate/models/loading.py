@@ -7,6 +7,7 @@ on 2 CPU cores; the result is cached once as a plain HF directory (safetensors, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -14,13 +15,17 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from acculturate.io import atomic_dir
 from acculturate.models.chat_templates import GEMMA3_CHAT_TEMPLATE
 from acculturate.models.device import pick_device, pick_dtype
-from acculturate.models.gpu_start import DecodingWarmUp, hand_over, start_gpu_start_up
+from acculturate.models.gpu_start import hand_over, start_gpu_start_up
+
+if TYPE_CHECKING:
+    from acculturate.decode.warm_up import DecodingWarmUp
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +233,7 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or a torch dtype; default: bf16 on a GPU that
             has it, fp32 otherwise.
         decoding: for a command that decodes next, its batch sizes and sampling settings: on a CUDA
-            device the decoder's kernels are loaded beside the weights (:mod:`acculturate.models.gpu_start`).
+            device the decoder's kernels are loaded beside the weights (:mod:`acculturate.decode.warm_up`).
     Returns:
         :class:`LoadedModel` (unpacks as ``model, tokenizer``), model in eval mode.
     """
@@ -237,11 +242,16 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dev.type == "cuda":   # the process's GPU start-up, beside the weights' load (models/gpu_start.py)
-        start_gpu_start_up(dev, dt)
+        start_gpu_start_up(dev)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-    finally:   # the thread builds its twin only after this thread's transformers import (gpu_start.py)
-        hand_over(hf_dir, decoding)
+    finally:   # the thread's decoding warm-up starts only after this thread's transformers import
+        if decoding is None:
+            hand_over()
+        else:
+            from acculturate.decode.warm_up import decoding_work
+
+            hand_over(functools.partial(decoding_work, hf_dir, dev, dt, decoding))
     try:
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         # use_kernels=False: transformers (5.25 with the `kernels` package installed) otherwise swaps layers
