@@ -7,6 +7,9 @@
 #     gen             `acculturate generate --file` 3 times, then its first call in fresh processes with each
 #                     GPU start-up (bench/gpu_commands.py gen:ours firstcall); $OUT/gen.log, commands.jsonl,
 #                     firstcall_cprofile_*.txt
+#     gen-command     `acculturate generate --file` 3 times, nothing else (bench/gpu_commands.py gen:ours)
+#     sampler         the top-p sampler alone, before and after sampling in order of score (bench/sampler.py);
+#                     $OUT/sampler.log, sampler.jsonl
 #     batch1          batch-1 decoding against the weight-read roofline (bench/gpu.py); $OUT/batch1.log, gpu.jsonl
 #     8bauto20        `acculturate train`, 8B LoRA with auto checkpointing under a 20 GiB budget, 3 runs
 # Each mode's time limit (seconds) can be set with LIMIT_<mode, '-' as '_'>, e.g. LIMIT_tests=300.
@@ -22,7 +25,7 @@ print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name()
 limit() { local v="LIMIT_${1//-/_}"; echo "${!v:-$2}"; }
 decoding_tests="tests/models/test_gpu_start.py tests/decode/test_warm_up.py tests/serve/test_batching_gpu.py tests/decode/test_static.py
   tests/decode/test_slots.py tests/decode/test_kv_attention.py"
-[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|batch1|8bauto20 ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|gen-command|sampler|batch1|8bauto20 ..." >&2; exit 2; }
 for mode in "$@"; do
   case "$mode" in
     decoding-tests)
@@ -37,6 +40,12 @@ for mode in "$@"; do
       t=$(limit "$mode" 345)
       BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 15)) timeout "$t" python3 bench/gpu_commands.py gen:ours firstcall 2>&1 \
         | tee "$out/gen.log" ;;
+    gen-command)
+      t=$(limit "$mode" 160)
+      BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 15)) timeout "$t" python3 bench/gpu_commands.py gen:ours 2>&1 \
+        | tee "$out/gen_command.log" ;;
+    sampler)
+      timeout "$(limit "$mode" 60)" python3 bench/sampler.py 2>&1 | tee "$out/sampler.log" ;;
     batch1)
       t=$(limit "$mode" 215)
       BENCH_BUDGET_S=$((t - 15)) timeout "$t" python3 bench/gpu.py --cases '[["gen", 1, true, false], ["gen", 1]]' 2>&1 \

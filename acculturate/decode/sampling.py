@@ -24,6 +24,16 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits must be a tensor of shape (batch, vocab), got {shape}")
 
 
+def _check_top_k(k: int) -> None:
+    if k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {k!r}")
+
+
+def _check_top_p(p: float) -> None:
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide logits by ``temperature`` (> 0): below 1 sharpens the distribution, above 1 flattens it.
 
@@ -51,8 +61,7 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
         (B, V) filtered logits.
     """
     _check_logits(logits)
-    if k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 disables it), got {k!r}")
+    _check_top_k(k)
     if k == 0 or k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
@@ -70,8 +79,7 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
         (B, V) filtered logits (-inf outside the nucleus).
     """
     _check_logits(logits)
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    _check_top_p(p)
     if p >= 1:
         return logits
     # A stable sort puts tied logits in vocabulary order, so which of them the nucleus takes is fixed.
@@ -128,6 +136,9 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
         top_p: keep only the nucleus of mass p (1: all).
         generator: None (torch's global RNG), one ``torch.Generator`` for the whole batch, or one per
             row; per-row generators make a row's draws independent of what else is in the batch.
+            With per-row generators each row draws one uniform and picks by inverse CDF: in order of
+            score when top-k / top-p leave tokens out (:func:`sample_sorted`), else in vocabulary
+            order (:func:`sample_inverse_cdf`), as the CUDA-graph decoders do.
     Returns:
         (B,) LongTensor of token ids.
     """
@@ -136,25 +147,76 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}")
     if temperature <= GREEDY_TEMPERATURE:
         return logits.argmax(dim=-1)
+    _check_top_k(top_k)
+    _check_top_p(top_p)
     scores = apply_temperature(logits.float(), temperature)
-    scores = filter_top_k(scores, top_k)
-    scores = filter_top_p(scores, top_p)
-    probs = scores.softmax(dim=-1)  # (B, V)
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return _sample_per_row(probs, list(generator))
+        scores = filter_top_p(filter_top_k(scores, top_k), top_p)
+        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    u = _uniforms(list(generator), scores)
+    if filters_tokens(top_k, top_p, scores.shape[-1]):
+        return sample_sorted(scores, u, top_k, top_p)
+    return sample_inverse_cdf(scores.softmax(dim=-1), u)
 
 
-def _sample_per_row(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Inverse-CDF sampling with one uniform draw per row from that row's generator: one
-    searchsorted for the batch instead of B multinomial calls. Measured at B=32 on an H100 with a
-    SmolLM2-135M-shaped model: the B calls took 5 ms of a 51 ms step; now seeded sampling costs
-    about 1 ms a step more than unseeded (44.5 vs 43.6 ms)."""
-    if len(generators) != probs.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]} rows")
-    u = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64)
-                   for g in generators]).to(probs.device)                 # (B,)
-    return sample_inverse_cdf(probs, u)
+def _uniforms(generators: list[torch.Generator], scores: torch.Tensor) -> torch.Tensor:
+    """One uniform per row from that row's generator, (B,) float64 on ``scores``' device: one
+    searchsorted for the batch afterwards instead of B multinomial calls. Measured at B=32 on an
+    H100 with a SmolLM2-135M-shaped model: the B calls took 5 ms of a 51 ms step; with one draw a
+    row, seeded sampling costs about 1 ms a step more than unseeded (44.5 vs 43.6 ms)."""
+    if len(generators) != scores.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {scores.shape[0]} rows")
+    return torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64)
+                      for g in generators]).to(scores.device)
+
+
+def filters_tokens(top_k: int, top_p: float, vocab: int) -> bool:
+    """Whether top-k / top-p leave out any token, so that a seeded draw goes through
+    :func:`sample_sorted` (in order of score) rather than :func:`sample_inverse_cdf` (in vocabulary
+    order). Every decoder takes this same rule, so a seeded row gets the same tokens from each."""
+    return 0 < top_k < vocab or top_p < 1
+
+
+def sample_sorted(scores: torch.Tensor, u: torch.Tensor, top_k: int | torch.Tensor = 0,
+                  top_p: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Top-k / top-p sampling by inverse CDF over the tokens in descending order of score: the
+    kept tokens are then a prefix of that order, so the draw needs one sort, one exponential, one
+    cumulative sum and two binary searches, and nothing goes back to vocabulary order but the
+    picked index.
+
+    The tokens it can pick, and their probabilities, are those of ``filter_top_p(filter_top_k(
+    scores, top_k), top_p)`` then softmax (ties with the k-th score kept; tied scores at the
+    nucleus' edge taken in vocabulary order, by a stable sort); which token one ``u`` maps to
+    differs from :func:`sample_inverse_cdf`'s vocabulary order. Why: the filter-then-sample path at
+    batch 64 of a 128k vocabulary spent, besides the sort, ~0.25 ms of a 3.8 ms step on the scatter
+    back to vocabulary order, a second softmax and a second scan (H200 profile,
+    ``bench/results/commands_generate_step_profile_kv_kernel_h200.txt``).
+
+    Args:
+        scores: (B, V) temperature-scaled logits (-inf for excluded tokens).
+        u: (B,) float64 uniforms in [0, 1).
+        top_k: 0 (off) or the count to keep, or a (B, 1) tensor of them per row (0: off).
+        top_p: the nucleus mass in (0, 1], or a (B, 1) tensor of them per row (>= 1 or inf: off).
+    Returns:
+        (B,) LongTensor of token ids; no host sync, so it can run inside a CUDA graph.
+    """
+    _check_logits(scores)
+    ordered, order = scores.sort(dim=-1, descending=True, stable=True)       # (B, V) each
+    weights = (ordered - ordered[:, :1]).exp()                               # (B, V), 1 at the top
+    if isinstance(top_k, torch.Tensor):
+        kth = ordered.gather(1, (top_k - 1).clamp(min=0)).masked_fill(top_k == 0, float("-inf"))   # (B, 1)
+        weights = weights.masked_fill(ordered < kth, 0.0)
+    elif 0 < top_k < scores.shape[-1]:
+        weights = weights.masked_fill(ordered < ordered[:, top_k - 1:top_k], 0.0)
+    cdf = cumsum_rows(weights.double())                                      # (B, V)
+    # A token is kept while the tokens above it hold less than p of the mass: the count kept is one
+    # more than the number of prefixes below p * total (the top token is always kept).
+    threshold = cdf[:, -1:] * (top_p.double() if isinstance(top_p, torch.Tensor) else top_p)   # (B, 1)
+    kept = (torch.searchsorted(cdf, threshold, right=False) + 1).clamp(max=scores.shape[-1])  # (B, 1)
+    # The first index whose CDF exceeds u * (the nucleus' mass) has weight > 0; rounding can only
+    # push it past the nucleus, hence the clamp (the nucleus' last token has weight > 0 too).
+    picks = torch.searchsorted(cdf, u[:, None] * cdf.gather(1, kept - 1), right=True)      # (B, 1)
+    return order.gather(1, torch.minimum(picks, kept - 1)).squeeze(1)
 
 
 def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ sampling, the bookkeeping) is captured once as a ``torch.cuda.CUDAGraph`` and re
   row that finished meanwhile gets one wasted step, never a wrong token.
 
 Sampling per row follows :func:`acculturate.decode.sampling.sample` exactly (repetition penalty,
-temperature, top-k, top-p, then inverse CDF on one uniform per step): a seeded row draws its
+temperature, top-k, top-p, then inverse CDF on one uniform per step, in order of score for rows whose
+top-k / top-p leave tokens out): a seeded row draws its
 uniforms from its own generator in ``generate``'s order, so its tokens are ``generate``'s, up to
 float rounding of the logits. On the CPU the same code runs eagerly (the tests' path); the server
 uses it on CUDA (``acculturate.serve.batching``).
@@ -44,11 +45,10 @@ from collections import deque
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.engine import DecodeRow, distinct_prompts
-from acculturate.decode.sampling import GREEDY_TEMPERATURE, cumsum_rows, sample_inverse_cdf
+from acculturate.decode.sampling import GREEDY_TEMPERATURE, sample_inverse_cdf, sample_sorted
 from acculturate.decode.step import advance_row, eos_token_ids, gc_paused
 from acculturate.models.gpu_start import wait_for_gpu_start_up
 
@@ -471,21 +471,12 @@ class SlotBatch:
         if mode == "greedy":
             return greedy
         scores = logits / at(self.temperature)[:, None]
-        if mode == "filter":
-            ordered, order = scores.sort(dim=-1, descending=True, stable=True)   # (b, V) each
-            top_k = at(self.top_k)
-            kth = ordered.gather(1, (top_k - 1).clamp(min=0))                     # (b, 1)
-            kth = kth.masked_fill(top_k == 0, float("-inf"))
-            # As filter_top_k then filter_top_p: the kept tokens keep their sorted order.
-            ordered = ordered.masked_fill(ordered < kth, float("-inf"))
-            probs = ordered.softmax(dim=-1)
-            mass_above = F.pad(cumsum_rows(probs)[:, :-1], (1, 0))
-            drop_sorted = mass_above >= at(self.top_p)
-            drop_sorted[:, 0] = False
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            scores = scores.masked_fill((scores < kth) | drop, float("-inf"))
         u = at(self.uniforms).gather(1, at(self.drawn)[:, None]).squeeze(1)      # (b,)
         sampled = sample_inverse_cdf(scores.softmax(dim=-1), u)
+        if mode == "filter":   # rows with top-k / top-p draw in order of score, as sample() does
+            top_k, top_p = at(self.top_k), at(self.top_p)
+            filtered = sample_sorted(scores, u, top_k, top_p)
+            sampled = torch.where((top_k[:, 0] > 0) | (top_p[:, 0] < 1), filtered, sampled)
         return torch.where(at(self.greedy), greedy, sampled)
 
     def _capture(self, key: tuple[int, int, str]) -> None:

@@ -14,8 +14,9 @@ decoders only (``STATIC_MODEL_TYPES``). On the CPU the same code runs eagerly: t
 tests compare with :func:`acculturate.decode.generate` on the real model.
 
 Sampling draws one uniform per row and step from the row's own generator (as ``generate`` does with
-a seed) and picks by inverse CDF (:func:`acculturate.decode.sampling.sample_inverse_cdf`), so a
-seeded row gets the same tokens here as there, up to float rounding of the logits.
+a seed) and picks by inverse CDF (:func:`acculturate.decode.sampling.sample_sorted` when top-k or
+top-p leave tokens out, else :func:`acculturate.decode.sampling.sample_inverse_cdf`), so a seeded row
+gets the same tokens here as there, up to float rounding of the logits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from acculturate.decode.cache_layer import apply_rope, cache_layer
 from acculturate.decode.detokenize import TextStream
 from acculturate.decode.sampling import (
-    GREEDY_TEMPERATURE, apply_temperature, filter_top_k, filter_top_p, sample_inverse_cdf,
+    GREEDY_TEMPERATURE, apply_temperature, filters_tokens, sample_inverse_cdf, sample_sorted,
 )
 from acculturate.decode.step import (
     Completion, GenerationConfig, PromptRow, advance_row, encode_prompts, eos_token_ids, gc_paused, row_generator,
@@ -136,7 +137,9 @@ class StaticDecoder:
         """Next tokens (b,) from logits (b, V): greedy, or temperature/top-k/top-p by inverse CDF."""
         if self.temperature <= GREEDY_TEMPERATURE:
             return logits.argmax(dim=-1)
-        scores = filter_top_p(filter_top_k(apply_temperature(logits, self.temperature), self.top_k), self.top_p)
+        scores = apply_temperature(logits, self.temperature)
+        if filters_tokens(self.top_k, self.top_p, scores.shape[-1]):
+            return sample_sorted(scores, uniforms, self.top_k, self.top_p)
         return sample_inverse_cdf(scores.softmax(dim=-1), uniforms)
 
     def _decode_step(self) -> None:

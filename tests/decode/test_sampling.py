@@ -10,7 +10,10 @@ from acculturate.decode.sampling import (
     apply_temperature,
     filter_top_k,
     filter_top_p,
+    filters_tokens,
     sample,
+    sample_inverse_cdf,
+    sample_sorted,
 )
 
 # A known distribution: token 3 lies outside the 0.9-nucleus {0, 1, 2} (0.5 + 0.3 + 0.15 = 0.95).
@@ -193,3 +196,67 @@ def test_two_level_cumsum_equals_cumsum(V):
     assert got.shape == x.shape
     torch.testing.assert_close(got, x.cumsum(-1), rtol=1e-12, atol=1e-12)
     assert bool((got.diff(dim=-1) >= 0).all())
+
+
+def _grid(n: int) -> torch.Tensor:
+    """n uniforms evenly spread over [0, 1): a token's share of them is its probability to 1/n."""
+    return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (2, 1.0), (3, 0.7), (0, 0.3), (0, 1e-6), (5, 0.999)])
+def test_sorted_sampling_draws_the_filtered_distribution_exactly(top_k, top_p):
+    """Over a fine grid of uniforms, each token's share is its probability after filter_top_k and
+    filter_top_p (renormalized), and no token outside them is ever picked."""
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.0, 2.0, -3.0, 1.2]]) / 0.7
+    n = 100_000
+    tokens = sample_sorted(logits.expand(n, -1), _grid(n), top_k, top_p)
+    expected = filter_top_p(filter_top_k(logits, top_k), top_p).softmax(-1)[0]
+    freq = torch.bincount(tokens, minlength=logits.shape[1]) / n
+    assert torch.equal(freq > 0, expected > 0), (freq, expected)
+    assert (freq - expected).abs().max() < 2 / n, (freq, expected)
+
+
+def test_sorted_sampling_takes_tied_scores_as_the_filters_do():
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])   # four tied tokens of 1/4.25 each
+    n = 10_000
+    tokens = sample_sorted(logits.expand(n, -1), _grid(n), 0, 0.3)
+    assert torch.bincount(tokens, minlength=5).tolist() == [0, n // 2, n // 2, 0, 0]   # the first two in vocab order
+    tokens = sample_sorted(logits.expand(n, -1), _grid(n), 2, 1.0)   # ties with the 2nd score all kept
+    assert set(tokens.tolist()) == {1, 2, 3, 4}
+
+
+def test_sorted_sampling_with_per_row_settings_equals_each_rows_own_call():
+    """The fixed-slot decoder passes top-k / top-p as (B, 1) tensors (0 and inf: off)."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300, dtype=torch.float64).float() * 3
+    u = torch.rand(5, dtype=torch.float64)
+    settings = [(0, 0.9), (40, 1.0), (0, float("inf")), (7, 0.5), (1, 0.95)]
+    top_k = torch.tensor([[k] for k, _ in settings])
+    top_p = torch.tensor([[p] for _, p in settings])
+    together = sample_sorted(logits, u, top_k, top_p)
+    alone = [sample_sorted(logits[i:i + 1], u[i:i + 1], k, min(p, 1.0)).item() for i, (k, p) in enumerate(settings)]
+    assert together.tolist() == alone
+    assert together[4] == logits[4].argmax()   # top-k 1 is greedy
+
+
+def test_sorted_sampling_at_the_top_of_the_unit_interval_picks_a_kept_token():
+    logits = torch.tensor([[0.0, 5.0, float("-inf"), 4.0, -50.0]])
+    u = torch.tensor([1 - 2 ** -53], dtype=torch.float64)
+    assert sample_sorted(logits, u, 0, 0.99).tolist() == [3]
+    assert sample_sorted(logits, torch.tensor([0.0], dtype=torch.float64), 0, 0.99).tolist() == [1]
+
+
+def test_seeded_sample_draws_in_order_of_score_only_when_filters_leave_tokens_out():
+    """sample() with per-row generators: the same uniforms, sample_sorted when top-k / top-p filter,
+    the vocabulary-order inverse CDF otherwise (what the CUDA-graph decoders reproduce)."""
+    torch.manual_seed(1)
+    logits = torch.randn(6, 500)
+    u = torch.cat([torch.rand(1, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(6)])
+    for top_k, top_p in ((0, 0.8), (50, 1.0), (0, 1.0), (500, 1.0)):
+        got = sample(logits, 0.8, top_k, top_p, generator=[torch.Generator().manual_seed(i) for i in range(6)])
+        scores = logits / 0.8
+        if filters_tokens(top_k, top_p, 500):
+            assert (top_k, top_p) in ((0, 0.8), (50, 1.0))
+            assert torch.equal(got, sample_sorted(scores, u, top_k, top_p))
+        else:
+            assert torch.equal(got, sample_inverse_cdf(scores.softmax(-1), u))

@@ -224,3 +224,23 @@ def test_rows_match_generate_with_the_servers_fused_kernels(cuda_llama, monkeypa
     if not use_fused_kernels(model):
         pytest.skip("liger-kernel is not installed")
     run_join_and_leave(model, tok)
+
+
+def test_rows_with_and_without_filters_in_one_batch_keep_their_own_draws(cpu_llama):
+    """A seeded row with plain temperature shares the step with a seeded top-p row (the filtered
+    step): it still draws in vocabulary order and the top-p row in order of score, as generate()
+    gives each alone."""
+    model, tok = cpu_llama
+    configs = [GenerationConfig(max_new_tokens=10, temperature=1.0, seed=4),
+               GenerationConfig(max_new_tokens=10, temperature=0.9, top_p=0.8, seed=4),
+               GenerationConfig(max_new_tokens=10, temperature=1.2, top_k=30, seed=9)]
+    questions = ["Name a dish.", "Name a dish.", "Describe a river."]
+    batch = SlotBatch(model, tok, slots=4)
+    rows = [make_row(tok, p, c) for p, c in zip(encode_prompts(tok, [_chat(tok, q) for q in questions]), configs)]
+    batch.add(rows)
+    assert batch._mode() == "filter"
+    while len(batch):
+        batch.step()
+    for row, question, config in zip(rows, questions, configs):
+        want = generate(model, tok, [_chat(tok, question)], GenerationConfig(**{**config.__dict__, "cuda_graphs": False}))
+        assert row.stream.token_ids == want[0].token_ids, config
