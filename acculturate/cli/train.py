@@ -76,8 +76,9 @@ def speed_line(t: dict) -> str:
         else "CPU RSS growth"
     policy = t.get("activation_checkpointing", "off")
     policy = f"of the first {policy} layers" if isinstance(policy, int) else policy
+    parked = ", their inputs in host memory" if t.get("checkpointed_inputs_offloaded") else ""
     return (f"{t.get('tokens_per_s', 0):,.0f} tokens/s, peak memory {peak / 2 ** 30:.2f} GiB ({where}), "
-            f"activation checkpointing {policy}")
+            f"activation checkpointing {policy}{parked}")
 
 
 def launch_torchrun(gpus: int) -> int:

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from acculturate.train.offload import InputOffload
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("auto", "off", "mlp", "full")
@@ -94,9 +96,11 @@ def normalize(policy: Policy, layers: int) -> Policy:
     return policy
 
 
-def activation_bytes(config, tokens: int, policy: Policy) -> int:
+def activation_bytes(config, tokens: int, policy: Policy, offload: bool = False) -> int:
     """Estimated bytes of saved activations of one micro-batch of ``tokens`` tokens under ``policy``
-    for a model with HF ``config`` (hidden_size, intermediate_size, heads, layers)."""
+    for a model with HF ``config`` (hidden_size, intermediate_size, heads, layers). ``offload``:
+    checkpointed layers' inputs wait in host memory (:mod:`acculturate.train.offload`), two of them
+    on the GPU at a time (the one being recomputed, the one coming back)."""
     d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads = config.num_attention_heads
     kv = d * getattr(config, "num_key_value_heads", heads) // heads
@@ -107,9 +111,9 @@ def activation_bytes(config, tokens: int, policy: Policy) -> int:
     elif policy == "mlp":                                 # every MLP input kept; one MLP recomputed at a time
         per_token = L * (attention + d) + mlp
     elif policy == "full":                                # the layer inputs; one layer recomputed
-        per_token = L * d + attention + mlp
+        per_token = (min(L, 2) if offload else L) * d + attention + mlp
     else:   # n checkpointed layers keep their inputs; the L - n above keep everything (freed before any recompute)
-        per_token = policy * d + (L - policy) * (attention + mlp)
+        per_token = (min(policy, 2) if offload else policy) * d + (L - policy) * (attention + mlp)
     return int(2 * _SLACK * per_token * tokens)
 
 
@@ -135,14 +139,18 @@ def _optimizer_bytes(model: torch.nn.Module) -> int:
 
 
 def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.device,
-         free_bytes: int | None = None) -> MemoryPlan:
+         free_bytes: int | None = None, offload: bool = False) -> MemoryPlan:
     """Choose the policy for a micro-batch of ``tokens`` tokens; raise ValueError if it cannot fit.
 
     On the CPU there is no budget to read: ``auto`` is ``off`` and explicit policies are applied as
     asked. On CUDA the budget is ``torch.cuda.mem_get_info``'s free memory (or ``free_bytes``, where
-    given) minus the optimizer state.
+    given) minus the optimizer state. ``offload``: plan for checkpointed layers' inputs parked in
+    host memory (:mod:`acculturate.train.offload`); it needs a CUDA device.
     """
     requested = check_policy(requested)
+    if offload and device.type != "cuda":
+        raise ValueError(f"train.offload_checkpointed_inputs: parks checkpointed layers' inputs in pinned host "
+                         f"memory behind a CUDA GPU's compute; this run is on {device.type} (set it to false)")
     config = getattr(model, "config", None)
     if isinstance(requested, int) and hasattr(config, "num_hidden_layers") and requested > config.num_hidden_layers:
         raise ValueError(f"train.activation_checkpointing: {requested} layers to checkpoint, but the model has "
@@ -159,8 +167,8 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
     L = config.num_hidden_layers
     # Every option, cheapest recompute first (ties: less memory first).
     options = sorted(["off", "mlp", "full", *range(1, L)],
-                     key=lambda p: (recompute_cost(config, p), activation_bytes(config, tokens, p)))
-    need = {p: activation_bytes(config, tokens, p) for p in options}
+                     key=lambda p: (recompute_cost(config, p), activation_bytes(config, tokens, p, offload)))
+    need = {p: activation_bytes(config, tokens, p, offload) for p in options}
     gib = lambda n: f"{n / 2 ** 30:.1f} GiB"  # noqa: E731
     if requested == "auto":
         for policy in options:
@@ -174,7 +182,7 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
             f"after the weights and optimizer state; lower train.batch_size or train.max_length "
             f"(raise train.grad_accum to keep the tokens per step), or train a smaller model or with QLoRA")
     policy = normalize(requested, L)
-    estimate = activation_bytes(config, tokens, policy)
+    estimate = activation_bytes(config, tokens, policy, offload)
     if estimate > budget:
         lighter = [p for p in options if need[p] <= budget and need[p] < estimate]
         hint = (f"set train.activation_checkpointing to {lighter[0]!r} (or 'auto')" if lighter else
@@ -193,8 +201,10 @@ def describe(policy: Policy, layers: int | None = None) -> str:
     return policy
 
 
-def apply(model: torch.nn.Module, policy: Policy) -> None:
-    """Turn ``policy`` on for ``model`` (``off``: nothing); :func:`remove` undoes it."""
+def apply(model: torch.nn.Module, policy: Policy, offload: bool = False) -> None:
+    """Turn ``policy`` on for ``model`` (``off``: nothing); :func:`remove` undoes it. ``offload``:
+    the checkpointed layers' inputs wait in pinned host memory (``full`` and layer counts; the
+    model on CUDA)."""
     if policy == "off" or policy == 0:
         return
     if policy == "full" or isinstance(policy, int):
@@ -211,6 +221,11 @@ def apply(model: torch.nn.Module, policy: Policy) -> None:
                                  f"(use 'full' or 'mlp')")
             for layer in list(layers)[policy:]:
                 layer.gradient_checkpointing = False
+        if offload:
+            parked = InputOffload(next(model.parameters()).device)
+            for i, layer in enumerate(_decoder_layers(model)):
+                if layer.gradient_checkpointing:
+                    layer._gradient_checkpointing_func = parked.checkpoint_fn(i)
         return
     if policy != "mlp":
         raise ValueError(f"unknown activation checkpointing policy {policy!r}")
@@ -225,6 +240,8 @@ def remove(model: torch.nn.Module, policy: Policy) -> None:
     """Undo :func:`apply` (after training: decoding never recomputes anything anyway)."""
     if policy == "full" or (isinstance(policy, int) and policy > 0):
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        for layer in _decoder_layers(model):
+            vars(layer).pop("_gradient_checkpointing_func", None)
     elif policy == "mlp":
         for layer in _decoder_layers(model):
             vars(layer.mlp).pop("forward", None)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # Fields that only change how often the loop reports or saves, not the weights it ends with: a
 # resumed run may change them. Any other field must match the checkpoint's.
 _RESUME_FREE_FIELDS = {"eval_every", "save_every", "log_every", "distributed", "report_to",
-                       "activation_checkpointing", "memory_budget_gib"}
+                       "activation_checkpointing", "memory_budget_gib", "offload_checkpointed_inputs"}
 
 
 @dataclass
@@ -98,6 +98,11 @@ class TrainConfig:
     """GPU memory (GiB, weights included) that 'auto' plans the checkpointing for, when it is less
     than what the device has free: to leave room for other processes on the GPU, or to train as a
     smaller card would. A planning budget, not an allocator limit. None: the free memory."""
+    offload_checkpointed_inputs: bool = False
+    """On a CUDA GPU: checkpointed layers' inputs wait in pinned host memory between forward and
+    backward, copied out and back on a side stream behind the compute (:mod:`acculturate.train.offload`),
+    so 'auto' can leave more layers unchecked in the same memory (8B at B4 x 2048: 64 MiB a layer).
+    Costs host memory and bus traffic; off by default."""
 
     def __post_init__(self):
         def fail(name, expected):
@@ -126,7 +131,7 @@ class TrainConfig:
         if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
                                                    and self.max_grad_norm >= 0):
             fail("max_grad_norm", "None or a number >= 0")
-        for name in ("packing", "group_by_length"):
+        for name in ("packing", "group_by_length", "offload_checkpointed_inputs"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
         if self.distributed not in distributed.STRATEGIES:
@@ -176,6 +181,9 @@ class TrainResult:
     """The policy applied (auto resolved): off, mlp, full or the number of layers checkpointed."""
     activation_estimate_bytes: int | None = None
     """Its estimated activations per micro-batch (GPU)."""
+    checkpointed_inputs_offloaded: bool = False
+    """Whether checkpointed layers' inputs waited in host memory (``offload_checkpointed_inputs``
+    with a policy that checkpoints whole layers)."""
 
 
 def fingerprint(rows: Sequence[dict]) -> str:
@@ -362,8 +370,9 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
         free = min(torch.cuda.mem_get_info(device)[0],
                    int(config.memory_budget_gib * 2 ** 30) - torch.cuda.memory_allocated(device))
     memory_plan = checkpointing.plan(model, config.activation_checkpointing,
-                                     config.batch_size * config.max_length, device, free_bytes=free)
-    checkpointing.apply(model, memory_plan.policy)
+                                     config.batch_size * config.max_length, device, free_bytes=free,
+                                     offload=config.offload_checkpointed_inputs)
+    checkpointing.apply(model, memory_plan.policy, offload=config.offload_checkpointed_inputs)
     # Under torchrun: DDP/FSDP2 wrapping, this rank's share of each batch, sums over ranks.
     par = distributed.setup(model, config.distributed, device)
     params = [p for p in model.parameters() if p.requires_grad]   # FSDP2 replaced them with shards
@@ -557,7 +566,9 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             label_tokens_per_s=labels_seen / wall if wall > 0 else 0.0,
             log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
             dropped_features=dropped, history=history, activation_checkpointing=memory_plan.policy,
-            activation_estimate_bytes=memory_plan.activation_bytes)
+            activation_estimate_bytes=memory_plan.activation_bytes,
+            checkpointed_inputs_offloaded=config.offload_checkpointed_inputs and (
+                memory_plan.policy == "full" or isinstance(memory_plan.policy, int)))
 
 
 def job_config(out_dir: Path) -> dict:

@@ -23,9 +23,9 @@ tiny_model, tiny_features = resume_script.tiny_model, resume_script.tiny_feature
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def loss_and_grads(model, policy: str, batch: dict, device: torch.device, amp_dtype=None):
+def loss_and_grads(model, policy: str, batch: dict, device: torch.device, amp_dtype=None, offload: bool = False):
     model.train()
-    checkpointing.apply(model, policy)
+    checkpointing.apply(model, policy, offload=offload)
     try:
         total, n = loss_sum(model, batch, device, amp_dtype)
         (total / n).backward()
@@ -119,6 +119,28 @@ def test_auto_checkpoints_the_fewest_layers_that_fit_the_budget(monkeypatch):
     assert checkpointing.recompute_cost(model.config, "mlp") == pytest.approx(32 * 14336 / (14336 + 4096 + 1024))
 
 
+def test_offloaded_inputs_let_auto_leave_more_layers_unchecked(monkeypatch):
+    """With the checkpointed layers' inputs in host memory only two of them count (the one being
+    recomputed, the one coming back), so the same 20 GiB card gets 30 of 32 layers checkpointed,
+    not 31; on the CPU the setting is refused, naming it."""
+    model = _Shaped(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8)
+    monkeypatch.setattr(checkpointing, "_optimizer_bytes", lambda m: 12 * m.trainable)
+    cuda, tokens = torch.device("cuda"), 4 * 2048   # a device object only: free_bytes is given
+    input_bytes = int(2 * 1.25 * 4096 * tokens)     # one layer's input in the estimate
+    for policy in ("full", 31, 16):
+        kept = 32 if policy == "full" else policy
+        saved = checkpointing.activation_bytes(model.config, tokens, policy) - \
+            checkpointing.activation_bytes(model.config, tokens, policy, offload=True)
+        assert saved == (kept - 2) * input_bytes
+    assert checkpointing.plan(model, "auto", tokens, cuda, free_bytes=5 * 2 ** 30).policy == 31
+    assert checkpointing.plan(model, "auto", tokens, cuda, free_bytes=5 * 2 ** 30, offload=True).policy == 30
+    with pytest.raises(ValueError, match="train.offload_checkpointed_inputs"):
+        checkpointing.plan(model, "auto", tokens, torch.device("cpu"), offload=True)
+    with pytest.raises(ValueError, match="TrainConfig.offload_checkpointed_inputs"):
+        TrainConfig(offload_checkpointed_inputs="yes")
+
+
 def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
     model = tiny_model()
     config = TrainConfig(max_steps=2, batch_size=4, log_every=1, save_every=0, activation_checkpointing="mlp")
@@ -153,6 +175,46 @@ def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("policy", ["full", 2])
+def test_offloaded_inputs_give_the_same_loss_and_gradients_on_gpu(policy, cuda_llama):
+    """Checkpointed layers whose inputs went to host memory and came back: the loss and gradients of
+    no checkpointing, twice in a row (the host buffers are reused), and memory_allocated after the
+    forward pass lower by the parked inputs."""
+    from acculturate.models.kernels import use_fused_kernels
+
+    cuda = torch.device("cuda")
+    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
+    use_fused_kernels(model)
+    apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _batch(model.config.vocab_size, 8, 512, cuda)
+    ref_loss, ref = loss_and_grads(model, "off", batch, cuda, torch.bfloat16)
+    for _ in range(2):
+        loss, grads = loss_and_grads(model, policy, batch, cuda, torch.bfloat16, offload=True)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        for name in ref:
+            torch.testing.assert_close(grads[name], ref[name], rtol=1e-3, atol=1e-6)
+    held = {}
+    for offload in (False, True):
+        model.train()
+        checkpointing.apply(model, policy, offload=offload)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        total, n = loss_sum(model, batch, cuda, torch.bfloat16)
+        torch.cuda.synchronize()
+        held[offload] = torch.cuda.memory_allocated() - before
+        (total / n).backward()
+        checkpointing.remove(model, policy)
+        model.zero_grad(set_to_none=True)
+    checkpointed = model.config.num_hidden_layers if policy == "full" else policy
+    layer_input = 8 * 512 * model.config.hidden_size * 2
+    assert held[False] - held[True] >= (checkpointed - 0.5) * layer_input, (held, layer_input)
+
+
+@pytest.mark.gpu
 def test_auto_policy_on_gpu_reads_free_memory(cuda_llama):
     """On the GPU auto measures the free memory itself: a small micro-batch runs with checkpointing
     off; one whose activations without checkpointing exceed the free memory gets a policy that fits;
@@ -177,5 +239,7 @@ def test_summary_line_names_the_policy():
 
     t = {"tokens_per_s": 13000.4, "peak_memory_bytes": 19.5 * 2 ** 30, "peak_memory_kind": "cuda_max_allocated"}
     assert speed_line({**t, "activation_checkpointing": 30}).endswith("activation checkpointing of the first 30 layers")
+    assert speed_line({**t, "activation_checkpointing": 29, "checkpointed_inputs_offloaded": True}).endswith(
+        "of the first 29 layers, their inputs in host memory")
     assert speed_line({**t, "activation_checkpointing": "full"}) == (
         "13,000 tokens/s, peak memory 19.50 GiB (GPU max allocated, weights included), activation checkpointing full")
