@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from acculturate.config_loading import ConfigError
 from acculturate.train.offload import InputOffload
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def _optimizer_bytes(model: torch.nn.Module) -> int:
 
 def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.device,
          free_bytes: int | None = None, offload: bool = False) -> MemoryPlan:
-    """Choose the policy for a micro-batch of ``tokens`` tokens; raise ValueError if it cannot fit.
+    """Choose the policy for a micro-batch of ``tokens`` tokens; raise ConfigError (a ValueError naming
+    the setting to change, which the CLI prints as an error) if it cannot fit.
 
     On the CPU there is no budget to read: ``auto`` is ``off`` and explicit policies are applied as
     asked. On CUDA the budget is ``torch.cuda.mem_get_info``'s free memory (or ``free_bytes``, where
@@ -149,11 +151,11 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
     """
     requested = check_policy(requested)
     if offload and device.type != "cuda":
-        raise ValueError(f"train.offload_checkpointed_inputs: parks checkpointed layers' inputs in pinned host "
+        raise ConfigError(f"train.offload_checkpointed_inputs: parks checkpointed layers' inputs in pinned host "
                          f"memory behind a CUDA GPU's compute; this run is on {device.type} (set it to false)")
     config = getattr(model, "config", None)
     if isinstance(requested, int) and hasattr(config, "num_hidden_layers") and requested > config.num_hidden_layers:
-        raise ValueError(f"train.activation_checkpointing: {requested} layers to checkpoint, but the model has "
+        raise ConfigError(f"train.activation_checkpointing: {requested} layers to checkpoint, but the model has "
                          f"{config.num_hidden_layers} (use at most that, or 'full')")
     measurable = (device.type == "cuda" or free_bytes is not None) and all(
         hasattr(config, name) for name in ("hidden_size", "intermediate_size", "num_hidden_layers"))
@@ -176,7 +178,7 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
                 log.info("activation checkpointing: %s (activations ~%s of %s free)", describe(policy, L),
                          gib(need[policy]), gib(budget))
                 return MemoryPlan(policy, requested, need[policy], budget)
-        raise ValueError(
+        raise ConfigError(
             f"this run does not fit the GPU: even with full activation checkpointing a micro-batch of "
             f"{tokens} tokens needs ~{gib(need['full'])} of activations and {gib(max(budget, 0))} are free "
             f"after the weights and optimizer state; lower train.batch_size or train.max_length "
@@ -187,7 +189,7 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
         lighter = [p for p in options if need[p] <= budget and need[p] < estimate]
         hint = (f"set train.activation_checkpointing to {lighter[0]!r} (or 'auto')" if lighter else
                 "lower train.batch_size or train.max_length (raise train.grad_accum to keep the tokens per step)")
-        raise ValueError(
+        raise ConfigError(
             f"this run does not fit the GPU: train.activation_checkpointing={requested!r} needs "
             f"~{gib(estimate)} of activations for a micro-batch of {tokens} tokens and "
             f"{gib(max(budget, 0))} are free after the weights and optimizer state; {hint}")

@@ -243,3 +243,26 @@ def test_summary_line_names_the_policy():
         "of the first 29 layers, their inputs in host memory")
     assert speed_line({**t, "activation_checkpointing": "full"}) == (
         "13,000 tokens/s, peak memory 19.50 GiB (GPU max allocated, weights included), activation checkpointing full")
+
+
+def test_train_command_refuses_offload_on_the_cpu_with_a_clear_error(tmp_path, capsys, tiny_model_dir):
+    """`acculturate train` with offload_checkpointed_inputs on a CPU: exit 2 and one error line naming
+    the setting, before any step (no traceback)."""
+    import json
+
+    from acculturate.cli import main
+
+    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(6)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "offload.yaml"
+    cfg.write_text(f"""
+name: offload
+output_dir: {tmp_path}/runs
+model: {{name: {tiny_model_dir}}}
+data: {{sources: [{{path: {tmp_path}/qa.jsonl}}], test_fraction: 0.0}}
+method: {{name: lora, lora: {{r: 2, alpha: 4}}}}
+train: {{max_steps: 1, batch_size: 2, max_length: 64, offload_checkpointed_inputs: true}}
+""")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "error: train.offload_checkpointed_inputs" in err and "Traceback" not in err, err
