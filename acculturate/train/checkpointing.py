@@ -152,11 +152,11 @@ def plan(model: torch.nn.Module, requested: Policy, tokens: int, device: torch.d
     requested = check_policy(requested)
     if offload and device.type != "cuda":
         raise ConfigError(f"train.offload_checkpointed_inputs: parks checkpointed layers' inputs in pinned host "
-                         f"memory behind a CUDA GPU's compute; this run is on {device.type} (set it to false)")
+                          f"memory behind a CUDA GPU's compute; this run is on {device.type} (set it to false)")
     config = getattr(model, "config", None)
     if isinstance(requested, int) and hasattr(config, "num_hidden_layers") and requested > config.num_hidden_layers:
         raise ConfigError(f"train.activation_checkpointing: {requested} layers to checkpoint, but the model has "
-                         f"{config.num_hidden_layers} (use at most that, or 'full')")
+                          f"{config.num_hidden_layers} (use at most that, or 'full')")
     measurable = (device.type == "cuda" or free_bytes is not None) and all(
         hasattr(config, name) for name in ("hidden_size", "intermediate_size", "num_hidden_layers"))
     if not measurable:
@@ -203,12 +203,12 @@ def describe(policy: Policy, layers: int | None = None) -> str:
     return policy
 
 
-def apply(model: torch.nn.Module, policy: Policy, offload: bool = False) -> None:
+def apply(model: torch.nn.Module, policy: Policy, offload: bool = False) -> bool:
     """Turn ``policy`` on for ``model`` (``off``: nothing); :func:`remove` undoes it. ``offload``:
     the checkpointed layers' inputs wait in pinned host memory (``full`` and layer counts; the
-    model on CUDA)."""
+    model on CUDA). Returns whether they do."""
     if policy == "off" or policy == 0:
-        return
+        return False
     if policy == "full" or isinstance(policy, int):
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name warns
@@ -228,7 +228,7 @@ def apply(model: torch.nn.Module, policy: Policy, offload: bool = False) -> None
             for i, layer in enumerate(_decoder_layers(model)):
                 if layer.gradient_checkpointing:
                     layer._gradient_checkpointing_func = parked.checkpoint_fn(i)
-        return
+        return offload
     if policy != "mlp":
         raise ValueError(f"unknown activation checkpointing policy {policy!r}")
     for layer in _decoder_layers(model):
@@ -236,6 +236,7 @@ def apply(model: torch.nn.Module, policy: Policy, offload: bool = False) -> None
         if "forward" in vars(mlp):   # already wrapped
             continue
         mlp.forward = _recomputed(mlp, type(mlp).forward.__get__(mlp))
+    return False
 
 
 def remove(model: torch.nn.Module, policy: Policy) -> None:

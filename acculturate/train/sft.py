@@ -372,7 +372,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
     memory_plan = checkpointing.plan(model, config.activation_checkpointing,
                                      config.batch_size * config.max_length, device, free_bytes=free,
                                      offload=config.offload_checkpointed_inputs)
-    checkpointing.apply(model, memory_plan.policy, offload=config.offload_checkpointed_inputs)
+    offloaded = checkpointing.apply(model, memory_plan.policy, offload=config.offload_checkpointed_inputs)
     # Under torchrun: DDP/FSDP2 wrapping, this rank's share of each batch, sums over ranks.
     par = distributed.setup(model, config.distributed, device)
     params = [p for p in model.parameters() if p.requires_grad]   # FSDP2 replaced them with shards
@@ -567,8 +567,7 @@ def train(model: torch.nn.Module, train_features: Sequence[dict], eval_features:
             log_path=log_path, checkpoint_path=ckpt_dir, resumed_from_step=start_step,
             dropped_features=dropped, history=history, activation_checkpointing=memory_plan.policy,
             activation_estimate_bytes=memory_plan.activation_bytes,
-            checkpointed_inputs_offloaded=config.offload_checkpointed_inputs and (
-                memory_plan.policy == "full" or isinstance(memory_plan.policy, int)))
+            checkpointed_inputs_offloaded=offloaded)
 
 
 def job_config(out_dir: Path) -> dict:

@@ -151,21 +151,28 @@ def test_train_reports_the_policy_and_leaves_the_model_unwrapped(tmp_path):
 
 
 # --- on a GPU ----------------------------------------------------------------------------------
-@pytest.mark.gpu
-@pytest.mark.parametrize("policy", ["mlp", "full", 2])
-def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
-    """A Llama with LoRA on every projection, bf16 weights and fp32 adapters under autocast, Liger's
-    kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
+def _gpu_lora_model(llama):
+    """A copy of ``llama`` in bf16 with Liger's kernels and fp32 LoRA on every projection (non-zero B,
+    so every adapter weight gets a gradient)."""
     from acculturate.models.kernels import use_fused_kernels
 
-    cuda = torch.device("cuda")
-    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
+    model = copy.deepcopy(llama).to(torch.bfloat16)
     use_fused_kernels(model)
     apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
             torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", ["mlp", "full", 2])
+def test_policies_equal_no_checkpointing_on_gpu(policy, cuda_llama):
+    """A Llama with LoRA on every projection, bf16 weights and fp32 adapters under autocast, Liger's
+    kernels: recomputation gives the same loss and gradients (deterministic kernels)."""
+    cuda = torch.device("cuda")
+    model = _gpu_lora_model(cuda_llama[0])
     batch = _batch(model.config.vocab_size, 4, 256, cuda)
     ref_loss, ref = loss_and_grads(model, "off", batch, cuda, torch.bfloat16)
     loss, grads = loss_and_grads(model, policy, batch, cuda, torch.bfloat16)
@@ -180,16 +187,8 @@ def test_offloaded_inputs_give_the_same_loss_and_gradients_on_gpu(policy, cuda_l
     """Checkpointed layers whose inputs went to host memory and came back: the loss and gradients of
     no checkpointing, twice in a row (the host buffers are reused), and memory_allocated after the
     forward pass lower by the parked inputs."""
-    from acculturate.models.kernels import use_fused_kernels
-
     cuda = torch.device("cuda")
-    model = copy.deepcopy(cuda_llama[0]).to(torch.bfloat16)
-    use_fused_kernels(model)
-    apply_lora(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=TARGETS))
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-            torch.nn.init.normal_(p, std=0.02)
+    model = _gpu_lora_model(cuda_llama[0])
     batch = _batch(model.config.vocab_size, 8, 512, cuda)
     ref_loss, ref = loss_and_grads(model, "off", batch, cuda, torch.bfloat16)
     for _ in range(2):
